@@ -1,0 +1,6 @@
+"""minirun: a container runtime small enough to read.
+
+Each kernel mechanism a container is made of lives in one module named after it:
+namespaces, rootfs, cgroups, network, security, image. `container` tells the story of a run,
+step by step, calling into them; `cli` is only the command line.
+"""

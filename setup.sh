@@ -1,0 +1,36 @@
+#!/bin/sh
+# Set up minirun and minivm on a fresh Debian 12 machine, as root.
+#
+#   ./setup.sh          Debian packages, a virtualenv in .venv with the project installed
+#                       (editable), `minirun` and `minivm` linked into /usr/local/bin, and a
+#                       guest kernel for minivm taken from Debian's linux-image package.
+#
+# Nothing is downloaded except Debian and PyPI packages.
+set -eu
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (containers need CAP_SYS_ADMIN): sudo ./setup.sh" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# busybox-static  the userland of the built-in image `hello`
+# libcap-dev, gcc, python3-dev  python-prctl is built from source against libcap
+# qemu-system-x86  minivm's hypervisor; iproute2 for inspecting what minirun sets up
+# runc, crun, hyperfine  peers and timer for the benchmarks in tests/bench
+# umoci, skopeo  real tools that write OCI images, used by the image-import tests
+apt-get install -y -qq --no-install-recommends \
+    busybox-static libcap-dev gcc libc6-dev python3-venv python3-dev \
+    qemu-system-x86 iproute2 xz-utils zstd \
+    runc crun hyperfine umoci skopeo >/dev/null
+
+# The system interpreter, not a pyenv shim: every `minirun` start pays for the interpreter.
+[ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+ln -sf "$PWD/.venv/bin/minirun" /usr/local/bin/minirun
+ln -sf "$PWD/.venv/bin/minivm" /usr/local/bin/minivm
+
+# A guest kernel for minivm, unpacked from Debian's linux-image-amd64 into minivm's cache.
+.venv/bin/minivm kernel fetch
