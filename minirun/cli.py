@@ -1,0 +1,58 @@
+"""The `minirun` command line: click commands only, each a thin call into the modules that work.
+
+Errors follow `docker run`: a bad flag or a failure of minirun itself exits 125 with one line on
+stderr; otherwise the exit status is the container's.
+"""
+import sys
+
+import click
+
+from minirun import errors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """minirun: a minimal container runtime built from raw Linux namespaces, cgroups and pivot_root."""
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--name", help="A name for the container (default: its short id).")
+@click.option("--hostname", help="The container's hostname (default: its short id).")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is; for Docker's sake).")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits (always, for now).")
+@click.option("--init", "use_init", is_flag=True,
+              help="Run a tiny init as PID 1 that forwards signals and reaps orphans.")
+@click.option("--chroot", "use_chroot", is_flag=True,
+              help="Change root with chroot(2) instead of pivot_root(2): escapable, for teaching.")
+@click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M or 1G.")
+@click.option("--cpus", metavar="N", help="CPU limit in cores, e.g. 0.5.")
+@click.option("--pids-limit", metavar="N", help="Most processes the container may have at once.")
+@click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(image, command, **options) -> int:
+    """Run COMMAND (or the image's default) in a new container of IMAGE."""
+    from minirun.container import ContainerSpec, run as run_container
+    return run_container(ContainerSpec.from_options(image, list(command), options))
+
+
+def main() -> None:
+    """Entry point: map every outcome to a Docker-style exit status and one line of error."""
+    try:
+        status = cli.main(prog_name="minirun", standalone_mode=False)
+    except click.UsageError as error:
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+        click.echo(f"minirun: {error.format_message()}{hint}", err=True)
+        status = errors.RUNTIME_FAILED
+    except click.ClickException as error:
+        click.echo(f"minirun: {error.format_message()}", err=True)
+        status = errors.RUNTIME_FAILED
+    except click.Abort:
+        status = 130
+    except errors.RuntimeFailure as failure:
+        click.echo(f"minirun: {failure}", err=True)
+        status = failure.exit_code
+    sys.exit(status if isinstance(status, int) else 0)

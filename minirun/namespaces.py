@@ -1,0 +1,88 @@
+"""The ctypes doorway to the kernel calls that make a container: unshare, setns, mount, pivot_root.
+
+Python 3.11 has no os.unshare or os.setns (they arrived in 3.12) and has never had mount(2) or
+pivot_root(2), so we call libc directly. Each wrapper raises OSError with the real errno, so a
+failure reads like any other Python I/O error.
+
+A namespace gives a process its own view of one kind of global resource (namespaces(7)):
+
+    CLONE_NEWNS      mount table          CLONE_NEWUTS     hostname
+    CLONE_NEWIPC     SysV IPC, mqueues    CLONE_NEWNET     network devices, routes, ports
+    CLONE_NEWPID     process IDs          CLONE_NEWCGROUP  the root of /proc/self/cgroup
+    CLONE_NEWUSER    user and group IDs (not used: minirun runs as root, like runc by default)
+"""
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 0x2
+
+
+def _check(result: int, what: str, path: str | None = None) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}", path)
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces (unshare(2)).
+
+    CLONE_NEWPID is special: the caller stays where it is and its next child becomes PID 1 of
+    the new PID namespace.
+    """
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that `fd` (an open /proc/PID/ns/* file) refers to (setns(2))."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2). With MS_BIND, MS_REMOUNT or MS_PRIVATE the same call binds, changes or re-types."""
+    encode = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(_libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags),
+                       encode(data)), f"mount {fstype or ''} {source or ''} on {target}", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): make new_root the root of this mount namespace, the old root moves to put_old.
+
+    glibc has no wrapper, so this goes through syscall(2). SYS_pivot_root is 155 on x86_64
+    and 41 on arm64 (asm/unistd.h).
+    """
+    number = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()),
+           "pivot_root", new_root)
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2): only this UTS namespace sees the change."""
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
