@@ -1,0 +1,481 @@
+"""cgroups: how one shared kernel keeps one container from starving the others.
+
+Namespaces decide what a container can *see*; control groups decide how much it can *use*.
+A cgroup is a directory in a special filesystem: make the directory, write limits into its
+files, write a process ID into its `cgroup.procs`, and from then on that process and every
+child it forks are counted and limited together (cgroups(7)).
+
+Two versions of that filesystem exist, and minirun speaks both:
+
+    v2, one unified tree                 v1, one tree per controller
+    (Documentation/admin-guide/          (Documentation/admin-guide/cgroup-v1/*.rst)
+     cgroup-v2.rst)
+    /sys/fs/cgroup/minirun/ID/           /sys/fs/cgroup/memory/minirun/ID/
+        memory.max                           memory.limit_in_bytes
+        cpu.max                          /sys/fs/cgroup/cpu/minirun/ID/cpu.cfs_quota_us
+        pids.max                         /sys/fs/cgroup/pids/minirun/ID/pids.max
+
+Most machines today are pure v2. Hybrid hosts (controllers on v1, an empty cgroup2 tree at
+/sys/fs/cgroup/unified) still exist, and a controller bound to a v1 tree cannot be used from v2,
+so there the v1 driver runs. Both drivers offer the same small interface:
+
+    cgroup = create(container_id, Limits(memory=..., cpus=..., pids=...))   # before fork
+    cgroup.add(pid)                  # before the child runs its command: never unconfined
+    mount_view(new_root + "/sys/fs/cgroup")   # in the child, after unshare(CLONE_NEWCGROUP)
+    usage = cgroup.usage()           # after the container exited: peak memory, CPU time, OOM
+    cgroup.remove()                  # kill what is left, rmdir
+
+minirun only ever touches directories under a parent named `minirun` in each tree.
+"""
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from minirun import namespaces
+from minirun.errors import RuntimeFailure
+
+PARENT = "minirun"          # every cgroup minirun creates lives in <hierarchy>/minirun/<id>
+CPU_PERIOD_US = 100_000     # the kernel's default CFS period: quotas are counted per 100 ms
+MIN_CPU_QUOTA_US = 1_000    # the smallest quota the kernel accepts (sched-bwc.rst): 0.01 CPU
+STALE_GRACE_SECONDS = 10    # an unowned empty cgroup younger than this may be one being set up
+
+# The v1 controllers minirun uses: memory, cpu and pids limit; cpuacct counts CPU time.
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a container may use. None means no limit (the parent's limits still apply)."""
+    memory: int | None = None       # bytes of RAM; there is no swap beyond it
+    cpus: float | None = None       # CPU time per period, in CPUs: 0.5 is half of one core
+    pids: int | None = None         # processes (and threads) alive at once
+
+    def __post_init__(self):
+        if self.cpus is not None:
+            if self.cpus * CPU_PERIOD_US < MIN_CPU_QUOTA_US:
+                raise RuntimeFailure(f"--cpus {self.cpus:g} is too small: the kernel's smallest "
+                                     f"CPU quota is {MIN_CPU_QUOTA_US / CPU_PERIOD_US:g} CPU")
+            if self.cpus > os.cpu_count():
+                raise RuntimeFailure(f"--cpus {self.cpus:g} is more than the {os.cpu_count()} "
+                                     "CPUs of this machine, so it would limit nothing")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a container used, read from its cgroup after it exited. None: not counted here."""
+    peak_memory: int | None         # bytes: the most memory it ever had charged at once
+    cpu_seconds: float | None       # user + system CPU time of all its processes
+    oom_killed: bool                # the kernel's OOM killer killed one of its processes
+    throttled_periods: int          # CPU periods in which it used up its quota and had to wait
+    throttled_seconds: float        # how long its runnable processes waited in total
+    pids_refused: int               # forks refused because pids.max was reached
+
+
+# --- Finding the hierarchies: once per process, from the mount table --------------------------
+
+@dataclass(frozen=True)
+class _Mounts:
+    unified: Path | None            # where cgroup2 is mounted, if it is
+    v1: dict[str, Path]             # v1 controller -> the mount point of the tree carrying it
+    v1_options: dict[Path, str]     # v1 mount point -> its controllers, as mount(2) data
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (proc(5))."""
+    for escape, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escape, char)
+    return field
+
+
+def parse_mountinfo(text: str) -> _Mounts:
+    """Find the cgroup trees in /proc/self/mountinfo: the filesystem type says v1 or v2, the
+    super options of a v1 mount say which controllers it carries (e.g. 'rw,cpu,cpuacct')."""
+    unified, v1, v1_options = None, {}, {}
+    for line in text.splitlines():
+        fields, _, fs_fields = line.partition(" - ")
+        mount_point = Path(_unescape(fields.split()[4]))
+        fstype, _source, super_options = fs_fields.split()
+        if fstype == "cgroup2" and unified is None:
+            unified = mount_point
+        elif fstype == "cgroup":
+            controllers = [c for c in super_options.split(",") if c in V1_CONTROLLERS]
+            for controller in controllers:
+                v1.setdefault(controller, mount_point)
+            if controllers:
+                v1_options.setdefault(mount_point, ",".join(controllers))
+    return _Mounts(unified, v1, v1_options)
+
+
+@cache
+def _mounts() -> _Mounts:
+    # Cached: the parent reads the 20-odd lines once, and the forked child inherits the answer.
+    with open("/proc/self/mountinfo") as mountinfo:
+        return parse_mountinfo(mountinfo.read())
+
+
+@cache
+def host_uses_v2() -> bool:
+    """v2 if the unified tree offers the memory controller; v1 if a v1 tree carries it."""
+    mounts = _mounts()
+    if mounts.unified is not None:
+        if "memory" in _read(mounts.unified / "cgroup.controllers").split():
+            return True
+    if "memory" in mounts.v1:
+        return False
+    raise RuntimeFailure("this host has no memory cgroup controller mounted: mount cgroup2 on "
+                         "/sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)")
+
+
+# --- The interface ----------------------------------------------------------------------------
+
+def create(container_id: str, limits: Limits) -> "CgroupV2 | CgroupV1":
+    """Make the container's cgroup and write its limits, on whichever version the host uses.
+    On failure, raise RuntimeFailure and leave nothing behind."""
+    if host_uses_v2():
+        return CgroupV2.create(container_id, limits, _mounts().unified)
+    return CgroupV1.create(container_id, limits, _mounts().v1)
+
+
+def mount_view(target_dir: str) -> None:
+    """In the container: mount its own cgroup tree, read-only, at target_dir.
+
+    Called after unshare(CLONE_NEWCGROUP), so a cgroup filesystem mounted now has the
+    container's cgroup as its root (cgroup_namespaces(7)): the container sees its own limits
+    and usage, as /, and nothing of the host's tree. Read-only, so it cannot raise its own
+    limits or make sub-cgroups that would escape them.
+    """
+    hardened = namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC
+    read_only = hardened | namespaces.MS_RDONLY
+    if host_uses_v2():
+        namespaces.mount("cgroup2", target_dir, "cgroup2", read_only)
+        return
+    # v1 has one tree per controller: a small tmpfs holds a mount point for each, named as
+    # the host names them (memory/, cpu/, ... or cpu,cpuacct/ with cpu and cpuacct links).
+    namespaces.mount("tmpfs", target_dir, "tmpfs", hardened, "mode=755,size=64k")
+    for controllers in _mounts().v1_options.values():
+        directory = os.path.join(target_dir, controllers)
+        os.mkdir(directory)
+        # For a v1 mount the data names the controllers; it must match the host's tree.
+        namespaces.mount("cgroup", directory, "cgroup", read_only, controllers)
+        if "," in controllers:
+            for controller in controllers.split(","):
+                os.symlink(controllers, os.path.join(target_dir, controller))
+    namespaces.mount(None, target_dir, None, namespaces.MS_REMOUNT | read_only)
+
+
+def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[str]:
+    """Remove cgroups under minirun/ that no running minirun owns; return their ids.
+
+    live_ids: containers whose minirun still runs; never touched.
+    dead_ids: containers whose record says their minirun died (SIGKILL, a crash): their
+              processes are killed and their cgroups removed.
+    Any other cgroup may belong to a minirun that keeps its records elsewhere ($MINIRUN_STATE):
+    it is only rmdir'ed, which the kernel refuses (EBUSY) while it has processes, and not in
+    its first seconds, when its owner may have made it but not yet put a process in it.
+    """
+    if host_uses_v2():
+        trees = [_mounts().unified]
+    else:
+        trees = list(dict.fromkeys(_mounts().v1.values()))     # cpu,cpuacct: one tree, once
+    removed = set()
+    for tree in trees:
+        try:
+            entries = list(os.scandir(tree / PARENT))   # minirun/'s own files, and its cgroups
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name, directory = entry.name, Path(entry.path)
+            if name in live_ids or not entry.is_dir():
+                continue
+            try:
+                if name in dead_ids:
+                    _kill_all_in(directory)
+                elif time.time() - entry.stat().st_mtime < STALE_GRACE_SECONDS:
+                    continue
+                _rmdir_when_empty(directory, patience=2.0 if name in dead_ids else 0.0)
+            except (RuntimeFailure, FileNotFoundError):
+                continue                    # still has processes (not stale), or gone already
+            removed.add(name)
+    return sorted(removed)
+
+
+# --- cgroup v2 --------------------------------------------------------------------------------
+
+class CgroupV2:
+    """A container's cgroup in the unified tree: one directory holds every controller's files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def create(cls, container_id: str, limits: Limits, root: Path) -> "CgroupV2":
+        parent = root / PARENT
+        _make_dir(parent, exist_ok=True)
+        # A controller's files appear in a cgroup only if its parent lists the controller in
+        # cgroup.subtree_control ("Enabling and Disabling", cgroup-v2.rst): enable them on the
+        # way down, in the root (usually done already by systemd) and in minirun/.
+        _enable_controllers(root)
+        _enable_controllers(parent)
+        cgroup = cls(parent / container_id)
+        _make_dir(cgroup.path)
+        try:
+            cgroup._write_limits(limits)
+        except BaseException:
+            os.rmdir(cgroup.path)           # no process is in it yet
+            raise
+        return cgroup
+
+    def _write_limits(self, limits: Limits) -> None:
+        if limits.memory is not None:
+            # Above memory.max the kernel reclaims the cgroup's memory; if that is not enough,
+            # it OOM-kills a process in the cgroup ("memory.max", cgroup-v2.rst).
+            _write(self.path / "memory.max", limits.memory, "set the memory limit")
+            # And no swap on top of it: --memory means all the memory there is, as in a VM.
+            # The file exists only when the kernel accounts swap.
+            _write(self.path / "memory.swap.max", 0, "turn off swap", missing_ok=True)
+        if limits.cpus is not None:
+            # "$MAX $PERIOD": the cgroup may run MAX microseconds in each PERIOD, summed over
+            # all CPUs, then waits for the next period ("cpu.max", cgroup-v2.rst).
+            quota = round(limits.cpus * CPU_PERIOD_US)
+            _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}", "set the CPU limit")
+        if limits.pids is not None:
+            # fork() and clone() fail with EAGAIN once pids.max tasks exist ("PID", cgroup-v2.rst).
+            _write(self.path / "pids.max", limits.pids, "set the pids limit")
+
+    def add(self, pid: int) -> None:
+        """Move a process (and so, its future children) into the cgroup."""
+        _write(self.path / "cgroup.procs", pid, f"move process {pid} into its cgroup")
+
+    def usage(self) -> Usage:
+        cpu = _read_keyed(self.path / "cpu.stat")       # usage_usec, nr_throttled, throttled_usec
+        peak = _read(self.path / "memory.peak", missing_ok=True)    # since Linux 5.19
+        return Usage(
+            peak_memory=int(peak) if peak else None,
+            cpu_seconds=cpu["usage_usec"] / 1e6 if "usage_usec" in cpu else None,
+            oom_killed=_read_keyed(self.path / "memory.events").get("oom_kill", 0) > 0,
+            throttled_periods=cpu.get("nr_throttled", 0),
+            throttled_seconds=cpu.get("throttled_usec", 0) / 1e6,
+            pids_refused=_read_keyed(self.path / "pids.events").get("max", 0),
+        )
+
+    def remove(self) -> None:
+        """Kill whatever still runs in the cgroup, then remove it. Safe to call twice."""
+        _kill_all_in(self.path)
+        _rmdir_when_empty(self.path)
+
+
+def _enable_controllers(cgroup: Path) -> None:
+    """Let the children of `cgroup` use memory, cpu and pids, writing only what is missing."""
+    enabled = _read(cgroup / "cgroup.subtree_control", missing_ok=True).split()
+    missing = [f"+{name}" for name in V2_CONTROLLERS if name not in enabled]
+    if missing:
+        _write(cgroup / "cgroup.subtree_control", " ".join(missing),
+               f"enable the {', '.join(V2_CONTROLLERS)} controllers")
+
+
+# --- cgroup v1 --------------------------------------------------------------------------------
+
+class CgroupV1:
+    """A container's cgroups on a v1 host: a directory in each controller's own tree."""
+
+    def __init__(self, paths: dict[str, Path]):
+        self.paths = paths          # controller -> this container's directory in its tree
+
+    @classmethod
+    def create(cls, container_id: str, limits: Limits, trees: dict[str, Path]) -> "CgroupV1":
+        for controller, wanted in (("memory", limits.memory), ("cpu", limits.cpus),
+                                   ("pids", limits.pids)):
+            if wanted is not None and controller not in trees:
+                raise RuntimeFailure(f"this host does not mount the {controller} cgroup "
+                                     f"controller, so minirun cannot limit {controller}")
+        cgroup = cls({c: trees[c] / PARENT / container_id for c in V1_CONTROLLERS if c in trees})
+        made = []
+        try:
+            for directory in cgroup._directories():
+                _make_dir(directory.parent, exist_ok=True)
+                _make_dir(directory)
+                made.append(directory)
+            cgroup._write_limits(limits)
+        except BaseException:
+            for directory in made:          # only what we made: no process is in them yet
+                os.rmdir(directory)
+            raise
+        return cgroup
+
+    def _directories(self) -> list[Path]:
+        return list(dict.fromkeys(self.paths.values()))  # cpu and cpuacct may share a tree
+
+    def _write_limits(self, limits: Limits) -> None:
+        if limits.memory is not None:
+            memory = self.paths["memory"]
+            # Above the limit the kernel reclaims, then OOM-kills (cgroup-v1/memory.rst, 2.5).
+            _write(memory / "memory.limit_in_bytes", limits.memory, "set the memory limit")
+            # memsw limits memory + swap; the same value means no swap (memory.rst, 2.4). It
+            # exists only with swap accounting, and may never be below limit_in_bytes, so second.
+            _write(memory / "memory.memsw.limit_in_bytes", limits.memory, "turn off swap",
+                   missing_ok=True)
+        if limits.cpus is not None:
+            cpu = self.paths["cpu"]
+            # CFS bandwidth control: quota microseconds of CPU time per period, summed over
+            # all CPUs (Documentation/scheduler/sched-bwc.rst).
+            _write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US, "set the CPU period")
+            _write(cpu / "cpu.cfs_quota_us", round(limits.cpus * CPU_PERIOD_US),
+                   "set the CPU limit")
+        if limits.pids is not None:
+            # fork() fails with EAGAIN once pids.max tasks exist (cgroup-v1/pids.rst).
+            _write(self.paths["pids"] / "pids.max", limits.pids, "set the pids limit")
+
+    def add(self, pid: int) -> None:
+        """Move a process into the container's directory of every tree."""
+        for directory in self._directories():
+            _write(directory / "cgroup.procs", pid, f"move process {pid} into its cgroup")
+
+    def usage(self) -> Usage:
+        memory, cpu = self.paths.get("memory"), self.paths.get("cpu")
+        cpuacct = self.paths.get("cpuacct")
+        throttling = _read_keyed(cpu / "cpu.stat") if cpu else {}    # nr_throttled, ..._time
+        # memory.oom_control counts the kernel's OOM kills in the cgroup ("oom_kill N").
+        oom = _read_keyed(memory / "memory.oom_control") if memory else {}
+        peak = memory and _read(memory / "memory.max_usage_in_bytes", missing_ok=True)
+        nanoseconds = cpuacct and _read(cpuacct / "cpuacct.usage", missing_ok=True)
+        pids = self.paths.get("pids")
+        return Usage(
+            peak_memory=int(peak) if peak else None,
+            cpu_seconds=int(nanoseconds) / 1e9 if nanoseconds else None,
+            oom_killed=oom.get("oom_kill", 0) > 0,
+            throttled_periods=throttling.get("nr_throttled", 0),
+            throttled_seconds=throttling.get("throttled_time", 0) / 1e9,
+            pids_refused=_read_keyed(pids / "pids.events").get("max", 0) if pids else 0,
+        )
+
+    def remove(self) -> None:
+        """Kill whatever still runs in the cgroups, then remove them. Safe to call twice."""
+        for directory in self._directories():
+            _kill_all_in(directory)
+        for directory in self._directories():
+            _rmdir_when_empty(directory)
+
+
+# --- Small file helpers shared by both drivers ------------------------------------------------
+
+def _make_dir(path: Path, exist_ok: bool = False) -> None:
+    # mkdir in a cgroup filesystem creates a cgroup: the kernel fills it with interface files.
+    try:
+        path.mkdir(exist_ok=exist_ok)
+    except PermissionError:
+        raise RuntimeFailure(f"cannot create the cgroup {path}: minirun needs root") from None
+    except FileExistsError:
+        raise RuntimeFailure(f"the cgroup {path} exists already: another container has this "
+                             "id, or it is stale (`minirun gc` removes stale ones)") from None
+    except OSError as error:
+        raise RuntimeFailure(f"cannot create the cgroup {path}: {error.strerror}") from None
+
+
+def _write(path: Path, value, what: str, missing_ok: bool = False) -> bool:
+    """Write one value into a cgroup file, in one write(2): the kernel parses each write whole.
+    Return False if the file does not exist and missing_ok says that is fine."""
+    try:
+        # Never O_CREAT: the kernel makes every file of a cgroup, and a name it did not make
+        # is a mistake. O_TRUNC is what `echo VALUE > FILE` does; cgroup files ignore it.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise RuntimeFailure(f"cannot {what}: {path} does not exist") from None
+    except OSError as error:
+        raise RuntimeFailure(f"cannot {what}: {path}: {error.strerror}") from None
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as error:
+        raise RuntimeFailure(f"cannot {what}: writing {value} to {path} failed: "
+                             f"{error.strerror}") from None
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read(path: Path, missing_ok: bool = False) -> str:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except FileNotFoundError:
+        if missing_ok:
+            return ""
+        raise
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    """Read a flat keyed file ("oom_kill 1" per line, cgroup-v2.rst "Format"); {} if absent."""
+    try:
+        text = _read(path)
+    except FileNotFoundError:
+        return {}
+    pairs = (line.split() for line in text.splitlines())
+    return {fields[0]: int(fields[1]) for fields in pairs if len(fields) == 2}
+
+
+def _pids_in(cgroup: Path) -> set[int]:
+    try:
+        return {int(pid) for pid in _read(cgroup / "cgroup.procs").split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _kill_all_in(cgroup: Path) -> None:
+    """SIGKILL every process in a cgroup.
+
+    v2 (Linux 5.14+) does it in one write: "1" into cgroup.kill kills every process in the
+    cgroup at once, even one forking right now ("cgroup.kill", cgroup-v2.rst).
+
+    Elsewhere we kill what cgroup.procs lists, until it lists nothing (a fork bomb cannot
+    outgrow pids.max, so this ends), without ever hitting a stranger: a listed process may
+    exit and its number go to an unrelated process. So we open a pidfd for each (pidfd_open(2):
+    it stays bound to that one process), read the list again, and signal through the pidfd
+    only the processes still listed: those are ours for certain.
+    """
+    if _write(cgroup / "cgroup.kill", 1, "kill the container's processes", missing_ok=True):
+        return                              # otherwise: v1, or a v2 kernel before 5.14
+    while True:
+        pidfds = {}
+        for pid in _pids_in(cgroup):
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pass
+        if not pidfds:
+            return
+        try:
+            still_here = _pids_in(cgroup)
+            for pid, pidfd in pidfds.items():
+                if pid in still_here:
+                    try:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        finally:
+            for pidfd in pidfds.values():
+                os.close(pidfd)
+
+
+def _rmdir_when_empty(cgroup: Path, patience: float = 2.0) -> None:
+    """rmdir a cgroup. The kernel refuses (EBUSY) while a process is in it, and a killed process
+    leaves only when it has finished exiting, so we retry for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    pause = 0.0005
+    while True:
+        try:
+            os.rmdir(cgroup)
+            return
+        except FileNotFoundError:
+            return                          # removed already: remove() may run twice
+        except OSError as error:
+            if error.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise RuntimeFailure(f"cannot remove the cgroup {cgroup}: {error.strerror}; "
+                                     "`minirun gc` will try again") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)

@@ -1,0 +1,403 @@
+"""minirun.cgroups on its own: the real v1 driver of this host with plain processes, the v2
+driver against a v2-shaped tree, and the parsing of the mount table.
+
+Every cgroup a test makes has an id starting with this run's prefix, and the tests check only
+those: other people's tests may be making and removing cgroups under minirun/ at the same time.
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from minirun import cgroups, namespaces
+from minirun.errors import RuntimeFailure
+
+PREFIX = f"test-{uuid.uuid4().hex[:8]}"
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
+
+
+def new_id(what: str) -> str:
+    return f"{PREFIX}-{what}-{uuid.uuid4().hex[:6]}"
+
+
+def own_cgroups() -> list[Path]:
+    """This test run's cgroups, in every tree minirun uses."""
+    trees = set(cgroups._mounts().v1.values()) | {cgroups._mounts().unified}
+    return sorted(path for tree in trees for path in (tree / cgroups.PARENT).glob(f"{PREFIX}-*"))
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    yield
+    left = own_cgroups()
+    cgroups.remove_stale(set(), dead_ids={path.name for path in left})   # after a failed test
+    assert left == []
+
+
+@pytest.fixture
+def v1_host():
+    if cgroups.host_uses_v2():
+        pytest.skip("this host runs cgroup v2; the v1 tests need a v1 or hybrid host")
+
+
+def start_held(command: list[str]) -> subprocess.Popen:
+    """Start `command` held at a pipe, as the container core holds its child: it runs only
+    after release(), so it can be put in its cgroup first."""
+    return subprocess.Popen(["/bin/sh", "-c", 'read go && exec "$@"', "sh", *command],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def release(process: subprocess.Popen) -> None:
+    process.stdin.write(b"go\n")
+    process.stdin.close()
+
+
+def run_in(cgroup, command: list[str]) -> subprocess.CompletedProcess:
+    process = start_held(command)
+    cgroup.add(process.pid)
+    out, err = process.communicate(b"go\n", timeout=60)       # releases it, then waits
+    return subprocess.CompletedProcess(command, process.returncode, out.decode(), err.decode())
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-S", "-c", code]
+
+
+# --- Limits -----------------------------------------------------------------------------------
+
+def test_limits_reject_cpu_quotas_the_kernel_cannot_enforce():
+    with pytest.raises(RuntimeFailure, match="too small"):
+        cgroups.Limits(cpus=0.001)
+    with pytest.raises(RuntimeFailure, match="more than the"):
+        cgroups.Limits(cpus=os.cpu_count() + 1)
+    assert cgroups.Limits(memory=32 * MiB, cpus=0.01, pids=1).cpus == 0.01
+
+
+# --- The real v1 driver on this host ----------------------------------------------------------
+
+def test_create_writes_the_limits_and_remove_leaves_nothing(v1_host):
+    cgroup = cgroups.create(new_id("limits"), cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20))
+    paths = cgroup.paths
+    assert (paths["memory"] / "memory.limit_in_bytes").read_text() == f"{32 * MiB}\n"
+    assert (paths["cpu"] / "cpu.cfs_quota_us").read_text() == "50000\n"
+    assert (paths["cpu"] / "cpu.cfs_period_us").read_text() == "100000\n"
+    assert (paths["pids"] / "pids.max").read_text() == "20\n"
+    assert len(own_cgroups()) == len(set(paths.values()))
+    cgroup.remove()
+    cgroup.remove()                                     # idempotent
+    assert own_cgroups() == []
+
+
+def test_no_limits_still_makes_a_cgroup_to_count_usage(v1_host):
+    cgroup = cgroups.create(new_id("nolimits"), cgroups.Limits())
+    try:
+        result = run_in(cgroup, python("x = b'a' * (8 << 20)"))
+        assert result.returncode == 0, result.stderr
+        usage = cgroup.usage()
+        assert usage.peak_memory >= 8 * MiB
+        assert usage.cpu_seconds > 0
+        assert (cgroup.paths["pids"] / "pids.max").read_text() == "max\n"
+    finally:
+        cgroup.remove()
+
+
+def test_memory_hog_above_the_limit_is_oom_killed(v1_host):
+    cgroup = cgroups.create(new_id("oom"), cgroups.Limits(memory=32 * MiB))
+    try:
+        result = run_in(cgroup, python("x = b'a' * (64 << 20)"))
+        usage = cgroup.usage()
+    finally:
+        cgroup.remove()
+    assert result.returncode == -signal.SIGKILL
+    assert usage.oom_killed
+    assert 16 * MiB < usage.peak_memory <= 32 * MiB
+
+
+def test_process_below_the_memory_limit_runs(v1_host):
+    cgroup = cgroups.create(new_id("fits"), cgroups.Limits(memory=32 * MiB))
+    try:
+        result = run_in(cgroup, python("x = b'a' * (8 << 20)"))
+        usage = cgroup.usage()
+    finally:
+        cgroup.remove()
+    assert result.returncode == 0, result.stderr
+    assert not usage.oom_killed
+    assert 8 * MiB <= usage.peak_memory <= 32 * MiB
+
+
+FORK_UNTIL_REFUSED = """
+import os, time
+children = 0
+try:
+    while True:
+        if os.fork() == 0:
+            os.closerange(0, 3)         # let the test read the parent's output to its end
+            time.sleep(120)
+            os._exit(0)
+        children += 1
+except OSError as error:
+    print(children, error.errno, flush=True)
+"""
+
+
+def test_pids_limit_refuses_forks_with_eagain_and_the_host_is_unaffected(v1_host):
+    cgroup = cgroups.create(new_id("pids"), cgroups.Limits(pids=20))
+    try:
+        result = run_in(cgroup, python(FORK_UNTIL_REFUSED))
+        children, error = map(int, result.stdout.split())
+        # Its 19 children still sleep in the cgroup, holding the limit: the host forks freely.
+        assert len(cgroups._pids_in(cgroup.paths["pids"])) == 19
+        assert subprocess.run(["true"]).returncode == 0
+        usage = cgroup.usage()
+    finally:
+        cgroup.remove()                                 # kills the 19 sleepers
+    assert (children, error) == (19, errno.EAGAIN)      # 1 parent + 19 children = pids.max
+    assert usage.pids_refused >= 1
+
+
+def test_half_a_cpu_throttles_a_busy_loop(v1_host):
+    cgroup = cgroups.create(new_id("cpu"), cgroups.Limits(cpus=0.5))
+    busy = start_held(["/bin/sh", "-c", "while :; do :; done"])
+    try:
+        cgroup.add(busy.pid)
+        release(busy)
+        stat = cgroup.paths["cpu"] / "cpu.stat"
+        deadline = time.monotonic() + 30            # a bound on a hung test, not a measurement
+        while cgroups._read_keyed(stat)["nr_periods"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counters = cgroups._read_keyed(stat)
+        usage = cgroup.usage()
+    finally:
+        cgroup.remove()
+        busy.wait()
+    assert counters["nr_periods"] >= 20
+    # A busy loop wants the whole period and gets half of it: it waits in most periods, ...
+    assert usage.throttled_periods >= counters["nr_periods"] // 2
+    assert usage.throttled_seconds > 0
+    # ... and never gets more than its quota of 50 ms per period (plus one slice of slack).
+    assert usage.cpu_seconds <= 0.050 * (counters["nr_periods"] + 1)
+
+
+def test_remove_kills_whatever_still_runs(v1_host):
+    cgroup = cgroups.create(new_id("leftover"), cgroups.Limits())
+    sleeper = start_held(["sleep", "300"])
+    cgroup.add(sleeper.pid)
+    release(sleeper)
+    cgroup.remove()
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_failed_create_leaves_nothing_and_never_touches_an_existing_cgroup(v1_host):
+    taken = new_id("taken")
+    first = cgroups.create(taken, cgroups.Limits(pids=5))
+    try:
+        with pytest.raises(RuntimeFailure, match="exists already"):
+            cgroups.create(taken, cgroups.Limits(pids=7))
+        assert all(path.is_dir() for path in first.paths.values())
+        assert (first.paths["pids"] / "pids.max").read_text() == "5\n"
+    finally:
+        first.remove()
+
+    # A limit the parser lets through but the kernel refuses: pids.max stops at 4194304.
+    with pytest.raises(RuntimeFailure, match="cannot set the pids limit: writing 1000000000"):
+        cgroups.create(new_id("refused"), cgroups.Limits(memory=32 * MiB, pids=10**9))
+    assert own_cgroups() == []
+
+
+def test_remove_stale(v1_host):
+    live, dead, young, old, busy_old = (new_id(name) for name in
+                                        ("live", "dead", "young", "old", "busyold"))
+    made = {name: cgroups.create(name, cgroups.Limits()) for name in (live, dead, young, old,
+                                                                      busy_old)}
+    sleepers = {}
+    for name in (live, dead, busy_old):
+        sleepers[name] = start_held(["sleep", "300"])
+        made[name].add(sleepers[name].pid)
+        release(sleepers[name])
+    an_hour_ago = time.time() - 3600
+    for name in (old, busy_old, live, dead):
+        for path in made[name].paths.values():
+            os.utime(path, (an_hour_ago, an_hour_ago))
+    try:
+        removed = cgroups.remove_stale({live}, dead_ids={dead})
+        assert dead in removed and old in removed
+        assert sleepers[dead].wait(timeout=10) == -signal.SIGKILL
+        assert {p.name for p in own_cgroups()} == {live, young, busy_old}
+        assert sleepers[live].poll() is None and sleepers[busy_old].poll() is None
+    finally:
+        for cgroup in made.values():
+            cgroup.remove()
+
+
+def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path):
+    """In a child: join the cgroup, unshare the cgroup and mount namespaces, mount the view."""
+    cgroup = cgroups.create(new_id("view"), cgroups.Limits(memory=48 * MiB))
+    view = tmp_path / "cgroup"
+    view.mkdir()
+    report_read, report_write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # the child: report what it sees, as JSON
+        try:
+            os.read(go_read, 1)
+            namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWCGROUP)
+            namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_PRIVATE)
+            cgroups.mount_view(str(view))
+            seen = {"trees": sorted(os.listdir(view)),
+                    "limit": (view / "memory" / "memory.limit_in_bytes").read_text(),
+                    "proc_self_cgroup": Path("/proc/self/cgroup").read_text().splitlines()}
+            for attempt in (lambda: (view / "memory" / "memory.limit_in_bytes").write_text("1"),
+                            lambda: (view / "memory" / "child").mkdir(),
+                            lambda: (view / "new").mkdir()):
+                try:
+                    attempt()
+                    seen.setdefault("writable", True)
+                except OSError as error:
+                    seen.setdefault("errors", []).append(error.errno)
+            os.write(report_write, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    try:
+        cgroup.add(pid)
+        os.write(go_write, b"g")
+        os.close(report_write)
+        seen = json.loads(os.read(report_read, 65536))
+        os.waitpid(pid, 0)
+    finally:
+        cgroup.remove()
+    assert seen["trees"] == ["cpu", "cpuacct", "memory", "pids"]
+    assert seen["limit"] == f"{48 * MiB}\n"            # its own cgroup is the root it sees
+    assert all(line.endswith(":/") for line in seen["proc_self_cgroup"])
+    assert "writable" not in seen and seen["errors"] == [errno.EROFS] * 3
+
+
+# --- The v2 driver, against a v2-shaped tree --------------------------------------------------
+
+# The files the kernel makes in a new v2 cgroup whose parent enables memory, cpu and pids.
+V2_FILES = {"cgroup.procs": "", "cgroup.kill": "", "cgroup.subtree_control": "",
+            "cgroup.controllers": "", "memory.max": "max", "memory.swap.max": "max",
+            "memory.peak": "0", "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+            "cpu.max": "max 100000", "cpu.stat": "usage_usec 0\nnr_periods 0\n",
+            "pids.max": "max", "pids.events": "max 0\n"}
+
+
+@pytest.fixture
+def v2_tree(tmp_path, monkeypatch):
+    """A directory shaped like a cgroup2 root. mkdir in it acts like the kernel's (it makes the
+    interface files) and so does rmdir (it takes them away), so the driver runs unchanged."""
+    root = tmp_path / "cgroup2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (root / "cgroup.subtree_control").write_text("memory pids\n")      # systemd left out cpu
+    real_make_dir, real_rmdir = cgroups._make_dir, os.rmdir
+
+    def make_cgroup(path, exist_ok=False):
+        real_make_dir(path, exist_ok)
+        for name, content in V2_FILES.items():
+            if not (path / name).exists():
+                (path / name).write_text(content)
+
+    def remove_cgroup(path):
+        for name in V2_FILES:
+            Path(path, name).unlink(missing_ok=True)
+        real_rmdir(path)
+
+    monkeypatch.setattr(cgroups, "_make_dir", make_cgroup)
+    monkeypatch.setattr(os, "rmdir", remove_cgroup)
+    return root
+
+
+def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
+    cgroup = cgroups.CgroupV2.create("c1", cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20),
+                                     v2_tree)
+    assert cgroup.path == v2_tree / "minirun" / "c1"
+    assert (v2_tree / "cgroup.subtree_control").read_text() == "+cpu"    # only what was missing
+    assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    assert (cgroup.path / "memory.max").read_text() == str(32 * MiB)
+    assert (cgroup.path / "memory.swap.max").read_text() == "0"
+    assert (cgroup.path / "cpu.max").read_text() == "50000 100000"
+    assert (cgroup.path / "pids.max").read_text() == "20"
+    cgroup.add(4242)
+    assert (cgroup.path / "cgroup.procs").read_text() == "4242"
+
+
+def test_v2_driver_without_limits_writes_none(v2_tree):
+    cgroup = cgroups.CgroupV2.create("c2", cgroups.Limits(), v2_tree)
+    for name in ("memory.max", "memory.swap.max", "cpu.max", "pids.max"):
+        assert (cgroup.path / name).read_text() == V2_FILES[name]
+
+
+def test_v2_driver_reads_usage(v2_tree):
+    cgroup = cgroups.CgroupV2.create("c3", cgroups.Limits(memory=32 * MiB), v2_tree)
+    (cgroup.path / "memory.peak").write_text(f"{32 * MiB}\n")
+    (cgroup.path / "memory.events").write_text("low 0\nhigh 0\nmax 77\noom 1\noom_kill 1\n")
+    (cgroup.path / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n"
+                                          "system_usec 500000\nnr_periods 30\n"
+                                          "nr_throttled 25\nthrottled_usec 1250000\n")
+    (cgroup.path / "pids.events").write_text("max 3\n")
+    assert cgroup.usage() == cgroups.Usage(peak_memory=32 * MiB, cpu_seconds=1.5,
+                                           oom_killed=True, throttled_periods=25,
+                                           throttled_seconds=1.25, pids_refused=3)
+
+
+def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
+    cgroup = cgroups.CgroupV2.create("c4", cgroups.Limits(), v2_tree)
+    writes = []
+    real_write = cgroups._write
+    monkeypatch.setattr(cgroups, "_write", lambda path, value, *rest, **named: (
+        writes.append((path.name, value)) or real_write(path, value, *rest, **named)))
+    cgroup.remove()
+    cgroup.remove()                                     # the second time: nothing to do
+    assert writes[0] == ("cgroup.kill", 1)
+    assert not cgroup.path.exists()
+    assert (v2_tree / "minirun").is_dir()               # the shared parent stays
+
+
+def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
+    monkeypatch.delitem(V2_FILES, "pids.max")           # a kernel without the pids controller
+    with pytest.raises(RuntimeFailure, match="cannot set the pids limit"):
+        cgroups.CgroupV2.create("c5", cgroups.Limits(memory=32 * MiB, pids=20), v2_tree)
+    assert not (v2_tree / "minirun" / "c5").exists()
+
+
+# --- Which version the host uses: read from the mount table -----------------------------------
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+PURE_V2 = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+25 22 0:23 / /sys rw,nosuid - sysfs sysfs rw
+30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+50 22 0:44 / /mnt/with\\040space rw - ext4 /dev/sdb1 rw
+"""
+
+
+def test_mountinfo_of_a_hybrid_host():
+    mounts = cgroups.parse_mountinfo(HYBRID)
+    assert mounts.unified == Path("/sys/fs/cgroup/unified")
+    cpu_tree = Path("/sys/fs/cgroup/cpu,cpuacct")
+    assert mounts.v1 == {"cpu": cpu_tree, "cpuacct": cpu_tree,
+                         "memory": Path("/sys/fs/cgroup/memory"),
+                         "pids": Path("/sys/fs/cgroup/pids")}
+    assert mounts.v1_options[cpu_tree] == "cpu,cpuacct"
+
+
+def test_mountinfo_of_a_pure_v2_host():
+    mounts = cgroups.parse_mountinfo(PURE_V2)
+    assert mounts.unified == Path("/sys/fs/cgroup")
+    assert mounts.v1 == {} and mounts.v1_options == {}
