@@ -13,6 +13,7 @@ from pathlib import Path
 @dataclass
 class ContainerRecord:
     id: str
+    name: str
     image: str
     command: list[str]
     runtime_pid: int            # the minirun process that owns the container
