@@ -204,13 +204,28 @@ def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[s
     return sorted(removed)
 
 
+class _Cgroup:
+    """What both drivers share: a record of the limits written, for --explain and for tests."""
+
+    def __init__(self):
+        self.written: list[str] = []        # "memory.max=33554432", in the order written
+
+    def _limit(self, path: Path, value, what: str, missing_ok: bool = False) -> None:
+        if _write(path, value, what, missing_ok):
+            self.written.append(f"{path.name}={value}")
+
+
 # --- cgroup v2 --------------------------------------------------------------------------------
 
-class CgroupV2:
+class CgroupV2(_Cgroup):
     """A container's cgroup in the unified tree: one directory holds every controller's files."""
 
     def __init__(self, path: Path):
+        super().__init__()
         self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     @classmethod
     def create(cls, container_id: str, limits: Limits, root: Path) -> "CgroupV2":
@@ -234,18 +249,18 @@ class CgroupV2:
         if limits.memory is not None:
             # Above memory.max the kernel reclaims the cgroup's memory; if that is not enough,
             # it OOM-kills a process in the cgroup ("memory.max", cgroup-v2.rst).
-            _write(self.path / "memory.max", limits.memory, "set the memory limit")
+            self._limit(self.path / "memory.max", limits.memory, "set the memory limit")
             # And no swap on top of it: --memory means all the memory there is, as in a VM.
             # The file exists only when the kernel accounts swap.
-            _write(self.path / "memory.swap.max", 0, "turn off swap", missing_ok=True)
+            self._limit(self.path / "memory.swap.max", 0, "turn off swap", missing_ok=True)
         if limits.cpus is not None:
             # "$MAX $PERIOD": the cgroup may run MAX microseconds in each PERIOD, summed over
             # all CPUs, then waits for the next period ("cpu.max", cgroup-v2.rst).
             quota = round(limits.cpus * CPU_PERIOD_US)
-            _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}", "set the CPU limit")
+            self._limit(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}", "set the CPU limit")
         if limits.pids is not None:
             # fork() and clone() fail with EAGAIN once pids.max tasks exist ("PID", cgroup-v2.rst).
-            _write(self.path / "pids.max", limits.pids, "set the pids limit")
+            self._limit(self.path / "pids.max", limits.pids, "set the pids limit")
 
     def add(self, pid: int) -> None:
         """Move a process (and so, its future children) into the cgroup."""
@@ -280,11 +295,16 @@ def _enable_controllers(cgroup: Path) -> None:
 
 # --- cgroup v1 --------------------------------------------------------------------------------
 
-class CgroupV1:
+class CgroupV1(_Cgroup):
     """A container's cgroups on a v1 host: a directory in each controller's own tree."""
 
     def __init__(self, paths: dict[str, Path]):
+        super().__init__()
         self.paths = paths          # controller -> this container's directory in its tree
+
+    def __str__(self) -> str:       # /sys/fs/cgroup/{memory,cpu,cpuacct,pids}/minirun/ID
+        first = next(iter(self.paths.values()))
+        return f"{first.parent.parent.parent}/{{{','.join(self.paths)}}}/{PARENT}/{first.name}"
 
     @classmethod
     def create(cls, container_id: str, limits: Limits, trees: dict[str, Path]) -> "CgroupV1":
@@ -314,21 +334,21 @@ class CgroupV1:
         if limits.memory is not None:
             memory = self.paths["memory"]
             # Above the limit the kernel reclaims, then OOM-kills (cgroup-v1/memory.rst, 2.5).
-            _write(memory / "memory.limit_in_bytes", limits.memory, "set the memory limit")
+            self._limit(memory / "memory.limit_in_bytes", limits.memory, "set the memory limit")
             # memsw limits memory + swap; the same value means no swap (memory.rst, 2.4). It
             # exists only with swap accounting, and may never be below limit_in_bytes, so second.
-            _write(memory / "memory.memsw.limit_in_bytes", limits.memory, "turn off swap",
-                   missing_ok=True)
+            self._limit(memory / "memory.memsw.limit_in_bytes", limits.memory, "turn off swap",
+                        missing_ok=True)
         if limits.cpus is not None:
             cpu = self.paths["cpu"]
             # CFS bandwidth control: quota microseconds of CPU time per period, summed over
             # all CPUs (Documentation/scheduler/sched-bwc.rst).
-            _write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US, "set the CPU period")
-            _write(cpu / "cpu.cfs_quota_us", round(limits.cpus * CPU_PERIOD_US),
-                   "set the CPU limit")
+            self._limit(cpu / "cpu.cfs_period_us", CPU_PERIOD_US, "set the CPU period")
+            self._limit(cpu / "cpu.cfs_quota_us", round(limits.cpus * CPU_PERIOD_US),
+                        "set the CPU limit")
         if limits.pids is not None:
             # fork() fails with EAGAIN once pids.max tasks exist (cgroup-v1/pids.rst).
-            _write(self.paths["pids"] / "pids.max", limits.pids, "set the pids limit")
+            self._limit(self.paths["pids"] / "pids.max", limits.pids, "set the pids limit")
 
     def add(self, pid: int) -> None:
         """Move a process into the container's directory of every tree."""

@@ -31,12 +31,22 @@ def cli() -> None:
 @click.option("--cpus", metavar="N", help="CPU limit in cores, e.g. 0.5.")
 @click.option("--pids-limit", metavar="N", help="Most processes the container may have at once.")
 @click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
+@click.option("--stats", is_flag=True,
+              help="At the end, print the peak memory and CPU time the container used.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
     from minirun.container import ContainerSpec, run as run_container
     return run_container(ContainerSpec.from_options(image, list(command), options))
+
+
+@cli.command()
+def gc() -> None:
+    """Remove what killed runs left behind: records, writable layers, cgroups."""
+    from minirun.container import collect_garbage
+    for container_id in collect_garbage():
+        click.echo(f"removed {container_id[:12]}")
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 `run` is what a runtime does, in order, on the host side; `_become_container` is what the
 forked child does to turn itself into the container's PID 1. Each step is one call into the
-module that owns the mechanism: image, rootfs, namespaces, network, security, state. The
+module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
 chapters of docs/minirun.md follow the same order.
 """
 import os
@@ -11,19 +11,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from minirun import namespaces, network, rootfs, security, state
+from minirun import cgroups, namespaces, network, rootfs, security, state
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
-from minirun.units import parse_count, parse_cpus, parse_size
+from minirun.units import format_size, parse_count, parse_cpus, parse_size
 
 # What `minirun` passes on to the container, as `docker run` does: a Ctrl-C, a `kill`, a hangup.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
 
 # Everything but the PID namespace, which the parent asks for on the child's behalf (see _start).
+# CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
+# the child unshares only after the parent has moved it into the container's cgroup.
 CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
-                        | namespaces.CLONE_NEWNET)
+                        | namespaces.CLONE_NEWNET | namespaces.CLONE_NEWCGROUP)
 
 
 @dataclass
@@ -39,9 +41,8 @@ class ContainerSpec:
     use_init: bool = False
     use_chroot: bool = False
     explain: bool = False
-    memory: int | None = None
-    cpus: float | None = None
-    pids_limit: int | None = None
+    stats: bool = False
+    limits: cgroups.Limits = field(default_factory=cgroups.Limits)
 
     @classmethod
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
@@ -57,9 +58,10 @@ class ContainerSpec:
                    workdir=workdir, hostname=options.get("hostname"), name=options.get("name"),
                    tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
                    use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
-                   memory=parse_size(memory) if memory else None,
-                   cpus=parse_cpus(cpus) if cpus else None,
-                   pids_limit=parse_count(pids, "pids limit") if pids else None)
+                   stats=bool(options.get("stats")),
+                   limits=cgroups.Limits(memory=parse_size(memory) if memory else None,
+                                         cpus=parse_cpus(cpus) if cpus else None,
+                                         pids=parse_count(pids, "pids limit") if pids else None))
 
 
 @dataclass
@@ -91,26 +93,61 @@ def run(spec: ContainerSpec) -> int:
                                    command=plan.command, runtime_pid=os.getpid(), created=time.time())
     _claim_name(record)
     state.save(record)
-    bundle = None
+    bundle = cgroup = None
     try:
         # 3. A bundle directory on the host for the container's writes (overlayfs upper/work).
         bundle = rootfs.create_bundle(store_root() / "containers", plan.id)
         say("bundle", f"{bundle.path} holds the writable layer")
 
-        # 4. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-        child, terminal = _start(plan, bundle, say)
+        # 4. A cgroup with the container's limits, made before the fork so that the child can
+        #    be put in it before it runs anything (see _start).
+        cgroup = cgroups.create(plan.id, spec.limits)
+        say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
+
+        # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
+        child, terminal = _start(plan, bundle, cgroup, say)
         record.pid = child
         state.save(record)
 
-        # 5. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
+        # 6. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
         status = _supervise(child, terminal)
         say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
+
+        # 7. What the kernel counted in the cgroup: an OOM kill, and with --stats the usage.
+        _report_usage(cgroup.usage(), spec)
         return status
     finally:
-        # 6. Leave nothing behind. The mounts went away with the mount namespace.
+        # 8. Leave nothing behind. The mounts went away with the mount namespace; the cgroup
+        #    is empty now (its processes died with PID 1) and can be removed.
+        if cgroup:
+            cgroup.remove()
         if bundle:
             rootfs.remove_bundle(bundle)
         state.remove(plan.id)
+
+
+def _report_usage(usage: cgroups.Usage, spec: ContainerSpec) -> None:
+    """One line if the kernel OOM-killed a process of the container; the usage with --stats."""
+    if usage.oom_killed:
+        limit = format_size(spec.limits.memory) if spec.limits.memory else "(none set)"
+        print(f"minirun: the container ran out of memory at its limit of {limit}: the kernel's "
+              "OOM killer killed it (raise --memory to give it more)", file=sys.stderr)
+    if spec.stats:
+        print(_stats_line(usage), file=sys.stderr)
+
+
+def _stats_line(usage: cgroups.Usage) -> str:
+    parts = []
+    if usage.peak_memory is not None:
+        parts.append(f"peak memory {format_size(usage.peak_memory)}")
+    if usage.cpu_seconds is not None:
+        parts.append(f"CPU time {usage.cpu_seconds:.3f}s")
+    if usage.throttled_periods:
+        parts.append(f"throttled in {usage.throttled_periods} periods "
+                     f"({usage.throttled_seconds:.3f}s waiting)")
+    if usage.pids_refused:
+        parts.append(f"{usage.pids_refused} forks refused by the pids limit")
+    return "minirun: stats: " + ", ".join(parts)
 
 
 def _plan(spec: ContainerSpec, image: Image) -> Plan:
@@ -135,7 +172,7 @@ def _claim_name(record: state.ContainerRecord) -> None:
                                  "choose another --name")
 
 
-def _start(plan: Plan, bundle: rootfs.Bundle, say) -> tuple[int, int | None]:
+def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | None]:
     """Fork the child that becomes the container; return its host PID and the pty master, if any.
 
     The child is forked straight into a new PID namespace: unshare(CLONE_NEWPID) does not move
@@ -177,7 +214,16 @@ def _start(plan: Plan, bundle: rootfs.Bundle, say) -> tuple[int, int | None]:
     _install_forwarders(pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
 
-    # (The parent's work between fork and go goes here: the child is paused, not yet confined.)
+    # The child is paused on `go`: put it in its cgroup now, so that it and everything it will
+    # fork are limited from their first instruction (cgroup.procs moves a whole process).
+    try:
+        cgroup.add(pid)
+    except RuntimeFailure:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _restore_signals()
+        raise
+    say("cgroup", f"host PID {pid} moved into its cgroup, then told to go")
     os.write(go_write, b"g")
     os.close(go_write)
 
@@ -219,8 +265,10 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
         rootfs.mount_proc(root)
         rootfs.mount_dev(root)
         rootfs.mount_sys(root)
+        cgroups.mount_view(str(root / "sys/fs/cgroup"))
         rootfs.mask_host_paths(root)
-        say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, masks")
+        say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
+            "its own cgroups read-only on /sys/fs/cgroup, masks")
 
         # 3. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
         if plan.spec.use_chroot:
@@ -342,18 +390,18 @@ def _read_all(fd: int) -> bytes:
 
 
 def collect_garbage() -> list[str]:
-    """Remove what runs killed with SIGKILL left behind: their bundles and records.
+    """Remove what runs killed with SIGKILL left behind: their cgroups, bundles and records.
 
     A record whose minirun process is gone is stale; its container died with it (the
-    parent-death signal), so its bundle can go.
+    parent-death signal), so its cgroup and bundle can go.
     """
-    removed = []
-    for record in state.containers():
-        if not state.is_alive(record):
-            rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / record.id))
-            state.remove(record.id)
-            removed.append(record.id)
-    return removed
+    records = state.containers()
+    dead = {record.id for record in records if not state.is_alive(record)}
+    cgroups.remove_stale({record.id for record in records} - dead, dead_ids=dead)
+    for container_id in dead:
+        rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / container_id))
+        state.remove(container_id)
+    return sorted(dead)
 
 
 def _narrator(explain: bool):

@@ -44,3 +44,12 @@ def parse_count(text: str, what: str) -> int:
     if count <= 0:
         raise RuntimeFailure(f"invalid {what} {text!r}: give a positive whole number")
     return count
+
+
+def format_size(size: int) -> str:
+    """67108864 -> '64M': the largest unit that keeps one decimal at most, for messages."""
+    for suffix in ("T", "G", "M", "K"):
+        amount = size / _SUFFIXES[suffix]
+        if amount >= 1:
+            return f"{amount:.1f}".removesuffix(".0") + suffix
+    return f"{size}B"

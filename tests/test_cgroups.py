@@ -1,12 +1,14 @@
-"""minirun.cgroups on its own: the real v1 driver of this host with plain processes, the v2
-driver against a v2-shaped tree, and the parsing of the mount table.
+"""Resource limits: minirun.cgroups on its own (the real v1 driver of this host with plain
+processes, the v2 driver against a v2-shaped tree, the mount table), then real containers.
 
-Every cgroup a test makes has an id starting with this run's prefix, and the tests check only
-those: other people's tests may be making and removing cgroups under minirun/ at the same time.
+Every cgroup a test makes itself has an id starting with this run's prefix, and a container's
+id is read from its --explain line, so the tests check only their own cgroups: other people's
+tests may be making and removing cgroups under minirun/ at the same time.
 """
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import read_line, wait_for_container
 
 from minirun import cgroups, namespaces
 from minirun.errors import RuntimeFailure
@@ -22,17 +25,14 @@ from minirun.errors import RuntimeFailure
 PREFIX = f"test-{uuid.uuid4().hex[:8]}"
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
-
-
 def new_id(what: str) -> str:
     return f"{PREFIX}-{what}-{uuid.uuid4().hex[:6]}"
 
 
-def own_cgroups() -> list[Path]:
-    """This test run's cgroups, in every tree minirun uses."""
+def own_cgroups(pattern: str = f"{PREFIX}-*") -> list[Path]:
+    """This test run's cgroups (or those matching `pattern`), in every tree minirun uses."""
     trees = set(cgroups._mounts().v1.values()) | {cgroups._mounts().unified}
-    return sorted(path for tree in trees for path in (tree / cgroups.PARENT).glob(f"{PREFIX}-*"))
+    return sorted(path for tree in trees for path in (tree / cgroups.PARENT).glob(pattern))
 
 
 @pytest.fixture(autouse=True)
@@ -401,3 +401,162 @@ def test_mountinfo_of_a_pure_v2_host():
     mounts = cgroups.parse_mountinfo(PURE_V2)
     assert mounts.unified == Path("/sys/fs/cgroup")
     assert mounts.v1 == {} and mounts.v1_options == {}
+
+
+# --- Real containers --------------------------------------------------------------------------
+
+# Which file of its own cgroup a container reads, seen from inside, on this host.
+PIDS_EVENTS = "/sys/fs/cgroup/pids.events" if cgroups.host_uses_v2() else "/sys/fs/cgroup/pids/pids.events"
+CPU_STAT = "/sys/fs/cgroup/cpu.stat" if cgroups.host_uses_v2() else "/sys/fs/cgroup/cpu/cpu.stat"
+
+
+def container_id(explained: str) -> str:
+    """The container's id, from the cgroup line that --explain prints."""
+    found = re.search(rf"cgroup .*/{cgroups.PARENT}/([0-9a-f]{{64}})", explained)
+    assert found, explained
+    return found.group(1)
+
+
+def assert_no_cgroup_left(identifier: str) -> None:
+    assert own_cgroups(identifier) == []
+
+
+def stats(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("minirun: stats:"))
+
+
+def hog(megabytes: int) -> str:
+    """A shell that really holds `megabytes` of memory: the string in a variable."""
+    return f'x=$(head -c {megabytes * 1000000} /dev/zero | tr "\\0" a); echo held ${{#x}}'
+
+
+def test_memory_hog_above_the_limit_exits_137_with_the_oom_line(minirun):
+    result = minirun("run", "--explain", "--memory", "32M", "hello", "sh", "-c", hog(64))
+    assert result.returncode == 137, result.stderr
+    assert "held" not in result.stdout
+    assert "container ran out of memory at its limit of 32M" in result.stderr
+    assert_no_cgroup_left(container_id(result.stderr))
+
+
+def test_memory_use_below_the_limit_succeeds(minirun):
+    result = minirun("run", "--stats", "--memory", "32M", "hello", "sh", "-c", hog(8))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "held 8000000\n"
+    assert "out of memory" not in result.stderr
+    peak = re.search(r"peak memory ([0-9.]+)M", stats(result.stderr))
+    assert 8 <= float(peak.group(1)) <= 32
+
+
+# PID 1 sets off a fork bomb, waits until its cgroup counts a refused fork (with builtins only:
+# it cannot fork either), and exits: the kernel then kills the rest of the PID namespace.
+# The bomb stops at depth 8 (at most 2^9 processes) and the wait at 200000 reads, so that a
+# broken limit fails the test instead of taking the machine down.
+FORK_BOMB = f"""
+bomb() {{ [ "$1" -lt 8 ] && {{ bomb $(($1 + 1)) | bomb $(($1 + 1)) & }}; }}
+bomb 0
+reads=0
+while [ $reads -lt 200000 ] && read -r key refused < {PIDS_EVENTS} && [ "$refused" = 0 ]; do
+    reads=$((reads + 1))
+done
+[ "$refused" != 0 ] && echo contained
+exit 7
+"""
+
+
+def test_fork_bomb_is_contained_and_the_container_still_exits(minirun):
+    result = minirun("run", "--explain", "--stats", "--pids-limit", "20", "hello",
+                     "sh", "-c", FORK_BOMB)
+    assert (result.returncode, result.stdout) == (7, "contained\n"), result.stderr
+    assert re.search(r"\d+ forks refused by the pids limit", stats(result.stderr))
+    assert_no_cgroup_left(container_id(result.stderr))
+
+
+# A busy loop of shell builtins that stops once its own cgroup has been throttled 10 times
+# (or after 500000 reads, seconds of CPU, should the limit be broken).
+THROTTLED_LOOP = f"""
+throttled=0 reads=0
+while [ "$throttled" -lt 10 ] && [ $reads -lt 500000 ]; do
+    while read -r key value; do [ "$key" = nr_throttled ] && throttled=$value; done < {CPU_STAT}
+    reads=$((reads + 1))
+done
+cat {CPU_STAT}
+"""
+
+
+def test_half_a_cpu_throttles_a_busy_loop_in_a_container(minirun):
+    result = minirun("run", "--stats", "--cpus", "0.5", "hello", "sh", "-c", THROTTLED_LOOP)
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split() for line in result.stdout.splitlines())
+    assert int(seen["nr_throttled"]) >= 10
+    line = stats(result.stderr)
+    throttled = int(re.search(r"throttled in (\d+) periods", line).group(1))
+    cpu_seconds = float(re.search(r"CPU time ([0-9.]+)s", line).group(1))
+    assert throttled >= 10
+    # Never more than its quota: 50 ms of CPU in each 100 ms period it ran in (+1 of slack).
+    periods = int(seen["nr_periods"]) + 1                 # the loop ran on after its last read
+    assert cpu_seconds <= 0.050 * (periods + 1)
+
+
+def test_container_sees_its_own_cgroup_as_root_read_only(minirun):
+    script = ("cat /proc/self/cgroup; ls /sys/fs/cgroup; "
+              "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+              "echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes; mkdir /sys/fs/cgroup/pids/x")
+    if cgroups.host_uses_v2():
+        pytest.skip("checks the v1 view; the v2 view is one cgroup2 mount")
+    result = minirun("run", "--memory", "48M", "hello", "sh", "-c", script)
+    lines = result.stdout.splitlines()
+    cgroup_lines = [line for line in lines if re.match(r"\d+:", line)]
+    assert cgroup_lines and all(line.endswith(":/") for line in cgroup_lines)
+    assert lines[len(cgroup_lines):] == ["cpu", "cpuacct", "memory", "pids", str(48 * MiB)]
+    assert result.stderr.count("Read-only file system") == 2
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("command, status", [(["true"], 0), (["false"], 1),
+                                             (["no-such-command"], 127)])
+def test_no_cgroup_left_after_a_run(minirun, command, status):
+    result = minirun("run", "--explain", "--memory", "32M", "hello", *command)
+    assert result.returncode == status
+    assert_no_cgroup_left(container_id(result.stderr))
+
+
+def test_no_cgroup_left_after_ctrl_c(start_minirun):
+    process = start_minirun("run", "--explain", "--init", "--pids-limit", "10", "hello",
+                            "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert_no_cgroup_left(container_id(stderr))
+
+
+def test_no_cgroup_left_after_minirun_is_killed_once_gc_runs(start_minirun, minirun_env, minirun):
+    process = start_minirun("run", "--cpus", "0.5", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    identifier = wait_for_container(minirun_env)["id"]
+    assert own_cgroups(identifier)
+    process.kill()                                        # no chance to clean up
+    process.wait(timeout=10)
+    result = minirun("gc")
+    assert result.returncode == 0, result.stderr
+    assert f"removed {identifier[:12]}" in result.stdout
+    assert_no_cgroup_left(identifier)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--memory", "lots", "invalid size 'lots'"),
+    ("--memory", "-5M", "invalid size '-5M'"),
+    ("--cpus", "0", "invalid CPU count '0'"),
+    ("--cpus", "0.001", "too small"),
+    ("--cpus", "999", "more than the"),
+    ("--pids-limit", "0", "invalid pids limit '0'"),
+    ("--pids-limit", "ten", "invalid pids limit 'ten'"),
+])
+def test_bad_limits_are_rejected_before_anything_is_made(minirun, minirun_env, flag, value,
+                                                         message):
+    result = minirun("run", flag, value, "hello", "true")
+    assert result.returncode == 125
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+    assert not (Path(minirun_env["MINIRUN_ROOT"]) / "containers").exists() or \
+        os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
