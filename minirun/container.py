@@ -99,8 +99,8 @@ def run(spec: ContainerSpec) -> int:
         bundle = rootfs.create_bundle(store_root() / "containers", plan.id)
         say("bundle", f"{bundle.path} holds the writable layer")
 
-        # 4. A cgroup with the container's limits, made before the fork so that the child can
-        #    be put in it before it runs anything (see _start).
+        # 4. A cgroup with the container's limits, made before the fork: the child's first
+        #    step is to join it, so nothing of the container ever runs outside its limits.
         cgroup = cgroups.create(plan.id, spec.limits)
         say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
 
@@ -128,10 +128,13 @@ def run(spec: ContainerSpec) -> int:
 
 def _report_usage(usage: cgroups.Usage, spec: ContainerSpec) -> None:
     """One line if the kernel OOM-killed a process of the container; the usage with --stats."""
-    if usage.oom_killed:
-        limit = format_size(spec.limits.memory) if spec.limits.memory else "(none set)"
-        print(f"minirun: the container ran out of memory at its limit of {limit}: the kernel's "
-              "OOM killer killed it (raise --memory to give it more)", file=sys.stderr)
+    if usage.oom_killed and spec.limits.memory:
+        print(f"minirun: the container ran out of memory at its limit of "
+              f"{format_size(spec.limits.memory)} and the kernel killed a process in it "
+              "(give it more with --memory)", file=sys.stderr)
+    elif usage.oom_killed:
+        print("minirun: the machine ran out of memory and the kernel killed a process in the "
+              "container", file=sys.stderr)
     if spec.stats:
         print(_stats_line(usage), file=sys.stderr)
 
@@ -180,8 +183,8 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | N
     fork the parent goes back to its own PID namespace for any later children.
 
     Two pipes tie parent and child together:
-    - `go`: the child waits on it until the parent has done its part (joining a cgroup, for
-      one) so the command never runs for a moment outside its limits;
+    - `go`: the child waits on it until the parent has done its part (its signal forwarders
+      are in place), so nothing of the container runs before the parent is ready for it;
     - `errors`: close-on-exec, so it reaches end-of-file exactly when the command has been
       exec'd; if setup or exec fails instead, the child writes why into it first.
     """
@@ -202,7 +205,7 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | N
         if master is not None:
             os.close(master)
         try:
-            _become_container(plan, bundle, go_read, errors_write, slave, say)   # never returns
+            _become_container(plan, bundle, cgroup, go_read, errors_write, slave, say)  # no return
         finally:
             os._exit(RUNTIME_FAILED)    # never fall back into the parent's code
     namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
@@ -214,16 +217,7 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | N
     _install_forwarders(pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
 
-    # The child is paused on `go`: put it in its cgroup now, so that it and everything it will
-    # fork are limited from their first instruction (cgroup.procs moves a whole process).
-    try:
-        cgroup.add(pid)
-    except RuntimeFailure:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        _restore_signals()
-        raise
-    say("cgroup", f"host PID {pid} moved into its cgroup, then told to go")
+    # (The parent's work between fork and go goes here: the child is paused, not yet confined.)
     os.write(go_write, b"g")
     os.close(go_write)
 
@@ -238,7 +232,7 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | N
     return pid, master
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
+def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup, go: int, errors: int,
                       slave: int | None, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
     try:
@@ -249,13 +243,19 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
             os._exit(RUNTIME_FAILED)
         os.close(go)
 
-        # 1. Namespaces: from here on, mounts, hostname, IPC and network are the container's own.
+        # 1. Resources: join the container's cgroup. Every process forked from here on is
+        #    born in it, counted and limited with the rest of the container.
+        cgroup.join()
+        say("cgroup", f"joined {cgroup}")
+
+        # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen
+        #    are the container's own.
         namespaces.unshare(CONTAINER_NAMESPACES)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET")
+        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
         namespaces.sethostname(plan.hostname)
         say("sethostname", plan.hostname)
 
-        # 2. The root filesystem: the image's layers under a writable overlay, then the kernel's
+        # 3. The root filesystem: the image's layers under a writable overlay, then the kernel's
         #    pseudo-filesystems, a minimal /dev, and masks over what would reveal the host.
         rootfs.make_mounts_private()
         say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
@@ -270,7 +270,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
         say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
             "its own cgroups read-only on /sys/fs/cgroup, masks")
 
-        # 3. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
+        # 4. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
         if plan.spec.use_chroot:
             rootfs.chroot_into(root)
             say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
@@ -278,16 +278,16 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
             rootfs.pivot_into(root)
             say("pivot_root", f"{root} is now /; the old root is unmounted")
 
-        # 4. The network namespace holds only `lo`; bring it up.
+        # 5. The network namespace holds only `lo`; bring it up.
         network.bring_up_loopback()
         say("network", "lo up; no other device")
 
-        # 5. Where the command starts, on which terminal.
+        # 6. Where the command starts, on which terminal.
         os.makedirs(plan.workdir, exist_ok=True)
         os.chdir(plan.workdir)
         _attach_stdio(slave)
 
-        # 6. Give up what the command must not have: most capabilities, any new privilege.
+        # 7. Give up what the command must not have: most capabilities, any new privilege.
         security.drop_privileges()
         say("security", "capabilities cut to Docker's default set; no_new_privs set")
     except OSError as error:
@@ -297,7 +297,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
     except Exception as error:   # a bug: still one line, and the parent cleans up
         _fail(errors, RUNTIME_FAILED, f"internal error while setting up the container: {error!r}")
 
-    # 7. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
+    # 8. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
     if plan.spec.use_init:
         _run_init(plan, errors)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)

@@ -49,22 +49,15 @@ def v1_host():
         pytest.skip("this host runs cgroup v2; the v1 tests need a v1 or hybrid host")
 
 
-def start_held(command: list[str]) -> subprocess.Popen:
-    """Start `command` held at a pipe, as the container core holds its child: it runs only
-    after release(), so it can be put in its cgroup first."""
-    return subprocess.Popen(["/bin/sh", "-c", 'read go && exec "$@"', "sh", *command],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def release(process: subprocess.Popen) -> None:
-    process.stdin.write(b"go\n")
-    process.stdin.close()
+def start_in(cgroup, command: list[str]) -> subprocess.Popen:
+    """Start `command` in `cgroup`: the forked child joins it before it execs, as in minirun."""
+    return subprocess.Popen(command, preexec_fn=cgroup.join,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run_in(cgroup, command: list[str]) -> subprocess.CompletedProcess:
-    process = start_held(command)
-    cgroup.add(process.pid)
-    out, err = process.communicate(b"go\n", timeout=60)       # releases it, then waits
+    process = start_in(cgroup, command)
+    out, err = process.communicate(timeout=60)
     return subprocess.CompletedProcess(command, process.returncode, out.decode(), err.decode())
 
 
@@ -166,32 +159,30 @@ def test_pids_limit_refuses_forks_with_eagain_and_the_host_is_unaffected(v1_host
 
 def test_half_a_cpu_throttles_a_busy_loop(v1_host):
     cgroup = cgroups.create(new_id("cpu"), cgroups.Limits(cpus=0.5))
-    busy = start_held(["/bin/sh", "-c", "while :; do :; done"])
+    busy = start_in(cgroup, ["/bin/sh", "-c", "while :; do :; done"])
     try:
-        cgroup.add(busy.pid)
-        release(busy)
         stat = cgroup.paths["cpu"] / "cpu.stat"
         deadline = time.monotonic() + 30            # a bound on a hung test, not a measurement
-        while cgroups._read_keyed(stat)["nr_periods"] < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        counters = cgroups._read_keyed(stat)
-        usage = cgroup.usage()
-    finally:
-        cgroup.remove()
+        while cgroups._read_keyed(stat)["nr_throttled"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy.kill()
         busy.wait()
-    assert counters["nr_periods"] >= 20
-    # A busy loop wants the whole period and gets half of it: it waits in most periods, ...
-    assert usage.throttled_periods >= counters["nr_periods"] // 2
+        counters, usage = cgroups._read_keyed(stat), cgroup.usage()    # final: nothing runs
+    finally:
+        busy.kill()
+        cgroup.remove()
+    # A busy loop wants every period whole; it got half of some and then had to wait, ...
+    assert usage.throttled_periods == counters["nr_throttled"] >= 5
     assert usage.throttled_seconds > 0
-    # ... and never gets more than its quota of 50 ms per period (plus one slice of slack).
+    # ... and never more than its quota: 50 ms of CPU per period (plus one period of slack).
     assert usage.cpu_seconds <= 0.050 * (counters["nr_periods"] + 1)
 
 
 def test_remove_kills_whatever_still_runs(v1_host):
     cgroup = cgroups.create(new_id("leftover"), cgroups.Limits())
-    sleeper = start_held(["sleep", "300"])
-    cgroup.add(sleeper.pid)
-    release(sleeper)
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    assert f"{cgroups.PARENT}/{cgroup.paths['memory'].name}" in \
+        Path(f"/proc/{sleeper.pid}/cgroup").read_text()       # it joined before it exec'd
     cgroup.remove()
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
 
@@ -220,9 +211,7 @@ def test_remove_stale(v1_host):
                                                                       busy_old)}
     sleepers = {}
     for name in (live, dead, busy_old):
-        sleepers[name] = start_held(["sleep", "300"])
-        made[name].add(sleepers[name].pid)
-        release(sleepers[name])
+        sleepers[name] = start_in(made[name], ["sleep", "300"])
     an_hour_ago = time.time() - 3600
     for name in (old, busy_old, live, dead):
         for path in made[name].paths.values():
@@ -244,11 +233,10 @@ def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path
     view = tmp_path / "cgroup"
     view.mkdir()
     report_read, report_write = os.pipe()
-    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:                                       # the child: report what it sees, as JSON
         try:
-            os.read(go_read, 1)
+            cgroup.join()
             namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWCGROUP)
             namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_PRIVATE)
             cgroups.mount_view(str(view))
@@ -267,8 +255,6 @@ def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path
         finally:
             os._exit(0)
     try:
-        cgroup.add(pid)
-        os.write(go_write, b"g")
         os.close(report_write)
         seen = json.loads(os.read(report_read, 65536))
         os.waitpid(pid, 0)
@@ -326,8 +312,8 @@ def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
     assert (cgroup.path / "memory.swap.max").read_text() == "0"
     assert (cgroup.path / "cpu.max").read_text() == "50000 100000"
     assert (cgroup.path / "pids.max").read_text() == "20"
-    cgroup.add(4242)
-    assert (cgroup.path / "cgroup.procs").read_text() == "4242"
+    cgroup.join()
+    assert (cgroup.path / "cgroup.procs").read_text() == "0"      # "0": the writer itself
 
 
 def test_v2_driver_without_limits_writes_none(v2_tree):
