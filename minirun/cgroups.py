@@ -82,7 +82,7 @@ class Usage:
 class _Mounts:
     unified: Path | None            # where cgroup2 is mounted, if it is
     v1: dict[str, Path]             # v1 controller -> the mount point of the tree carrying it
-    v1_options: dict[Path, str]     # v1 mount point -> its controllers, as mount(2) data
+    v1_options: dict[Path, str]     # v1 mount point -> all its controllers: "cpu,cpuacct"
 
 
 def _unescape(field: str) -> str:
@@ -92,9 +92,10 @@ def _unescape(field: str) -> str:
     return field
 
 
-def parse_mountinfo(text: str) -> _Mounts:
+def parse_mountinfo(text: str, known_controllers: set[str]) -> _Mounts:
     """Find the cgroup trees in /proc/self/mountinfo: the filesystem type says v1 or v2, the
-    super options of a v1 mount say which controllers it carries (e.g. 'rw,cpu,cpuacct')."""
+    super options of a v1 mount say which controllers it carries ('rw,cpu,cpuacct'), among
+    other options ('xattr', 'name=systemd'): the controllers are the names the kernel knows."""
     unified, v1, v1_options = None, {}, {}
     for line in text.splitlines():
         fields, _, fs_fields = line.partition(" - ")
@@ -103,19 +104,23 @@ def parse_mountinfo(text: str) -> _Mounts:
         if fstype == "cgroup2" and unified is None:
             unified = mount_point
         elif fstype == "cgroup":
-            controllers = [c for c in super_options.split(",") if c in V1_CONTROLLERS]
-            for controller in controllers:
-                v1.setdefault(controller, mount_point)
-            if controllers:
-                v1_options.setdefault(mount_point, ",".join(controllers))
+            controllers = [c for c in super_options.split(",") if c in known_controllers]
+            ours = [c for c in controllers if c in V1_CONTROLLERS and c not in v1]
+            for controller in ours:
+                v1[controller] = mount_point
+            if ours:
+                v1_options[mount_point] = ",".join(controllers)
     return _Mounts(unified, v1, v1_options)
 
 
 @cache
 def _mounts() -> _Mounts:
-    # Cached: the parent reads the 20-odd lines once, and the forked child inherits the answer.
+    # Cached: the parent reads these small files once, and the forked child inherits the answer.
+    # /proc/cgroups lists the controllers this kernel has, one a line after a header (cgroups(7)).
+    with open("/proc/cgroups") as table:
+        known = {line.split()[0] for line in table if not line.startswith("#")}
     with open("/proc/self/mountinfo") as mountinfo:
-        return parse_mountinfo(mountinfo.read())
+        return parse_mountinfo(mountinfo.read(), known)
 
 
 @cache
@@ -154,13 +159,14 @@ def mount_view(target_dir: str) -> None:
     if host_uses_v2():
         namespaces.mount("cgroup2", target_dir, "cgroup2", read_only)
         return
-    # v1 has one tree per controller: a small tmpfs holds a mount point for each, named as
-    # the host names them (memory/, cpu/, ... or cpu,cpuacct/ with cpu and cpuacct links).
+    # v1 has one tree per controller: a small tmpfs holds a mount point for each tree minirun
+    # uses, named as hosts name them (memory/, cpu/, ... or cpu,cpuacct/ with two links).
     namespaces.mount("tmpfs", target_dir, "tmpfs", hardened, "mode=755,size=64k")
     for controllers in _mounts().v1_options.values():
         directory = os.path.join(target_dir, controllers)
         os.mkdir(directory)
-        # For a v1 mount the data names the controllers; it must match the host's tree.
+        # The data names the tree's controllers, all of them: the kernel finds the existing
+        # tree by that set (and refuses with EBUSY a set that matches no tree).
         namespaces.mount("cgroup", directory, "cgroup", read_only, controllers)
         if "," in controllers:
             for controller in controllers.split(","):

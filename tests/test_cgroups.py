@@ -357,10 +357,14 @@ def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
 
 # --- Which version the host uses: read from the mount table -----------------------------------
 
+KNOWN_CONTROLLERS = {"cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer",
+                     "net_cls", "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
 HYBRID = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 31 0:30 / /sys/fs/cgroup/net_cls,net_prio rw,relatime - cgroup cgroup rw,net_cls,net_prio
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset,clone_children
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,xattr,memory,hugetlb
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
@@ -374,19 +378,21 @@ PURE_V2 = """\
 
 
 def test_mountinfo_of_a_hybrid_host():
-    mounts = cgroups.parse_mountinfo(HYBRID)
+    mounts = cgroups.parse_mountinfo(HYBRID, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup/unified")
-    cpu_tree = Path("/sys/fs/cgroup/cpu,cpuacct")
-    assert mounts.v1 == {"cpu": cpu_tree, "cpuacct": cpu_tree,
-                         "memory": Path("/sys/fs/cgroup/memory"),
+    cpu_tree, memory_tree = Path("/sys/fs/cgroup/cpu,cpuacct"), Path("/sys/fs/cgroup/memory")
+    assert mounts.v1 == {"cpu": cpu_tree, "cpuacct": cpu_tree, "memory": memory_tree,
                          "pids": Path("/sys/fs/cgroup/pids")}
-    assert mounts.v1_options[cpu_tree] == "cpu,cpuacct"
+    # Only the trees minirun uses, each with all its controllers and none of its other options.
+    assert mounts.v1_options == {cpu_tree: "cpu,cpuacct", memory_tree: "memory,hugetlb",
+                                 Path("/sys/fs/cgroup/pids"): "pids"}
 
 
 def test_mountinfo_of_a_pure_v2_host():
-    mounts = cgroups.parse_mountinfo(PURE_V2)
+    mounts = cgroups.parse_mountinfo(PURE_V2, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup")
     assert mounts.v1 == {} and mounts.v1_options == {}
+    assert cgroups._unescape("/mnt/with\\040space") == "/mnt/with space"
 
 
 # --- Real containers --------------------------------------------------------------------------
