@@ -11,7 +11,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from minirun import namespaces, network, rootfs, security, state
+# Everything the child uses must be imported here, before it forks: after pivot_root the host's
+# files, Python's own modules among them, are out of its reach.
+from minirun import namespaces, network, rootfs, security, state, terminal
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
@@ -98,12 +100,12 @@ def run(spec: ContainerSpec) -> int:
         say("bundle", f"{bundle.path} holds the writable layer")
 
         # 4. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-        child, terminal = _start(plan, bundle, say)
+        child, pty_master = _start(plan, bundle, say)
         record.pid = child
         state.save(record)
 
         # 5. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
-        status = _supervise(child, terminal)
+        status = _supervise(child, pty_master)
         say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
         return status
     finally:
@@ -261,12 +263,7 @@ def _attach_stdio(slave: int | None) -> None:
     minirun, which forwards it once. With -t, the pty becomes its controlling terminal."""
     os.setsid()
     if slave is not None:
-        import fcntl
-        import termios
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd)
-        os.close(slave)
+        terminal.become_controlling_terminal(slave)
 
 
 def _exec(plan: Plan, errors: int) -> None:
@@ -322,12 +319,11 @@ def _restore_signals() -> None:
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
 
 
-def _supervise(pid: int, terminal: int | None) -> int:
+def _supervise(pid: int, pty_master: int | None) -> int:
     """Wait for PID 1; meanwhile relay the terminal, if there is one. Return its exit status."""
     try:
-        if terminal is not None:
-            from minirun.terminal import relay
-            relay(terminal)
+        if pty_master is not None:
+            terminal.relay(pty_master)
         _, status = os.waitpid(pid, 0)
     finally:
         _restore_signals()
@@ -353,6 +349,7 @@ def collect_garbage() -> list[str]:
             rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / record.id))
             state.remove(record.id)
             removed.append(record.id)
+    state.remove_stale_temporaries()
     return removed
 
 
