@@ -354,9 +354,12 @@ def collect_garbage() -> list[str]:
 
 
 def _narrator(explain: bool):
-    """--explain: each step, as it happens, on stderr."""
+    """--explain: each step as it happens, on stderr, with the milliseconds since the run began."""
     if not explain:
         return lambda step, detail: None
+    began = time.monotonic()
+
     def say(step: str, detail: str) -> None:
-        print(f"minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
+        elapsed = 1000 * (time.monotonic() - began)
+        print(f"{elapsed:7.2f} ms  minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
     return say
