@@ -138,7 +138,7 @@ def host_uses_v2() -> bool:
 
 # --- The interface ----------------------------------------------------------------------------
 
-def create(container_id: str, limits: Limits) -> "CgroupV2 | CgroupV1":
+def create(container_id: str, limits: Limits) -> "Cgroup":
     """Make the container's cgroup and write its limits, on whichever version the host uses.
     On failure, raise RuntimeFailure and leave nothing behind."""
     if host_uses_v2():
@@ -213,8 +213,9 @@ def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[s
     return sorted(removed)
 
 
-class _Cgroup:
-    """What both drivers share: a record of the limits written, for --explain and for tests."""
+class Cgroup:
+    """A container's cgroup, on either version: join() it, read its usage(), remove() it.
+    Both drivers also record which limits they wrote, for --explain and for the tests."""
 
     def __init__(self):
         self.written: list[str] = []        # "memory.max=33554432", in the order written
@@ -226,7 +227,7 @@ class _Cgroup:
 
 # --- cgroup v2 --------------------------------------------------------------------------------
 
-class CgroupV2(_Cgroup):
+class CgroupV2(Cgroup):
     """A container's cgroup in the unified tree: one directory holds every controller's files."""
 
     def __init__(self, path: Path):
@@ -304,7 +305,7 @@ def _enable_controllers(cgroup: Path) -> None:
 
 # --- cgroup v1 --------------------------------------------------------------------------------
 
-class CgroupV1(_Cgroup):
+class CgroupV1(Cgroup):
     """A container's cgroups on a v1 host: a directory in each controller's own tree."""
 
     def __init__(self, paths: dict[str, Path]):

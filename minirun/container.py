@@ -11,7 +11,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from minirun import cgroups, namespaces, network, rootfs, security, state
+# Everything the child uses must be imported here, before it forks: after pivot_root the host's
+# files, Python's own modules among them, are out of its reach.
+from minirun import cgroups, namespaces, network, rootfs, security, state, terminal
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
@@ -23,7 +25,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 
 # Everything but the PID namespace, which the parent asks for on the child's behalf (see _start).
 # CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
-# the child unshares only after the parent has moved it into the container's cgroup.
+# the child unshares only after it has joined the container's cgroup.
 CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
                         | namespaces.CLONE_NEWNET | namespaces.CLONE_NEWCGROUP)
 
@@ -105,12 +107,12 @@ def run(spec: ContainerSpec) -> int:
         say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
 
         # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-        child, terminal = _start(plan, bundle, cgroup, say)
+        child, pty_master = _start(plan, bundle, cgroup, say)
         record.pid = child
         state.save(record)
 
         # 6. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
-        status = _supervise(child, terminal)
+        status = _supervise(child, pty_master)
         say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
 
         # 7. What the kernel counted in the cgroup: an OOM kill, and with --stats the usage.
@@ -175,7 +177,8 @@ def _claim_name(record: state.ContainerRecord) -> None:
                                  "choose another --name")
 
 
-def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | None]:
+def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
+           say) -> tuple[int, int | None]:
     """Fork the child that becomes the container; return its host PID and the pty master, if any.
 
     The child is forked straight into a new PID namespace: unshare(CLONE_NEWPID) does not move
@@ -232,8 +235,8 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup, say) -> tuple[int, int | N
     return pid, master
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup, go: int, errors: int,
-                      slave: int | None, say) -> None:
+def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup, go: int,
+                      errors: int, slave: int | None, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
     try:
         for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
@@ -309,12 +312,7 @@ def _attach_stdio(slave: int | None) -> None:
     minirun, which forwards it once. With -t, the pty becomes its controlling terminal."""
     os.setsid()
     if slave is not None:
-        import fcntl
-        import termios
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd)
-        os.close(slave)
+        terminal.become_controlling_terminal(slave)
 
 
 def _exec(plan: Plan, errors: int) -> None:
@@ -370,12 +368,11 @@ def _restore_signals() -> None:
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
 
 
-def _supervise(pid: int, terminal: int | None) -> int:
+def _supervise(pid: int, pty_master: int | None) -> int:
     """Wait for PID 1; meanwhile relay the terminal, if there is one. Return its exit status."""
     try:
-        if terminal is not None:
-            from minirun.terminal import relay
-            relay(terminal)
+        if pty_master is not None:
+            terminal.relay(pty_master)
         _, status = os.waitpid(pid, 0)
     finally:
         _restore_signals()
@@ -401,13 +398,17 @@ def collect_garbage() -> list[str]:
     for container_id in dead:
         rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / container_id))
         state.remove(container_id)
+    state.remove_stale_temporaries()
     return sorted(dead)
 
 
 def _narrator(explain: bool):
-    """--explain: each step, as it happens, on stderr."""
+    """--explain: each step as it happens, on stderr, with the milliseconds since the run began."""
     if not explain:
         return lambda step, detail: None
+    began = time.monotonic()
+
     def say(step: str, detail: str) -> None:
-        print(f"minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
+        elapsed = 1000 * (time.monotonic() - began)
+        print(f"{elapsed:7.2f} ms  minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
     return say

@@ -16,6 +16,14 @@ import tty
 STDIN, STDOUT = 0, 1
 
 
+def become_controlling_terminal(slave: int) -> None:
+    """In the container (a new session): make the pty its terminal and its stdin, stdout, stderr."""
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+
+
 def relay(master: int) -> None:
     """Copy stdin to the pty and the pty to stdout until the container's side closes."""
     saved = termios.tcgetattr(STDIN) if os.isatty(STDIN) else None
