@@ -25,7 +25,9 @@ so there the v1 driver runs. Both drivers offer the same small interface:
     usage = cgroup.usage()           # after the container exited: peak memory, CPU time, OOM
     cgroup.remove()                  # kill what is left, rmdir
 
-minirun only ever touches directories under a parent named `minirun` in each tree.
+minirun only ever makes, changes and removes directories under a parent named `minirun` in
+each tree. The one write above it is on v2, and only if missing: enabling the controllers in the
+root's cgroup.subtree_control, without which no cgroup below could use them.
 """
 import errno
 import os

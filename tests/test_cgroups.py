@@ -88,6 +88,8 @@ def test_create_writes_the_limits_and_remove_leaves_nothing(v1_host):
     cgroup.remove()
     cgroup.remove()                                     # idempotent
     assert own_cgroups() == []
+    # Removed under its owner's feet (by a gc elsewhere): its usage reads as nothing, no error.
+    assert cgroup.usage() == cgroups.Usage(None, None, False, 0, 0.0, 0)
 
 
 def test_no_limits_still_makes_a_cgroup_to_count_usage(v1_host):
