@@ -357,6 +357,62 @@ def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
     assert not (v2_tree / "minirun" / "c5").exists()
 
 
+# --- The v2 driver on this host's cgroup2 tree, which has no controllers but is a real kernel ---
+
+@pytest.fixture
+def real_v2_cgroup():
+    """A CgroupV2 made by hand in this host's cgroup2 tree (under minirun/): with no controllers
+    there, no limits can be written, but joining, killing, removing and mounting are real."""
+    root = cgroups._mounts().unified
+    if root is None:
+        pytest.skip("no cgroup2 tree on this host")
+    (root / cgroups.PARENT).mkdir(exist_ok=True)
+    cgroup = cgroups.CgroupV2(root / cgroups.PARENT / new_id("v2"))
+    cgroup.path.mkdir()
+    yield cgroup
+    cgroup.remove()
+
+
+def test_v2_driver_joins_kills_and_removes_on_a_real_cgroup2_tree(real_v2_cgroup):
+    sleeper = start_in(real_v2_cgroup, ["sleep", "300"])
+    relative = real_v2_cgroup.path.relative_to(cgroups._mounts().unified)
+    assert f"0::/{relative}\n" in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+    assert real_v2_cgroup.usage().cpu_seconds is not None      # cpu.stat is always there
+    real_v2_cgroup.remove()                                     # through cgroup.kill
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert not real_v2_cgroup.path.exists()
+
+
+def test_v2_view_in_a_cgroup_namespace(real_v2_cgroup, tmp_path):
+    view = tmp_path / "cgroup"
+    view.mkdir()
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            cgroups.host_uses_v2 = lambda: True     # in this forked child only: take v2's path
+            real_v2_cgroup.join()
+            namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWCGROUP)
+            namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_PRIVATE)
+            cgroups.mount_view(str(view))
+            seen = {"procs": (view / "cgroup.procs").read_text().split(),
+                    "self": Path("/proc/self/cgroup").read_text(),
+                    "children": sorted(p.name for p in view.iterdir() if p.is_dir())}
+            try:
+                (view / "escape").mkdir()
+            except OSError as error:
+                seen["mkdir"] = error.errno
+            os.write(report_write, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    seen = json.loads(os.read(report_read, 65536))
+    os.waitpid(pid, 0)
+    assert seen["procs"] == [str(pid)]                 # only itself: its cgroup is the root
+    assert seen["self"].endswith("0::/\n")
+    assert seen["children"] == [] and seen["mkdir"] == errno.EROFS
+
+
 # --- Which version the host uses: read from the mount table -----------------------------------
 
 KNOWN_CONTROLLERS = {"cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer",
