@@ -461,8 +461,8 @@ CPU_STAT = "/sys/fs/cgroup/cpu.stat" if cgroups.host_uses_v2() else "/sys/fs/cgr
 
 
 def container_id(explained: str) -> str:
-    """The container's id, from the cgroup line that --explain prints."""
-    found = re.search(rf"cgroup .*/{cgroups.PARENT}/([0-9a-f]{{64}})", explained)
+    """The container's id, from the first path with it that --explain prints (the bundle's)."""
+    found = re.search(r"/([0-9a-f]{64})", explained)
     assert found, explained
     return found.group(1)
 
@@ -568,6 +568,16 @@ def test_no_cgroup_left_after_a_run(minirun, command, status):
     result = minirun("run", "--explain", "--memory", "32M", "hello", *command)
     assert result.returncode == status
     assert_no_cgroup_left(container_id(result.stderr))
+
+
+def test_no_cgroup_left_when_the_kernel_refuses_a_limit(minirun, minirun_env):
+    # units.parse_count takes any positive number; pids.max stops at 4194304 (PID_MAX_LIMIT).
+    result = minirun("run", "--explain", "--pids-limit", "1000000000", "hello", "true")
+    assert result.returncode == 125
+    assert "minirun: cannot set the pids limit: writing 1000000000 to" in result.stderr
+    assert_no_cgroup_left(container_id(result.stderr))
+    assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+    assert os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
 
 
 def test_no_cgroup_left_after_ctrl_c(start_minirun):
