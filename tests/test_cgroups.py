@@ -219,8 +219,8 @@ def test_remove_stale(v1_host):
         for path in made[name].paths.values():
             os.utime(path, (an_hour_ago, an_hour_ago))
     try:
-        removed = cgroups.remove_stale({live}, dead_ids={dead})
-        assert dead in removed and old in removed
+        cgroups.remove_stale({live}, dead_ids={dead})
+        # (Not asserted on what it returns: a concurrent gc elsewhere may remove `old` first.)
         assert sleepers[dead].wait(timeout=10) == -signal.SIGKILL
         assert {p.name for p in own_cgroups()} == {live, young, busy_old}
         assert sleepers[live].poll() is None and sleepers[busy_old].poll() is None
