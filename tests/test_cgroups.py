@@ -159,8 +159,10 @@ def test_pids_limit_refuses_forks_with_eagain_and_the_host_is_unaffected(v1_host
     assert usage.pids_refused >= 1
 
 
-def test_half_a_cpu_throttles_a_busy_loop(v1_host):
-    cgroup = cgroups.create(new_id("cpu"), cgroups.Limits(cpus=0.5))
+def test_a_tenth_of_a_cpu_throttles_a_busy_loop(v1_host):
+    # A tenth, not a half: throttling shows only if the loop gets its quota's worth of CPU in a
+    # period, and on a machine busy with other tests it may get less than half a core.
+    cgroup = cgroups.create(new_id("cpu"), cgroups.Limits(cpus=0.1))
     busy = start_in(cgroup, ["/bin/sh", "-c", "while :; do :; done"])
     try:
         stat = cgroup.paths["cpu"] / "cpu.stat"
@@ -173,11 +175,11 @@ def test_half_a_cpu_throttles_a_busy_loop(v1_host):
     finally:
         busy.kill()
         cgroup.remove()
-    # A busy loop wants every period whole; it got half of some and then had to wait, ...
+    # The loop wants every period whole; it got 10 ms of it and then had to wait, ...
     assert usage.throttled_periods == counters["nr_throttled"] >= 5
     assert usage.throttled_seconds > 0
-    # ... and never more than its quota: 50 ms of CPU per period (plus one period of slack).
-    assert usage.cpu_seconds <= 0.050 * (counters["nr_periods"] + 1)
+    # ... and never more than its quota: 10 ms of CPU per period (plus one period of slack).
+    assert usage.cpu_seconds <= 0.010 * (counters["nr_periods"] + 1)
 
 
 def test_remove_kills_whatever_still_runs(v1_host):
@@ -497,13 +499,13 @@ def test_memory_use_below_the_limit_succeeds(minirun):
     assert 8 <= float(peak.group(1)) <= 32
 
 
-# PID 1 sets off a fork bomb, waits until its cgroup counts a refused fork (with builtins only:
-# it cannot fork either), and exits: the kernel then kills the rest of the PID namespace.
-# The bomb stops at depth 8 (at most 2^9 processes) and the wait at 200000 reads, so that a
-# broken limit fails the test instead of taking the machine down.
+# PID 1 sets off a fork bomb with its only fork (any later one could be refused), waits until
+# its cgroup counts a refused fork (with builtins only), and exits: the kernel then kills the
+# rest of the PID namespace. The bomb stops at depth 8 (at most 2^9 processes) and the wait at
+# 200000 reads, so that a broken limit fails the test instead of taking the machine down.
 FORK_BOMB = f"""
 bomb() {{ [ "$1" -lt 8 ] && {{ bomb $(($1 + 1)) | bomb $(($1 + 1)) & }}; }}
-bomb 0
+bomb 0 &
 reads=0
 while [ $reads -lt 200000 ] && read -r key refused < {PIDS_EVENTS} && [ "$refused" = 0 ]; do
     reads=$((reads + 1))
@@ -521,11 +523,12 @@ def test_fork_bomb_is_contained_and_the_container_still_exits(minirun):
     assert_no_cgroup_left(container_id(result.stderr))
 
 
-# A busy loop of shell builtins that stops once its own cgroup has been throttled 10 times
-# (or after 500000 reads, seconds of CPU, should the limit be broken).
+# A busy loop of shell builtins that stops once its own cgroup has been throttled 5 times
+# (or after 500000 reads, seconds of CPU, should the limit be broken). On a machine busy with
+# other work it may get less than half a core and take longer to get there.
 THROTTLED_LOOP = f"""
 throttled=0 reads=0
-while [ "$throttled" -lt 10 ] && [ $reads -lt 500000 ]; do
+while [ "$throttled" -lt 5 ] && [ $reads -lt 500000 ]; do
     while read -r key value; do [ "$key" = nr_throttled ] && throttled=$value; done < {CPU_STAT}
     reads=$((reads + 1))
 done
@@ -537,11 +540,11 @@ def test_half_a_cpu_throttles_a_busy_loop_in_a_container(minirun):
     result = minirun("run", "--stats", "--cpus", "0.5", "hello", "sh", "-c", THROTTLED_LOOP)
     assert result.returncode == 0, result.stderr
     seen = dict(line.split() for line in result.stdout.splitlines())
-    assert int(seen["nr_throttled"]) >= 10
+    assert int(seen["nr_throttled"]) >= 5
     line = stats(result.stderr)
     throttled = int(re.search(r"throttled in (\d+) periods", line).group(1))
     cpu_seconds = float(re.search(r"CPU time ([0-9.]+)s", line).group(1))
-    assert throttled >= 10
+    assert throttled >= 5
     # Never more than its quota: 50 ms of CPU in each 100 ms period it ran in (+1 of slack).
     periods = int(seen["nr_periods"]) + 1                 # the loop ran on after its last read
     assert cpu_seconds <= 0.050 * (periods + 1)
