@@ -119,8 +119,8 @@ def run(spec: ContainerSpec) -> int:
         _report_usage(cgroup.usage(), spec)
         return status
     finally:
-        # 8. Leave nothing behind. The mounts went away with the mount namespace; the cgroup
-        #    is empty now (its processes died with PID 1) and can be removed.
+        # 8. Leave nothing behind. The mounts went away with the mount namespace. The cgroup
+        #    goes too, after its last processes are killed (normally none: they died with PID 1).
         if cgroup:
             cgroup.remove()
         if bundle:
