@@ -3,31 +3,50 @@
 An image is the app and its userland, packaged once. On disk (under $MINIRUN_ROOT, by default
 /var/lib/minirun):
 
-    layers/<id>/          one unpacked layer, a directory tree (shared by every image that has it)
-    images/<name>.json    {"name", "layers": [bottom ... top], "config": {Cmd, Env, ...}, "created"}
+    layers/<id>/          one unpacked layer, a directory tree, in overlayfs's form (whiteouts are
+                          0/0 character devices, opaque directories carry trusted.overlay.opaque=y)
+    images/<name>.json    {"name", "layers": [bottom ... top], "config": {Cmd, Env, ...},
+                           "created", "size"}
+    lock                  taken by every writer (see Store._locked)
+
+A layer's <id> is its diff_id without the "sha256:" (the sha256 of the layer's uncompressed tar,
+OCI image spec config.md): the same layer in two images has the same id, so it is unpacked and
+stored once. (The bare hex also keeps ':' out of the path, as overlayfs's lowerdir= option uses
+':' to separate layers.)
 
 A container stacks the layers with overlayfs (minirun.rootfs); a VM packs them into its
 initramfs (minivm.initramfs). Either way the image itself is never written to.
 
+Importing (`minirun import`) reads the formats in minirun.formats and unpacks each layer with the
+careful extractor in minirun.extract, into a scratch directory inside the store; only a fully
+checked image is moved into place, by rename.
+
 The built-in image `hello` is not downloaded: it is built here from Debian's busybox-static and
 the recipe in images/hello/ the first time it is asked for.
 """
+import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from minirun import state
 from minirun.errors import RuntimeFailure
 
 DEFAULT_ROOT = "/var/lib/minirun"
 RECIPES = Path(__file__).resolve().parent.parent / "images"
 BUSYBOX = Path("/bin/busybox")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SCRATCH_PREFIX = ".new-"        # layers/.new-<pid>-XXXX: an import (or build) in progress
+CHUNK = 1 << 20                 # bytes read at a time from a layer
 
 
 @dataclass
@@ -82,20 +101,74 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> Image:
         """The image called `name`; a built-in one is built on first use."""
-        record = self.images_dir / f"{name}.json"
         if (RECIPES / name / "image.json").is_file():
             self._build_builtin(name)
-        elif not _valid_name(name) or not record.is_file():
-            known = ", ".join(self.names()) or "none"
-            raise RuntimeFailure(f"no image {name!r} in {self.images_dir} (images here: {known}); "
-                                 f"import one with `minirun import SOURCE {name}`")
-        data = json.loads(record.read_text())
+        data = self._record(name)
         return Image(name=name, layers=[self.layers_dir / layer for layer in data["layers"]],
                      config=ImageConfig.from_oci(data["config"]))
 
     def names(self) -> list[str]:
         found = {p.stem for p in self.images_dir.glob("*.json")} if self.images_dir.is_dir() else set()
         return sorted(found | {p.parent.name for p in RECIPES.glob("*/image.json")})
+
+    def records(self) -> list[dict]:
+        """Every stored image's record (built-in images appear once they have been built)."""
+        return [json.loads(path.read_text()) for path in sorted(self.images_dir.glob("*.json"))]
+
+    def inspect(self, name: str) -> dict:
+        """The image's record, with each layer's directory, as `minirun inspect` prints it."""
+        self.get(name)
+        record = self._record(name)
+        record["layer_dirs"] = [str(self.layers_dir / layer) for layer in record["layers"]]
+        return record
+
+    def _record(self, name: str) -> dict:
+        record = self.images_dir / f"{name}.json"
+        if not _valid_name(name) or not record.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise RuntimeFailure(f"no image {name!r} in {self.images_dir} (images here: {known}); "
+                                 f"import one with `minirun import SOURCE {name}`")
+        return json.loads(record.read_text())
+
+    # -- importing -----------------------------------------------------------------------------
+    def import_image(self, source: str, name: str, progress=None) -> Image:
+        """Import a directory, rootfs tarball, docker save tarball or OCI layout as image `name`.
+
+        Each layer is unpacked into a scratch directory inside the store and checked against
+        its digests while it is read. Only when every layer is good are they renamed into
+        layers/ and the record written: a failure at any point leaves the store as it was.
+        """
+        from minirun import formats
+        from minirun.progress import Progress
+        _check_name(name)
+        progress = progress or Progress(name, stream=io.StringIO())
+        with formats.open_source(source) as found, self._scratch() as scratch:
+            unpacked = []                           # (layer id, its tree; None if stored already)
+            for number, layer in enumerate(found.layers, 1):
+                progress.layer(number, len(found.layers), layer.size)
+                known = layer.diff_id and _layer_id(layer.diff_id)
+                if known and (self.layers_dir / known).is_dir():
+                    unpacked.append((known, None))  # shared with an image we have: not read again
+                    continue
+                tree = scratch / str(number)
+                tree.mkdir()
+                try:
+                    unpacked.append((_layer_id(_unpack(layer, tree, progress)), tree))
+                except RuntimeFailure as failure:
+                    raise RuntimeFailure(f"cannot import {source} ({found.kind}): layer {number} of "
+                                         f"{len(found.layers)}: {failure}") from None
+                except _damaged_errors() as error:
+                    raise RuntimeFailure(f"cannot import {source} ({found.kind}): layer {number} of "
+                                         f"{len(found.layers)} is truncated or corrupt: "
+                                         f"{error or type(error).__name__}") from None
+            with self._locked():
+                for layer_id, tree in unpacked:
+                    if tree:
+                        self.commit_layer(tree, layer_id)
+                image = self._save_image(name, [layer_id for layer_id, _ in unpacked],
+                                         ImageConfig.from_oci(found.config))
+        progress.finish(f"{len(image.layers)} layers, {found.kind}")
+        return image
 
     # -- writing -------------------------------------------------------------------------------
     def commit_layer(self, tree: Path, layer_id: str) -> str:
@@ -113,19 +186,70 @@ class Store:
         return layer_id
 
     def save_image(self, name: str, layer_ids: list[str], config: ImageConfig) -> Image:
-        if not _valid_name(name):
-            raise RuntimeFailure(f"invalid image name {name!r}: use lower-case letters, digits, "
-                                 "'.', '_', '-' and ':'")
+        with self._locked():
+            return self._save_image(name, layer_ids, config)
+
+    def _save_image(self, name: str, layer_ids: list[str], config: ImageConfig) -> Image:
+        _check_name(name)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         record = {"name": name, "layers": layer_ids, "config": config.to_oci(),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "size": sum(_tree_size(self.layers_dir / layer) for layer in layer_ids)}
         _write_atomically(self.images_dir / f"{name}.json", json.dumps(record, indent=2))
-        return self.get(name)
+        return Image(name=name, layers=[self.layers_dir / layer for layer in layer_ids],
+                     config=config)
 
     def scratch_dir(self) -> Path:
-        """A temporary directory inside the store, on the same filesystem as the layers."""
+        """A temporary directory inside the store, on the same filesystem as the layers (so that
+        committing is a rename). Its name carries our pid, so `remove` can tell a crashed
+        import's leftovers from a running import's work."""
         self.layers_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".new-", dir=self.layers_dir))
+        return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.layers_dir))
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        scratch = self.scratch_dir()
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # -- removing ------------------------------------------------------------------------------
+    def remove(self, name: str) -> list[str]:
+        """Remove image `name`, unless a running container uses it; then delete the layers that
+        no image uses any more. Returns the ids of the layers deleted."""
+        self._record(name)
+        users = [c.id for c in state.containers() if c.image == name and state.is_alive(c)]
+        if users:
+            raise RuntimeFailure(f"image {name!r} is in use by running container(s) "
+                                 f"{', '.join(users)}: stop them first, then remove the image")
+        with self._locked():
+            (self.images_dir / f"{name}.json").unlink()
+            return self._collect_garbage()
+
+    def _collect_garbage(self) -> list[str]:
+        """Delete the layers no image names, and scratch directories of imports that died.
+        Called with the lock held: a layer committed but not yet named by its image's record
+        would otherwise look like garbage."""
+        used = {layer for record in self.records() for layer in record["layers"]}
+        deleted = []
+        for path in self.layers_dir.iterdir() if self.layers_dir.is_dir() else []:
+            if path.name.startswith(SCRATCH_PREFIX):
+                if not state.process_alive(int(path.name[len(SCRATCH_PREFIX):].split("-")[0])):
+                    shutil.rmtree(path, ignore_errors=True)
+            elif path.name not in used:
+                shutil.rmtree(path)
+                deleted.append(path.name)
+        return deleted
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time: an exclusive flock(2) on the store's lock file, released by the
+        kernel even if we are killed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     # -- the built-in images -------------------------------------------------------------------
     def _build_builtin(self, name: str) -> None:
@@ -143,16 +267,69 @@ class Store:
         if (self.layers_dir / layer_id).is_dir() and record.is_file() \
                 and json.loads(record.read_text())["layers"] == [layer_id]:
             return
-        tree = self.scratch_dir()
-        try:
+        with self._scratch() as scratch:
+            tree = scratch / "layer"
+            tree.mkdir()
             _install_busybox(tree)
             shutil.copytree(recipe / "rootfs", tree, symlinks=True, dirs_exist_ok=True)
-            self.commit_layer(tree, layer_id)
-        except BaseException:
-            shutil.rmtree(tree, ignore_errors=True)
-            raise
-        config = json.loads((recipe / "image.json").read_text())["config"]
-        self.save_image(name, [layer_id], ImageConfig.from_oci(config))
+            config = json.loads((recipe / "image.json").read_text())["config"]
+            with self._locked():
+                self.commit_layer(tree, layer_id)
+                self._save_image(name, [layer_id], ImageConfig.from_oci(config))
+
+
+def _unpack(layer, tree: Path, progress) -> str:
+    """Unpack one layer into `tree`, checking its digests; return its diff_id.
+
+    The bytes flow once through: blob → sha256 (the blob's digest) → decompressor → sha256 (the
+    diff_id) → the extractor. Both digests are judged at the end; a mismatch discards the tree.
+    """
+    from minirun import extract, formats
+    with layer.open() as blob:
+        stored = formats.Hashing(blob, progress.advance)
+        buffered = io.BufferedReader(stored, CHUNK)
+        plain = formats.decompressed(buffered)
+        if plain is buffered:                   # an uncompressed tar: blob digest == diff_id
+            uncompressed, stream = stored, buffered
+        else:
+            uncompressed = formats.Hashing(plain)
+            stream = io.BufferedReader(uncompressed, CHUNK)
+        extract.unpack_layer(stream, str(tree))
+        for rest in (stream, buffered):         # the tar's end padding is part of its digest
+            while rest.read(CHUNK):
+                pass
+    if layer.digest:
+        formats.verify(layer.digest, stored.digest(), "the layer blob")
+    if layer.diff_id:
+        formats.verify(layer.diff_id, uncompressed.digest(), "the uncompressed layer")
+    return uncompressed.digest()
+
+
+def _damaged_errors() -> tuple[type[BaseException], ...]:
+    """What the tar reader and the decompressors raise on a truncated or damaged stream."""
+    import gzip
+    import lzma
+    import tarfile
+    import zlib
+    import zstandard
+    return (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile,
+            zstandard.ZstdError)
+
+
+def _layer_id(diff_id: str) -> str:
+    return diff_id.removeprefix("sha256:")
+
+
+def _tree_size(tree: Path) -> int:
+    """Bytes of the files in a tree, counting a hard-linked file once."""
+    seen, total = set(), 0
+    for folder, _, files in os.walk(tree):
+        for name in files:
+            info = os.lstat(os.path.join(folder, name))
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
 
 
 def _install_busybox(tree: Path) -> None:
@@ -178,6 +355,12 @@ def _hash_recipe(recipe: Path) -> str:
         if path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if not _valid_name(name):
+        raise RuntimeFailure(f"invalid image name {name!r}: use lower-case letters, digits, "
+                             "'.', '_', '-' and ':'")
 
 
 def _valid_name(name: str) -> bool:

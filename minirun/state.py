@@ -52,8 +52,12 @@ def containers() -> list[ContainerRecord]:
 
 def is_alive(record: ContainerRecord) -> bool:
     """True while the minirun process that owns the container still runs."""
+    return process_alive(record.runtime_pid)
+
+
+def process_alive(pid: int) -> bool:
     try:
-        os.kill(record.runtime_pid, 0)
+        os.kill(pid, 0)                 # signal 0: nothing is sent, only the check is made
     except ProcessLookupError:
         return False
     except PermissionError:

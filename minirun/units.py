@@ -44,3 +44,13 @@ def parse_count(text: str, what: str) -> int:
     if count <= 0:
         raise RuntimeFailure(f"invalid {what} {text!r}: give a positive whole number")
     return count
+
+
+def format_size(count: int) -> str:
+    """67108864 -> '64.0M': the same binary units parse_size reads, for tables and progress."""
+    value, suffix = float(count), "B"
+    for bigger in "KMGT":
+        if value < 1024:
+            break
+        value, suffix = value / 1024, bigger
+    return f"{count}B" if suffix == "B" else f"{value:.1f}{suffix}"
