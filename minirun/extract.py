@@ -75,9 +75,14 @@ def _apply(archive: tarfile.TarFile, entry: tarfile.TarInfo, root: int, director
             _set_owner_and_mode(root, entry)
             directories.append((parts, entry))
         return
-    parent = _open_path(root, parts[:-1], entry.name)
+    name = parts[-1]
     try:
-        name = parts[-1]
+        parent = _open_path(root, parts[:-1], entry.name)
+    except UnsafeEntry:
+        if name.startswith(WHITEOUT_PREFIX):
+            return      # a whiteout below a file of this layer: that file already hides it all
+        raise           # (umoci writes these when a directory became a file)
+    try:
         if name == OPAQUE_MARKER:
             os.setxattr(parent, OPAQUE_XATTR, b"y")
         elif name.startswith(WHITEOUT_PREFIX):
@@ -174,6 +179,7 @@ def _create(archive, entry, root, parent, name, parts, directories) -> None:
         fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
         with open(fd, "wb", closefd=True) as out:
             shutil.copyfileobj(archive.extractfile(entry), out, _COPY_CHUNK)
+            out.flush()                     # before the mtime is set, or a late write changes it
             _set_owner_and_mode(fd, entry)
             _set_xattrs(fd, entry)
             os.utime(fd, (entry.mtime, entry.mtime))
