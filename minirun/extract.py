@@ -218,7 +218,11 @@ def _make_room(parent: int, name: str, keep_directory: bool) -> bool:
 def _hard_link(root: int, parent: int, name: str, entry: tarfile.TarInfo) -> None:
     """A hard link names a file earlier in the same archive; it is looked up inside the layer
     the same careful way, so it can never reach a file of the host."""
-    target = _path_parts(entry.linkname)
+    try:
+        target = _path_parts(entry.linkname)
+    except UnsafeEntry:
+        raise UnsafeEntry(entry.name, f"is a hard link to {entry.linkname!r}, outside the image: "
+                                      "it would let the image read or change a host file") from None
     if not target:
         raise UnsafeEntry(entry.name, "is a hard link to the image's root")
     source_dir = _open_path(root, target[:-1], entry.name)

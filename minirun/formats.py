@@ -59,7 +59,7 @@ def open_source(spec: str) -> Iterator[Source]:
         head, _, ref = spec.rpartition(":")
         path = Path(head)
     if not path.exists():
-        raise RuntimeFailure(f"cannot import {spec}: no such file or directory")
+        raise RuntimeFailure("no such file or directory")
     if path.is_dir():
         folder = _Folder(path)
         yield _read_bundle(folder, ref) or Source("directory", [Layer(lambda: _tar_of(path), None)])
@@ -68,7 +68,11 @@ def open_source(spec: str) -> Iterator[Source]:
         compressed = _compression(file.read(6)) is not None
     if not compressed and tarfile.is_tarfile(path):
         with tarfile.open(path, "r:") as archive:
-            found = _read_bundle(_Archive(archive), ref)
+            try:
+                members = _Archive(archive)
+            except tarfile.TarError as error:
+                raise RuntimeFailure(f"the tar is truncated or corrupt ({error})") from None
+            found = _read_bundle(members, ref)
             if found:
                 yield found
                 return
@@ -168,10 +172,8 @@ def _choose(index: dict, ref: str | None) -> dict:
         arch = ARCHITECTURES.get(platform.machine(), platform.machine())
         chosen = [m for m in manifests if m.get("platform", {}).get("architecture", arch) == arch]
     if len(chosen) != 1:
-        tags = sorted(filter(None, ((m.get("annotations") or {}).get(REF_NAME) for m in manifests)))
-        raise RuntimeFailure(f"the layout holds {len(chosen) if ref else len(manifests)} images "
-                             f"that match{' ' + repr(ref) if ref else ''}; name one as PATH:TAG "
-                             f"(tags here: {', '.join(tags) or 'none'})")
+        tags = [(m.get("annotations") or {}).get(REF_NAME) for m in manifests]
+        _ambiguous(ref, len(chosen), [tag for tag in tags if tag])
     return chosen[0]
 
 
@@ -180,12 +182,11 @@ def _choose(index: dict, ref: str | None) -> dict:
 def _read_docker_save(bundle, ref: str | None) -> Source:
     entries = _read_json(bundle, "manifest.json")
     if ref:
-        entries = [e for e in entries if any(t == ref or t.endswith(":" + ref)
+        entries = [e for e in entries if any(t == ref or t.endswith(("/" + ref, ":" + ref))
                                              for t in e.get("RepoTags") or [])]
     if len(entries) != 1:
-        tags = [t for e in _read_json(bundle, "manifest.json") for t in e.get("RepoTags") or []]
-        raise RuntimeFailure(f"the archive holds {len(entries)} matching images; name one as "
-                             f"PATH:TAG (tags here: {', '.join(tags) or 'none'})")
+        _ambiguous(ref, len(entries), [t for e in _read_json(bundle, "manifest.json")
+                                       for t in e.get("RepoTags") or []])
     entry = entries[0]
     config = _read_json(bundle, entry["Config"], _digest_in_name(entry["Config"]))
     diff_ids = config["rootfs"]["diff_ids"]
@@ -195,6 +196,13 @@ def _read_docker_save(bundle, ref: str | None) -> Source:
     layers = [Layer(lambda name=name: bundle.open(name), bundle.size(name), None, diff_id)
               for name, diff_id in zip(entry["Layers"], diff_ids)]
     return Source("docker save", layers, config.get("config") or {})
+
+
+def _ambiguous(ref: str | None, found: int, tags: list[str]) -> None:
+    known = ", ".join(sorted(tags)) or "none"
+    if ref:
+        raise RuntimeFailure(f"no image tagged {ref!r} in it (tags there: {known})")
+    raise RuntimeFailure(f"it holds {found} images: name one as PATH:TAG (tags there: {known})")
 
 
 def _digest_in_name(name: str) -> str | None:

@@ -142,33 +142,39 @@ class Store:
         from minirun.progress import Progress
         _check_name(name)
         progress = progress or Progress(name, stream=io.StringIO())
-        with formats.open_source(source) as found, self._scratch() as scratch:
-            unpacked = []                           # (layer id, its tree; None if stored already)
-            for number, layer in enumerate(found.layers, 1):
-                progress.layer(number, len(found.layers), layer.size)
-                known = layer.diff_id and _layer_id(layer.diff_id)
-                if known and (self.layers_dir / known).is_dir():
-                    unpacked.append((known, None))  # shared with an image we have: not read again
-                    continue
-                tree = scratch / str(number)
-                tree.mkdir()
-                try:
-                    unpacked.append((_layer_id(_unpack(layer, tree, progress)), tree))
-                except RuntimeFailure as failure:
-                    raise RuntimeFailure(f"cannot import {source} ({found.kind}): layer {number} of "
-                                         f"{len(found.layers)}: {failure}") from None
-                except _damaged_errors() as error:
-                    raise RuntimeFailure(f"cannot import {source} ({found.kind}): layer {number} of "
-                                         f"{len(found.layers)} is truncated or corrupt: "
-                                         f"{error or type(error).__name__}") from None
-            with self._locked():
-                for layer_id, tree in unpacked:
-                    if tree:
-                        self.commit_layer(tree, layer_id)
-                image = self._save_image(name, [layer_id for layer_id, _ in unpacked],
-                                         ImageConfig.from_oci(found.config))
-        progress.finish(f"{len(image.layers)} layers, {found.kind}")
+        try:
+            with formats.open_source(source) as found, self._scratch() as scratch:
+                unpacked = []                       # (layer id, its tree; None if stored already)
+                for number, layer in enumerate(found.layers, 1):
+                    progress.layer(number, len(found.layers), layer.size)
+                    try:
+                        unpacked.append(self._unpack_new(layer, scratch / str(number), progress))
+                    except RuntimeFailure as failure:
+                        raise RuntimeFailure(f"{found.kind}, layer {number} of "
+                                             f"{len(found.layers)}: {failure}") from None
+                with self._locked():
+                    for layer_id, tree in unpacked:
+                        if tree:
+                            self.commit_layer(tree, layer_id)
+                    image = self._save_image(name, [layer_id for layer_id, _ in unpacked],
+                                             ImageConfig.from_oci(found.config))
+        except RuntimeFailure as failure:
+            raise RuntimeFailure(f"cannot import {source}: {failure}") from None
+        progress.finish(f"{len(image.layers)} layer(s) from a {found.kind}")
         return image
+
+    def _unpack_new(self, layer, tree: Path, progress) -> tuple[str, Path | None]:
+        """Unpack a layer the store does not have yet into `tree`: its (id, tree), or (id, None)
+        when its diff_id, vouched for by a checked config, names a layer we have already."""
+        known = layer.diff_id and _layer_id(layer.diff_id)
+        if known and (self.layers_dir / known).is_dir():
+            return known, None                      # shared with another image: not read again
+        tree.mkdir()
+        try:
+            return _layer_id(_unpack(layer, tree, progress)), tree
+        except _damaged_errors() as error:
+            raise RuntimeFailure(f"the layer is truncated or corrupt "
+                                 f"({error or type(error).__name__})") from None
 
     # -- writing -------------------------------------------------------------------------------
     def commit_layer(self, tree: Path, layer_id: str) -> str:
