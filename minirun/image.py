@@ -104,8 +104,19 @@ class Store:
         if (RECIPES / name / "image.json").is_file():
             self._build_builtin(name)
         data = self._record(name)
-        return Image(name=name, layers=[self.layers_dir / layer for layer in data["layers"]],
-                     config=ImageConfig.from_oci(data["config"]))
+        return self._image(name, data["layers"], ImageConfig.from_oci(data["config"]))
+
+    def _image(self, name: str, layer_ids: list[str], config: ImageConfig) -> Image:
+        """An image as overlayfs can stack it. An image may list one layer twice (every empty
+        layer has the same diff_id), but overlayfs refuses a directory twice in lowerdir
+        ("conflicting lowerdir path"). A layer applied again overrides all that its earlier
+        copy did, so only the topmost copy counts: that is the one kept."""
+        topmost_first = []
+        for layer_id in reversed(layer_ids):
+            if layer_id not in topmost_first:
+                topmost_first.append(layer_id)
+        return Image(name=name, layers=[self.layers_dir / layer for layer in reversed(topmost_first)],
+                     config=config)
 
     def names(self) -> list[str]:
         found = {p.stem for p in self.images_dir.glob("*.json")} if self.images_dir.is_dir() else set()
@@ -160,7 +171,8 @@ class Store:
                                              ImageConfig.from_oci(found.config))
         except RuntimeFailure as failure:
             raise RuntimeFailure(f"cannot import {source}: {failure}") from None
-        progress.finish(f"{len(image.layers)} layer(s) from a {found.kind}")
+        finally:
+            progress.clear()
         return image
 
     def _unpack_new(self, layer, tree: Path, progress) -> tuple[str, Path | None]:
@@ -200,10 +212,9 @@ class Store:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         record = {"name": name, "layers": layer_ids, "config": config.to_oci(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "size": sum(_tree_size(self.layers_dir / layer) for layer in layer_ids)}
+                  "size": sum(_tree_size(self.layers_dir / layer) for layer in set(layer_ids))}
         _write_atomically(self.images_dir / f"{name}.json", json.dumps(record, indent=2))
-        return Image(name=name, layers=[self.layers_dir / layer for layer in layer_ids],
-                     config=config)
+        return self._image(name, layer_ids, config)
 
     def scratch_dir(self) -> Path:
         """A temporary directory inside the store, on the same filesystem as the layers (so that

@@ -1,7 +1,7 @@
 """A one-line progress display for long imports: which layer, how many bytes of it.
 
 Drawn on stderr and only when stderr is a terminal; redrawn in place with a carriage return at
-most ten times a second. In a pipe, a log or a test, it prints nothing.
+most ten times a second, and erased when done. In a pipe, a log or a test, it prints nothing.
 """
 import sys
 import time
@@ -26,9 +26,10 @@ class Progress:
         self.done_bytes += count
         self._draw()
 
-    def finish(self, summary: str) -> None:
+    def clear(self) -> None:
         if self.shown:
-            self.stream.write(f"\r\033[K{self.title}: {summary}\n")
+            self.stream.write("\r\033[K")     # back to the line's start, erase to its end
+            self.stream.flush()
 
     def _draw(self, force: bool = False) -> None:
         if not self.shown or (not force and time.monotonic() - self.drawn_at < REDRAW_EVERY):
