@@ -39,6 +39,27 @@ def run(image, command, **options) -> int:
     return run_container(ContainerSpec.from_options(image, list(command), options))
 
 
+@cli.command()
+def ps() -> None:
+    """List running containers."""
+    import time
+    from minirun import state
+    click.echo(f"{'CONTAINER ID':<14}{'NAME':<16}{'IMAGE':<12}{'PID':>8}  {'CREATED':<10}COMMAND")
+    for record in state.containers():
+        if state.is_alive(record):
+            age = f"{int(time.time() - record.created)}s ago"
+            click.echo(f"{record.id[:12]:<14}{record.name[:15]:<16}{record.image[:11]:<12}"
+                       f"{record.pid:>8}  {age:<10}{' '.join(record.command)}")
+
+
+@cli.command()
+def gc() -> None:
+    """Remove what containers of killed minirun processes left behind."""
+    from minirun.container import collect_garbage
+    for container_id in collect_garbage():
+        click.echo(f"removed {container_id[:12]}")
+
+
 @cli.command("import")
 @click.argument("source")
 @click.argument("name")

@@ -252,7 +252,7 @@ class Store:
         deleted = []
         for path in self.layers_dir.iterdir() if self.layers_dir.is_dir() else []:
             if path.name.startswith(SCRATCH_PREFIX):
-                if not state.process_alive(int(path.name[len(SCRATCH_PREFIX):].split("-")[0])):
+                if not state.process_exists(int(path.name[len(SCRATCH_PREFIX):].split("-")[0])):
                     shutil.rmtree(path, ignore_errors=True)
             elif path.name not in used:
                 shutil.rmtree(path)

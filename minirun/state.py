@@ -13,6 +13,7 @@ from pathlib import Path
 @dataclass
 class ContainerRecord:
     id: str
+    name: str
     image: str
     command: list[str]
     runtime_pid: int            # the minirun process that owns the container
@@ -31,7 +32,7 @@ def record_path(container_id: str) -> Path:
 def save(record: ContainerRecord) -> None:
     path = record_path(record.id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{record.runtime_pid}.{path.name}.tmp")   # whose it is, should it stay
     tmp.write_text(json.dumps(asdict(record)))
     os.rename(tmp, path)        # readers see the old record or the new one, never half of one
 
@@ -52,12 +53,20 @@ def containers() -> list[ContainerRecord]:
 
 def is_alive(record: ContainerRecord) -> bool:
     """True while the minirun process that owns the container still runs."""
-    return process_alive(record.runtime_pid)
+    return process_exists(record.runtime_pid)
 
 
-def process_alive(pid: int) -> bool:
+def remove_stale_temporaries() -> None:
+    """Remove half-written records left by a minirun killed in the middle of `save`."""
+    for tmp in state_dir().glob(".*.tmp"):
+        owner = tmp.name.split(".")[1]
+        if owner.isdigit() and not process_exists(int(owner)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
     try:
-        os.kill(pid, 0)                 # signal 0: nothing is sent, only the check is made
+        os.kill(pid, 0)                     # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:

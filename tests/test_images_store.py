@@ -27,7 +27,7 @@ def store(tmp_path, monkeypatch):
     return Store()
 
 
-def minirun(*args):
+def cli(*args):
     return subprocess.run([sys.executable, "-m", "minirun", *args], capture_output=True, text=True)
 
 
@@ -38,7 +38,7 @@ def two_images(store, tmp_path):
 
 
 def a_container_of(image: str, runtime_pid: int) -> None:
-    state.save(state.ContainerRecord(id="c0ffee", image=image, command=["sh"],
+    state.save(state.ContainerRecord(id="c0ffee", name="c0ffee", image=image, command=["sh"],
                                      runtime_pid=runtime_pid, created=time.time()))
 
 
@@ -48,7 +48,7 @@ def test_rmi_is_refused_while_a_running_container_uses_the_image(store, tmp_path
     with pytest.raises(RuntimeFailure, match="in use by running container.*c0ffee"):
         store.remove("one")
     assert "one" in store.names()
-    done = minirun("rmi", "one")
+    done = cli("rmi", "one")
     assert done.returncode == 125 and "c0ffee" in done.stderr
     assert all(layer.is_dir() for layer in store.get("one").layers)
 
@@ -84,15 +84,15 @@ def test_rmi_clears_leftovers_of_a_crashed_import(store, tmp_path):
 
 def test_cli_images_inspect_rmi(store, tmp_path):
     layout = oci_layout(tmp_path / "layout", [BASE], config={"Cmd": ["/bin/sh"], "Env": ["A=1"]})
-    assert minirun("import", str(layout), "app:1").stdout == "app:1: 1 layer(s)\n"
-    lines = minirun("images").stdout.splitlines()
+    assert cli("import", str(layout), "app:1").stdout == "app:1: 1 layer(s)\n"
+    lines = cli("images").stdout.splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "LAYERS", "CREATED"]
     assert lines[1].split()[:3] == ["app:1", "8B", "1"]
-    record = json.loads(minirun("inspect", "app:1").stdout)
+    record = json.loads(cli("inspect", "app:1").stdout)
     assert record["config"]["Cmd"] == ["/bin/sh"] and record["config"]["Env"] == ["A=1"]
     assert os.path.isfile(os.path.join(record["layer_dirs"][0], "etc/os-release"))
-    assert minirun("rmi", "app:1").stdout == "removed app:1 and 1 unused layer(s)\n"
-    done = minirun("inspect", "app:1")
+    assert cli("rmi", "app:1").stdout == "removed app:1 and 1 unused layer(s)\n"
+    done = cli("inspect", "app:1")
     assert done.returncode == 125 and done.stderr.startswith("minirun: no image 'app:1'")
 
 

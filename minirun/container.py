@@ -1,0 +1,365 @@
+"""The story of a container run, step by step.
+
+`run` is what a runtime does, in order, on the host side; `_become_container` is what the
+forked child does to turn itself into the container's PID 1. Each step is one call into the
+module that owns the mechanism: image, rootfs, namespaces, network, security, state. The
+chapters of docs/minirun.md follow the same order.
+"""
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+# Everything the child uses must be imported here, before it forks: after pivot_root the host's
+# files, Python's own modules among them, are out of its reach.
+from minirun import namespaces, network, rootfs, security, state, terminal
+from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
+                            status_from_wait)
+from minirun.image import Image, Store, store_root
+from minirun.units import parse_count, parse_cpus, parse_size
+
+# What `minirun` passes on to the container, as `docker run` does: a Ctrl-C, a `kill`, a hangup.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+# Everything but the PID namespace, which the parent asks for on the child's behalf (see _start).
+CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
+                        | namespaces.CLONE_NEWNET)
+
+
+@dataclass
+class ContainerSpec:
+    """What the user asked for: `minirun run [OPTIONS] IMAGE [COMMAND...]`."""
+    image: str
+    command: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    hostname: str | None = None
+    name: str | None = None
+    tty: bool = False
+    use_init: bool = False
+    use_chroot: bool = False
+    explain: bool = False
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+
+    @classmethod
+    def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
+        """Check every flag before anything is created, so a bad one leaves nothing behind."""
+        for item in options.get("env") or ():
+            if "=" not in item or item.startswith("="):
+                raise RuntimeFailure(f"invalid environment variable {item!r}: use -e KEY=VALUE")
+        workdir = options.get("workdir")
+        if workdir is not None and not workdir.startswith("/"):
+            raise RuntimeFailure(f"invalid working directory {workdir!r}: give an absolute path")
+        memory, cpus, pids = options.get("memory"), options.get("cpus"), options.get("pids_limit")
+        return cls(image=image, command=command, env=list(options.get("env") or ()),
+                   workdir=workdir, hostname=options.get("hostname"), name=options.get("name"),
+                   tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
+                   use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
+                   memory=parse_size(memory) if memory else None,
+                   cpus=parse_cpus(cpus) if cpus else None,
+                   pids_limit=parse_count(pids, "pids limit") if pids else None)
+
+
+@dataclass
+class Plan:
+    """What will run: the spec resolved against the image."""
+    id: str
+    image: Image
+    command: list[str]
+    env: dict[str, str]
+    workdir: str
+    hostname: str
+    spec: ContainerSpec
+
+
+def run(spec: ContainerSpec) -> int:
+    """Run one container to completion and return its exit status (as `docker run --rm` would)."""
+    say = _narrator(spec.explain)
+    if os.geteuid() != 0:
+        raise RuntimeFailure("creating namespaces and mounts needs root: run minirun with sudo")
+    collect_garbage()                                       # what killed runs left behind
+
+    # 1. The image: its layers, and its defaults for command, environment and working directory.
+    image = Store().get(spec.image)
+    plan = _plan(spec, image)
+    say("image", f"{image.name}: {len(image.layers)} layer(s); command {plan.command}")
+
+    # 2. A record in the state directory, so `minirun ps` and `minirun gc` can find it.
+    record = state.ContainerRecord(id=plan.id, name=spec.name or plan.id[:12], image=image.name,
+                                   command=plan.command, runtime_pid=os.getpid(), created=time.time())
+    _claim_name(record)
+    state.save(record)
+    bundle = None
+    try:
+        # 3. A bundle directory on the host for the container's writes (overlayfs upper/work).
+        bundle = rootfs.create_bundle(store_root() / "containers", plan.id)
+        say("bundle", f"{bundle.path} holds the writable layer")
+
+        # 4. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
+        child, pty_master = _start(plan, bundle, say)
+        record.pid = child
+        state.save(record)
+
+        # 5. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
+        status = _supervise(child, pty_master)
+        say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
+        return status
+    finally:
+        # 6. Leave nothing behind. The mounts went away with the mount namespace.
+        if bundle:
+            rootfs.remove_bundle(bundle)
+        state.remove(plan.id)
+
+
+def _plan(spec: ContainerSpec, image: Image) -> Plan:
+    command = image.config.command(spec.command)
+    if not command:
+        raise RuntimeFailure(f"image {image.name!r} has no default command: "
+                             f"give one, as in `minirun run {image.name} /bin/sh`")
+    container_id = os.urandom(32).hex()
+    hostname = spec.hostname or container_id[:12]
+    env = image.config.environment(spec.env)
+    env.setdefault("HOSTNAME", hostname)
+    if spec.tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    return Plan(id=container_id, image=image, command=command, env=env,
+                workdir=spec.workdir or image.config.workdir or "/", hostname=hostname, spec=spec)
+
+
+def _claim_name(record: state.ContainerRecord) -> None:
+    for other in state.containers():
+        if other.name == record.name and state.is_alive(other):
+            raise RuntimeFailure(f"the name {record.name!r} is in use by container {other.id[:12]}: "
+                                 "choose another --name")
+
+
+def _start(plan: Plan, bundle: rootfs.Bundle, say) -> tuple[int, int | None]:
+    """Fork the child that becomes the container; return its host PID and the pty master, if any.
+
+    The child is forked straight into a new PID namespace: unshare(CLONE_NEWPID) does not move
+    the caller, it makes the caller's *next* child PID 1 of a new namespace. Right after the
+    fork the parent goes back to its own PID namespace for any later children.
+
+    Two pipes tie parent and child together:
+    - `go`: the child waits on it until the parent has done its part (joining a cgroup, for
+      one) so the command never runs for a moment outside its limits;
+    - `errors`: close-on-exec, so it reaches end-of-file exactly when the command has been
+      exec'd; if setup or exec fails instead, the child writes why into it first.
+    """
+    go_read, go_write = os.pipe()
+    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+    master, slave = os.openpty() if plan.spec.tty else (None, None)
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    # Signals wait (blocked) until each side has installed what it wants: the parent a forwarder
+    # that knows the child's PID, the child the default dispositions its command expects.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    namespaces.unshare(namespaces.CLONE_NEWPID)
+    say("unshare", "CLONE_NEWPID: the next child will be PID 1 of a new PID namespace")
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_write)
+        os.close(errors_read)
+        if master is not None:
+            os.close(master)
+        try:
+            _become_container(plan, bundle, go_read, errors_write, slave, say)   # never returns
+        finally:
+            os._exit(RUNTIME_FAILED)    # never fall back into the parent's code
+    namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
+    os.close(own_pid_namespace)
+    os.close(go_read)
+    os.close(errors_write)
+    if slave is not None:
+        os.close(slave)
+    _install_forwarders(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+
+    # (The parent's work between fork and go goes here: the child is paused, not yet confined.)
+    os.write(go_write, b"g")
+    os.close(go_write)
+
+    report = _read_all(errors_read)
+    os.close(errors_read)
+    if report:
+        code, _, message = report.decode(errors="replace").partition("\n")
+        os.waitpid(pid, 0)
+        _restore_signals()
+        raise RuntimeFailure(message, int(code))
+    say("exec", f"container PID 1 is host PID {pid}, running {plan.command}")
+    return pid, master
+
+
+def _become_container(plan: Plan, bundle: rootfs.Bundle, go: int, errors: int,
+                      slave: int | None, say) -> None:
+    """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
+    try:
+        for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)   # Python ignores SIGPIPE; the command must not
+        security.die_with_parent()
+        if os.read(go, 1) != b"g":               # the parent died before saying go
+            os._exit(RUNTIME_FAILED)
+        os.close(go)
+
+        # 1. Namespaces: from here on, mounts, hostname, IPC and network are the container's own.
+        namespaces.unshare(CONTAINER_NAMESPACES)
+        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET")
+        namespaces.sethostname(plan.hostname)
+        say("sethostname", plan.hostname)
+
+        # 2. The root filesystem: the image's layers under a writable overlay, then the kernel's
+        #    pseudo-filesystems, a minimal /dev, and masks over what would reveal the host.
+        rootfs.make_mounts_private()
+        say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
+        rootfs.mount_overlay(plan.image.layers, bundle)
+        say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})")
+        root = bundle.merged
+        rootfs.mount_proc(root)
+        rootfs.mount_dev(root)
+        rootfs.mount_sys(root)
+        rootfs.mask_host_paths(root)
+        say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, masks")
+
+        # 3. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
+        if plan.spec.use_chroot:
+            rootfs.chroot_into(root)
+            say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
+        else:
+            rootfs.pivot_into(root)
+            say("pivot_root", f"{root} is now /; the old root is unmounted")
+
+        # 4. The network namespace holds only `lo`; bring it up.
+        network.bring_up_loopback()
+        say("network", "lo up; no other device")
+
+        # 5. Where the command starts, on which terminal.
+        os.makedirs(plan.workdir, exist_ok=True)
+        os.chdir(plan.workdir)
+        _attach_stdio(slave)
+
+        # 6. Give up what the command must not have: most capabilities, any new privilege.
+        security.drop_privileges()
+        say("security", "capabilities cut to Docker's default set; no_new_privs set")
+    except OSError as error:
+        _fail(errors, RUNTIME_FAILED, f"setting up the container failed: {error}")
+    except RuntimeFailure as error:
+        _fail(errors, error.exit_code, str(error))
+    except Exception as error:   # a bug: still one line, and the parent cleans up
+        _fail(errors, RUNTIME_FAILED, f"internal error while setting up the container: {error!r}")
+
+    # 7. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
+    if plan.spec.use_init:
+        _run_init(plan, errors)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    _exec(plan, errors)
+
+
+def _attach_stdio(slave: int | None) -> None:
+    """Put the container in a session of its own, so the host terminal's Ctrl-C reaches
+    minirun, which forwards it once. With -t, the pty becomes its controlling terminal."""
+    os.setsid()
+    if slave is not None:
+        terminal.become_controlling_terminal(slave)
+
+
+def _exec(plan: Plan, errors: int) -> None:
+    """execve the command, searching PATH inside the container; on failure report 126 or 127."""
+    try:
+        os.execvpe(plan.command[0], plan.command, plan.env)
+    except (FileNotFoundError, NotADirectoryError):
+        _fail(errors, NOT_FOUND, f"{plan.command[0]!r} not found in the container "
+              f"(PATH={plan.env.get('PATH', '')}): check the command and the image")
+    except OSError as error:
+        _fail(errors, CANNOT_EXECUTE, f"{plan.command[0]!r} cannot be executed in the container: "
+              f"{error.strerror}")
+
+
+def _run_init(plan: Plan, errors: int) -> None:
+    """--init: PID 1 is this tiny init, as with `docker run --init` (tini).
+
+    A process that happens to be PID 1 has two jobs it may not know about: the kernel gives it
+    every orphaned process to reap (or they stay zombies), and it ignores every signal it has
+    no handler for, so a plain `sleep` as PID 1 shrugs off Ctrl-C. This init forks the command,
+    passes signals on to it, reaps everything, and exits with the command's status.
+    """
+    command_pid = os.fork()
+    if command_pid == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        _exec(plan, errors)
+    os.close(errors)                    # the parent's EOF must come from the command's exec
+    _install_forwarders(command_pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    while True:
+        pid, status = os.wait()         # any child: orphans are ours to reap too
+        if pid == command_pid:
+            os._exit(status_from_wait(status))
+
+
+def _fail(errors: int, code: int, message: str) -> None:
+    os.write(errors, f"{code}\n{message}".encode())
+    os._exit(code)
+
+
+def _install_forwarders(pid: int) -> None:
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+
+
+def _restore_signals() -> None:
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+
+
+def _supervise(pid: int, pty_master: int | None) -> int:
+    """Wait for PID 1; meanwhile relay the terminal, if there is one. Return its exit status."""
+    try:
+        if pty_master is not None:
+            terminal.relay(pty_master)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        _restore_signals()
+    return status_from_wait(status)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def collect_garbage() -> list[str]:
+    """Remove what runs killed with SIGKILL left behind: their bundles and records.
+
+    A record whose minirun process is gone is stale; its container died with it (the
+    parent-death signal), so its bundle can go.
+    """
+    removed = []
+    for record in state.containers():
+        if not state.is_alive(record):
+            rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / record.id))
+            state.remove(record.id)
+            removed.append(record.id)
+    state.remove_stale_temporaries()
+    return removed
+
+
+def _narrator(explain: bool):
+    """--explain: each step as it happens, on stderr, with the milliseconds since the run began."""
+    if not explain:
+        return lambda step, detail: None
+    began = time.monotonic()
+
+    def say(step: str, detail: str) -> None:
+        elapsed = 1000 * (time.monotonic() - began)
+        print(f"{elapsed:7.2f} ms  minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
+    return say

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""How long does it take to start a container? minirun against its peers, in one run.
+
+    .venv/bin/python tests/bench/startup.py [--runs 50]
+
+Every command runs /bin/true in the same busybox root filesystem (a copy of the `hello` image's
+layer). The commands take turns, run by run, so a busy moment on this shared machine hits all
+of them alike. Printed: the median and spread of each, and its ratio to runc.
+
+Peers:
+  unshare+chroot  util-linux's unshare(1) and chroot(1): namespaces and a changed root, no more.
+  runc            the OCI reference runtime, with a cgroup (cgroupsPath set) as minirun has.
+  python -c pass  the interpreter's own start: the floor under any Python program.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def runc_bundle(rootfs: Path, workdir: Path) -> Path | None:
+    """An OCI bundle for runc: `runc spec`'s config with our command, no terminal, a cgroup."""
+    if not shutil.which("runc"):
+        return None
+    bundle = workdir / "runc-bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(args=["/bin/true"], terminal=False)
+    config["root"] = {"path": str(rootfs), "readonly": True}
+    config["linux"]["cgroupsPath"] = "/minirun-bench/runc"
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("startup.py: run as root")
+
+    from minirun.image import Store
+    workdir = Path(tempfile.mkdtemp(prefix="minirun-bench-"))
+    try:
+        rootfs = workdir / "rootfs"
+        shutil.copytree(Store().get("hello").layers[0], rootfs, symlinks=True)
+        for mountpoint in ("dev/pts", "dev/shm", "dev/mqueue", "sys/fs/cgroup"):
+            (rootfs / mountpoint).mkdir(parents=True, exist_ok=True)   # runc wants them in a read-only root
+        commands = {
+            "minirun": [str(VENV_BIN / "minirun"), "run", "hello", "/bin/true"],
+            "unshare+chroot": ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
+                               "chroot", str(rootfs), "/bin/true"],
+            "python -c pass": [sys.executable, "-c", "pass"],
+        }
+        bundle = runc_bundle(rootfs, workdir)
+        if bundle:
+            commands["runc"] = ["runc", "run", "--bundle", str(bundle), "minirun-bench"]
+        else:
+            print("runc is not installed (apt-get install runc): comparing without it")
+
+        times = {name: [] for name in commands}
+        for _ in range(3):                                  # warm caches, build the image
+            for command in commands.values():
+                subprocess.run(command, check=True)
+        for _ in range(args.runs):
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True)
+                times[name].append(1000 * (time.perf_counter() - start))
+
+        reference = statistics.median(times["runc"]) if bundle else None
+        print(f"\n{args.runs} runs each of /bin/true, interleaved; milliseconds")
+        print(f"{'command':<16}{'median':>8}{'p10':>8}{'p90':>8}{'vs runc':>9}")
+        for name, samples in times.items():
+            deciles = statistics.quantiles(samples, n=10)
+            median = statistics.median(samples)
+            ratio = f"{median / reference:.2f}x" if reference else "-"
+            print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}{ratio:>9}")
+    finally:
+        shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+    main()

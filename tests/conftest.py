@@ -1,0 +1,84 @@
+"""Shared fixtures: every test runs the real `minirun` as root against a private store and state dir.
+
+The store (MINIRUN_ROOT) is shared by the whole session so the built-in image is built once; the
+state directory (MINIRUN_STATE) is private to each test, so a test can count what a run left.
+"""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+if os.geteuid() != 0:
+    pytest.exit("the tests start real containers and VMs: run them as root", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def store_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture
+def minirun_env(store_root, tmp_path) -> dict:
+    state = tmp_path / "state"
+    state.mkdir()
+    return {**os.environ, "MINIRUN_ROOT": str(store_root), "MINIRUN_STATE": str(state)}
+
+
+@pytest.fixture
+def minirun(minirun_env):
+    """Run `minirun ARGS...` to completion: returns the CompletedProcess (text mode)."""
+    def run(*args, input=None, timeout=60, check_clean=True):
+        result = subprocess.run([sys.executable, "-m", "minirun", *args], env=minirun_env,
+                                input=input, capture_output=True, text=True, timeout=timeout)
+        if check_clean:
+            assert "Traceback" not in result.stderr, result.stderr
+        return result
+    return run
+
+
+@pytest.fixture
+def start_minirun(minirun_env):
+    """Start `minirun ARGS...` in the background: returns the Popen; the test must wait for it."""
+    started = []
+
+    def start(*args, **popen_args):
+        process = subprocess.Popen([sys.executable, "-m", "minirun", *args], env=minirun_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   **popen_args)
+        started.append(process)
+        return process
+    yield start
+    for process in started:          # a failed test must not leave its container running
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def wait_for_container(minirun_env, timeout=20.0) -> dict:
+    """The state record of the one container of this test, once its PID 1 has started."""
+    import json
+    deadline = time.monotonic() + timeout
+    state = Path(minirun_env["MINIRUN_STATE"])
+    while time.monotonic() < deadline:
+        for path in state.glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("pid"):
+                return record
+        time.sleep(0.02)
+    raise AssertionError("the container did not start")
+
+
+def read_line(process, timeout=20.0) -> str:
+    """The next line of a background minirun's stdout, with a deadline."""
+    import selectors
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError("no output from the container in time")
+    return process.stdout.readline()

@@ -1,0 +1,148 @@
+"""A container is a process with its own view of the machine: prove each part of that view."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+def test_default_image_runs_its_app(minirun):
+    result = minirun("run", "hello")
+    assert result.returncode == 0, result.stderr
+    assert "pid:        1" in result.stdout
+    assert f"kernel:     {os.uname().release}" in result.stdout   # a container shares the host's kernel
+    assert "network:    lo \n" in result.stdout
+
+
+def test_command_is_pid_1(minirun):
+    assert minirun("run", "hello", "sh", "-c", "echo $$").stdout == "1\n"
+
+
+def test_sees_only_its_own_processes(minirun):
+    result = minirun("run", "hello", "ps", "-o", "pid,comm")
+    lines = result.stdout.split("\n")[1:-1]
+    assert [line.split() for line in lines] == [["1", "ps"]]
+    proc = minirun("run", "hello", "sh", "-c", "ls -d /proc/[0-9]*").stdout.split()
+    assert proc == ["/proc/1"]
+
+
+def test_fresh_proc_shows_the_container_not_the_host(minirun):
+    result = minirun("run", "hello", "cat", "/proc/1/cmdline")
+    assert result.stdout == "cat\0/proc/1/cmdline\0"
+    mounts = minirun("run", "hello", "cat", "/proc/mounts").stdout.splitlines()
+    assert mounts[0].split()[:3] == ["overlay", "/", "overlay"]
+    assert not any(" /work" in line or "/dev/vda" in line for line in mounts)
+
+
+def test_hostname_defaults_to_short_id_and_can_be_set(minirun):
+    default = minirun("run", "hello", "hostname").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", default)
+    assert minirun("run", "--hostname", "box", "hello", "hostname").stdout == "box\n"
+    assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() != "box"
+
+
+def test_environment_from_image_flags_and_defaults(minirun):
+    result = minirun("run", "-e", "GREETING=hi there", "-e", "HOME=/tmp", "--hostname", "h1",
+                     "hello", "env")
+    env = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert env["GREETING"] == "hi there"
+    assert env["HOME"] == "/tmp"                              # -e overrides the image's HOME=/root
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["HOSTNAME"] == "h1"
+    assert "MINIRUN_ROOT" not in env                          # nothing leaks in from the host
+
+
+def test_workdir(minirun):
+    assert minirun("run", "-w", "/tmp", "hello", "pwd").stdout == "/tmp\n"
+    assert minirun("run", "-w", "/new/dir", "hello", "pwd").stdout == "/new/dir\n"  # created, as Docker
+    assert minirun("run", "hello", "pwd").stdout == "/\n"
+
+
+def test_network_namespace_has_only_loopback_and_it_is_up(minirun):
+    result = minirun("run", "hello", "ip", "-o", "link")
+    links = [line.split(":")[1].strip() for line in result.stdout.splitlines()]
+    assert links == ["lo"]
+    assert ",UP" in result.stdout
+    assert minirun("run", "hello", "ping", "-c", "1", "-W", "2", "127.0.0.1").returncode == 0
+
+
+def test_minimal_dev_and_read_only_sys(minirun):
+    devices = minirun("run", "hello", "ls", "/dev").stdout.split()
+    assert sorted(devices) == sorted(["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr",
+                                      "stdin", "stdout", "tty", "urandom", "zero"])
+    assert minirun("run", "hello", "sh", "-c", "echo x > /dev/null && head -c 4 /dev/zero | wc -c"
+                   ).stdout.strip() == "4"
+    result = minirun("run", "hello", "touch", "/sys/kernel/x")
+    assert result.returncode != 0 and "Read-only file system" in result.stderr
+
+
+def test_stdin_is_passed_through(minirun):
+    assert minirun("run", "hello", "tr", "a-z", "A-Z", input="hello\n").stdout == "HELLO\n"
+
+
+def test_root_in_the_container_cannot_mount_or_load_modules(minirun):
+    result = minirun("run", "hello", "mount", "-t", "tmpfs", "none", "/mnt")
+    assert result.returncode != 0
+    status = minirun("run", "hello", "grep", "CapBnd", "/proc/self/status").stdout.split()
+    bounding = int(status[1], 16)
+    CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_CHROOT = 21, 16, 18
+    assert not bounding & (1 << CAP_SYS_ADMIN)
+    assert not bounding & (1 << CAP_SYS_MODULE)
+    assert bounding & (1 << CAP_SYS_CHROOT)
+    nnp = minirun("run", "hello", "grep", "NoNewPrivs", "/proc/self/status").stdout.split()
+    assert nnp == ["NoNewPrivs:", "1"]
+
+
+def test_writes_stay_in_the_container(minirun, store_root):
+    assert minirun("run", "hello", "sh", "-c", "echo scribble > /bin/busybox; rm /app/hello.sh"
+                   ).returncode == 0
+    result = minirun("run", "hello")                          # a new container sees a pristine image
+    assert result.returncode == 0 and "Hello from" in result.stdout
+
+
+@pytest.mark.parametrize("command, status", [
+    (["true"], 0),
+    (["sh", "-c", "exit 3"], 3),
+    (["/etc/passwd"], 126),                  # exists, not executable
+    (["/etc"], 126),                         # a directory
+    (["no-such-command"], 127),
+    (["/no/such/path"], 127),
+])
+def test_exit_status(minirun, command, status):
+    result = minirun("run", "hello", *command)
+    assert result.returncode == status, result.stderr
+    if status >= 126:
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("minirun: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "no-such-image"], "no image 'no-such-image'"),
+    (["run", "--no-such-flag", "hello"], "No such option"),
+    (["run"], "Missing argument 'IMAGE'"),
+    (["run", "--memory", "lots", "hello"], "invalid size 'lots'"),
+    (["run", "--cpus", "-1", "hello"], "invalid CPU count"),
+    (["run", "-e", "NOEQUALS", "hello"], "invalid environment variable"),
+    (["run", "-w", "relative", "hello"], "invalid working directory"),
+])
+def test_bad_input_is_one_line_and_125(minirun, args, message):
+    result = minirun(*args)
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_not_root_is_one_line_and_125(minirun_env):
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             sys.executable, "-m", "minirun", "run", "hello"],
+                            env=minirun_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr == "minirun: creating namespaces and mounts needs root: " \
+                            "run minirun with sudo\n"
+
+
+def test_missing_busybox_is_a_clear_error(tmp_path, monkeypatch):
+    from minirun import image
+    from minirun.errors import RuntimeFailure
+    monkeypatch.setattr(image, "BUSYBOX", tmp_path / "no-busybox")
+    with pytest.raises(RuntimeFailure, match="apt-get install busybox-static"):
+        image.Store(tmp_path / "store").get("hello")

@@ -1,0 +1,92 @@
+"""Nothing stays behind: no host mount, no bundle directory, no state record, after any kind of end."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_line, wait_for_container
+
+
+def host_mounts() -> list[str]:
+    """The host's mount table, without the per-mount IDs that differ between reads."""
+    return sorted(" ".join(line.split()[2:]) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def leftovers(env: dict) -> dict:
+    containers = Path(env["MINIRUN_ROOT"]) / "containers"
+    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],
+            "records": sorted(os.listdir(env["MINIRUN_STATE"])),
+            # what minirun or Python's tempfile would name (other programs share /tmp)
+            "tmp": sorted(name for name in os.listdir("/tmp") if name.startswith(("tmp", "minirun")))}
+
+
+@pytest.fixture
+def nothing_left(minirun_env):
+    """Counts mounts, bundles, records and /tmp entries before the test and after it."""
+    before_mounts, before = host_mounts(), leftovers(minirun_env)
+    yield
+    assert host_mounts() == before_mounts
+    assert leftovers(minirun_env) == before
+
+
+@pytest.mark.parametrize("command, status", [
+    (["true"], 0),
+    (["sh", "-c", "echo data > /tmp/file; mkdir -p /var/x; exit 3"], 3),
+    (["no-such-command"], 127),
+    (["/etc/passwd"], 126),
+])
+def test_normal_and_failing_runs_leave_nothing(minirun, nothing_left, command, status):
+    assert minirun("run", "hello", *command).returncode == status
+
+
+def test_setup_failure_leaves_nothing(minirun, nothing_left):
+    # -w onto a file: the container's own setup fails after the overlay and /proc were mounted.
+    result = minirun("run", "-w", "/etc/passwd", "hello", "true")
+    assert result.returncode == 125 and result.stderr.startswith("minirun: setting up the container failed")
+
+
+def test_mounts_stay_inside_while_the_container_runs(start_minirun, minirun, nothing_left):
+    before = host_mounts()
+    process = start_minirun("run", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
+    assert read_line(process) == "ready\n"
+    assert host_mounts() == before              # overlay, proc, dev, sys: none visible to the host
+    process.send_signal(signal.SIGKILL)         # the harshest end of the runtime itself
+    process.wait(timeout=10)
+    time.sleep(0.1)                             # let the parent-death signal end the container
+    assert minirun("gc").returncode == 0        # removes its bundle and record
+
+
+def test_interrupted_runs_leave_nothing(start_minirun, minirun_env, nothing_left):
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
+    assert read_line(process) == "ready\n"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=20)
+    assert process.returncode == 130
+
+
+def test_a_killed_runtime_is_cleaned_up_by_the_next_run(start_minirun, minirun, minirun_env):
+    before = leftovers(minirun_env)
+    process = start_minirun("run", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
+    assert read_line(process) == "ready\n"
+    wait_for_container(minirun_env)
+    process.kill()                              # SIGKILL: minirun gets no chance to clean up
+    process.wait(timeout=10)
+    left = leftovers(minirun_env)
+    assert len(left["bundles"]) == len(before["bundles"]) + 1
+    assert len(left["records"]) >= len(before["records"]) + 1    # + a half-written one, maybe
+    time.sleep(0.1)
+    assert minirun("gc").returncode == 0
+    assert leftovers(minirun_env) == before
+
+
+def test_gc_removes_half_written_records_of_dead_runtimes_only(minirun, minirun_env):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = Path(minirun_env["MINIRUN_STATE"])
+    (state / f".{dead.pid}.{'a' * 64}.json.tmp").write_text("{")
+    (state / f".{os.getpid()}.{'b' * 64}.json.tmp").write_text("{")     # a live writer's
+    assert minirun("gc").returncode == 0
+    assert os.listdir(state) == [f".{os.getpid()}.{'b' * 64}.json.tmp"]

@@ -1,0 +1,58 @@
+"""`minirun run -it hello sh` is a usable interactive shell, and the terminal is restored after."""
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
+import time
+
+
+def read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"never saw {text!r}; got {seen!r}")
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:                         # EIO: the other side closed
+            raise AssertionError(f"terminal closed before {text!r}; got {seen!r}")
+    return seen
+
+
+def test_interactive_shell_through_a_pty(minirun_env):
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    process = subprocess.Popen([sys.executable, "-m", "minirun", "run", "-it", "hello", "sh"],
+                               stdin=slave, stdout=slave, stderr=slave, env=minirun_env,
+                               start_new_session=True)
+    try:
+        read_until(master, b"# ")                # the prompt: the shell is reading its terminal
+        os.write(master, b"[ -t 0 ] && echo is-a-$((2*3))-tty\r")
+        read_until(master, b"is-a-6-tty")
+        os.write(master, b"sleep 300\r")
+        time.sleep(0.5)
+        os.write(master, b"\x03")                # Ctrl-C ends the foreground job, not the shell
+        read_until(master, b"^C")
+        os.write(master, b"echo alive-$((1+1))\r")
+        read_until(master, b"alive-2")           # long before sleep 300 would have ended
+        os.write(master, b"exit 5\r")
+        assert process.wait(timeout=20) == 5
+        assert termios.tcgetattr(slave) == before   # raw mode undone
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def test_tty_without_a_terminal_on_stdin(minirun):
+    # -t with piped input still works: the container gets a pty, minirun relays the pipe.
+    result = minirun("run", "-t", "hello", "sh", "-c", "[ -t 1 ] && echo tty; read line; echo got-$line",
+                     input="abc\n")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()          # the pty also echoes "abc", whenever it arrives
+    assert "tty" in lines and lines[-1] == "got-abc"
