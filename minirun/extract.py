@@ -57,13 +57,15 @@ def unpack_layer(stream, dest: str) -> None:
     try:                    # directory changes its mtime
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for entry in archive:
-                _apply(archive, entry, root, directories)
+                try:
+                    _apply(archive, entry, root, directories)
+                except OSError as error:
+                    if error.errno is None:     # a decompressor's complaint: a damaged layer,
+                        raise                   # which the caller reports as such
+                    raise RuntimeFailure(f"entry {entry.name!r} could not be created: "
+                                         f"{error.strerror}") from None
         for parts, entry in reversed(directories):
-            fd = _open_path(root, parts, entry.name)
-            try:
-                os.utime(fd, (entry.mtime, entry.mtime))
-            finally:
-                os.close(fd)
+            _set_directory_time(root, parts, entry)
     finally:
         os.close(root)
 
@@ -233,6 +235,17 @@ def _hard_link(root: int, parent: int, name: str, entry: tarfile.TarInfo) -> Non
                                       "this layer") from None
     finally:
         os.close(source_dir)
+
+
+def _set_directory_time(root: int, parts: list[str], entry: tarfile.TarInfo) -> None:
+    try:
+        fd = _open_path(root, parts, entry.name)
+    except UnsafeEntry:
+        return              # replaced by a file or symlink later in the archive: not a directory
+    try:
+        os.utime(fd, (entry.mtime, entry.mtime))
+    finally:
+        os.close(fd)
 
 
 def _set_owner_and_mode(fd: int, entry: tarfile.TarInfo) -> None:

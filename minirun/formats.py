@@ -89,10 +89,15 @@ class _Folder:
         return (self.path / name).is_file()
 
     def size(self, name: str) -> int:
-        return (self.path / _inside(name)).stat().st_size
+        return self._file(name).stat().st_size
 
     def open(self, name: str) -> BinaryIO:
-        return open(self.path / _inside(name), "rb")
+        return open(self._file(name), "rb")
+
+    def _file(self, name: str) -> Path:
+        if not self.has(_inside(name)):
+            raise RuntimeFailure(f"the image names {name!r}, which is not in {self.path}")
+        return self.path / name
 
 
 class _Archive:
@@ -126,11 +131,14 @@ def _inside(name: str) -> str:
 
 
 def _read_bundle(bundle, ref: str | None) -> Source | None:
-    if bundle.has("oci-layout") and bundle.has("index.json"):
-        return _read_oci(bundle, ref)
-    if bundle.has("manifest.json"):
-        return _read_docker_save(bundle, ref)
-    return None
+    """The image in an OCI layout or a docker save archive; None if it is neither."""
+    read = (_read_oci if bundle.has("oci-layout") and bundle.has("index.json") else
+            _read_docker_save if bundle.has("manifest.json") else None)
+    try:
+        return read and read(bundle, ref)
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise RuntimeFailure(f"its metadata is not a valid image description "
+                             f"({type(error).__name__}: {error})") from None
 
 
 # -- OCI image layout ----------------------------------------------------------------------------

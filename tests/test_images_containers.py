@@ -74,3 +74,16 @@ def test_the_image_is_unchanged_after_a_container_wrote_to_root(minirun, minirun
     assert [snapshot(layer) for layer in layers] == before
     again = minirun("run", app)
     assert again.stdout == "hello from /app\ngroup is gone\n"
+
+
+def test_rmi_is_refused_while_a_container_of_the_image_runs(minirun, start_minirun, app):
+    running = start_minirun("run", "-i", app, "sh", "-c", "echo up; read line",
+                            stdin=subprocess.PIPE)
+    assert read_line(running) == "up\n"
+    refused = minirun("rmi", app)
+    assert refused.returncode == 125
+    assert refused.stderr.startswith("minirun: image 'app' is in use by running container(s) ")
+    running.stdin.write("done\n")
+    running.stdin.close()
+    assert running.wait(timeout=30) == 0
+    assert minirun("rmi", app).stdout.startswith("removed app")

@@ -194,3 +194,16 @@ def test_cli_refusal_is_one_line_and_exit_125(tmp_path, outside):
     assert len(lines) == 1 and lines[0].startswith("minirun: cannot import ")
     assert "'escape/pwned' goes through 'escape'" in lines[0]
     assert os.listdir(outside) == ["secret"]
+
+
+def test_hard_link_to_a_directory_is_one_clear_line(store, tmp_path, outside):
+    source = rootfs_tar(tmp_path, [("d/", "dir"), ("h", "hardlink", "d")])
+    refused(store, tmp_path, outside, source, "'h' could not be created")
+
+
+def test_missing_blob_and_malformed_metadata(store, tmp_path, outside):
+    layout = oci_layout(tmp_path / "layout", [tar_of([("a", "file")])])
+    layer_blobs(layout)[0].unlink()
+    refused(store, tmp_path, outside, layout, "names 'blobs/sha256/", "which is not in")
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{}]}))
+    refused(store, tmp_path, outside, layout, "not a valid image description")

@@ -203,3 +203,14 @@ def test_gzip_layer_keeps_ownership_modes_and_capabilities(store, tmp_path):
         archive.addfile(info, io.BytesIO(b"ping"))
     image = store.import_image(str(oci_layout(tmp_path / "l", [buffer.getvalue()])), "caps")
     assert os.getxattr(image.layers[0] / "bin/ping", "security.capability") == cap
+
+
+def test_entries_replaced_later_in_the_same_archive(store, tmp_path):
+    """Tar's rule, and layer.md's: a later entry replaces an earlier one of the same name, except
+    a directory over a directory, which only takes the new attributes."""
+    tar = tar_of([("d/", "dir"), ("d/f", "file"), ("d", "symlink", "elsewhere"),
+                  ("e", "file"), ("e/", "dir"), ("e/g", "file"),
+                  ("k/", "dir"), ("k/old", "file"), ("k/", "dir")])
+    image = store.import_image(str(oci_layout(tmp_path / "l", [tar])), "replaced")
+    assert sorted(merged_view(image.layers, tmp_path)) == [".", "d", "e", "e/g", "k", "k/old"]
+    assert os.readlink(image.layers[0] / "d") == "elsewhere"
