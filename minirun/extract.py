@@ -123,8 +123,8 @@ def _open_path(root: int, parts: list[str], name: str) -> int:
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise UnsafeEntry(name, f"goes through {part!r}, which is a symlink or a file in "
-                                        "this layer: writing through it could leave the image") from None
+                raise UnsafeEntry(name, f"goes through {part!r}, which is a symlink or a file in this "
+                                        "layer: writing through it could leave the image") from None
             raise
         os.close(fd)
         fd = child
@@ -262,7 +262,7 @@ def _set_xattrs(fd: int, entry: tarfile.TarInfo) -> None:
             continue
         attribute = key[len(XATTR_PAX_PREFIX):]
         if attribute.startswith("trusted."):
-            raise UnsafeEntry(entry.name, f"carries the attribute {attribute}: trusted.* "
-                                          "attributes control overlayfs and are not taken from images")
+            raise UnsafeEntry(entry.name, f"carries the attribute {attribute}: trusted.* attributes "
+                                          "control overlayfs and are not taken from images")
         os.setxattr(fd, attribute, value.encode("utf-8", "surrogateescape"))
 

@@ -24,6 +24,7 @@ import subprocess
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator
 
@@ -62,7 +63,7 @@ def open_source(spec: str) -> Iterator[Source]:
         raise RuntimeFailure("no such file or directory")
     if path.is_dir():
         folder = _Folder(path)
-        yield _read_bundle(folder, ref) or Source("directory", [Layer(lambda: _tar_of(path), None)])
+        yield _read_bundle(folder, ref) or Source("directory", [Layer(partial(_tar_of, path), None)])
         return
     with open(path, "rb") as file:
         compressed = _compression(file.read(6)) is not None
@@ -76,7 +77,7 @@ def open_source(spec: str) -> Iterator[Source]:
             if found:
                 yield found
                 return
-    yield Source("rootfs tarball", [Layer(lambda: open(path, "rb"), path.stat().st_size)])
+    yield Source("rootfs tarball", [Layer(partial(open, path, "rb"), path.stat().st_size)])
 
 
 # -- the two files-of-files: an image as a directory, or as a tar read in place ------------------
@@ -159,7 +160,7 @@ def _read_oci(bundle, ref: str | None) -> Source:
         if bundle.size(name) != descriptor["size"]:
             raise RuntimeFailure(f"layer {digest} has {bundle.size(name)} bytes but its manifest "
                                  f"says {descriptor['size']}: the blob is truncated or corrupt")
-        layers.append(Layer(lambda name=name: bundle.open(name), descriptor["size"], digest, diff_id))
+        layers.append(Layer(partial(bundle.open, name), descriptor["size"], digest, diff_id))
     return Source("OCI layout", layers, config.get("config") or {})
 
 
@@ -201,7 +202,7 @@ def _read_docker_save(bundle, ref: str | None) -> Source:
     if len(entry["Layers"]) != len(diff_ids):
         raise RuntimeFailure(f"the archive's manifest has {len(entry['Layers'])} layers but its "
                              f"config lists {len(diff_ids)}")
-    layers = [Layer(lambda name=name: bundle.open(name), bundle.size(name), None, diff_id)
+    layers = [Layer(partial(bundle.open, name), bundle.size(name), None, diff_id)
               for name, diff_id in zip(entry["Layers"], diff_ids)]
     return Source("docker save", layers, config.get("config") or {})
 

@@ -115,8 +115,8 @@ class Store:
         for layer_id in reversed(layer_ids):
             if layer_id not in topmost_first:
                 topmost_first.append(layer_id)
-        return Image(name=name, layers=[self.layers_dir / layer for layer in reversed(topmost_first)],
-                     config=config)
+        layers = [self.layers_dir / layer for layer in reversed(topmost_first)]
+        return Image(name=name, layers=layers, config=config)
 
     def names(self) -> list[str]:
         found = {p.stem for p in self.images_dir.glob("*.json")} if self.images_dir.is_dir() else set()
@@ -152,7 +152,7 @@ class Store:
         from minirun import formats
         from minirun.progress import Progress
         _check_name(name)
-        progress = progress or Progress(name, stream=io.StringIO())
+        progress = progress or Progress(name, stream=io.StringIO())  # no terminal: quiet
         try:
             with formats.open_source(source) as found, self._scratch() as scratch:
                 unpacked = []                       # (layer id, its tree; None if stored already)
