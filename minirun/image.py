@@ -152,6 +152,11 @@ class Store:
         from minirun import formats
         from minirun.progress import Progress
         _check_name(name)
+        if (RECIPES / name / "image.json").is_file():
+            raise RuntimeFailure(f"{name!r} is the name of a built-in image: choose another name")
+        replacing = (self.images_dir / f"{name}.json").is_file()
+        if replacing:
+            self._refuse_if_in_use(name, "import the new image")
         progress = progress or Progress(name, stream=io.StringIO())  # no terminal: quiet
         try:
             with formats.open_source(source) as found, self._scratch() as scratch:
@@ -169,6 +174,8 @@ class Store:
                             self.commit_layer(tree, layer_id)
                     image = self._save_image(name, [layer_id for layer_id, _ in unpacked],
                                              ImageConfig.from_oci(found.config))
+                    if replacing:                   # the old image's own layers are garbage now
+                        self._collect_garbage()
         except RuntimeFailure as failure:
             raise RuntimeFailure(f"cannot import {source}: {failure}") from None
         finally:
@@ -236,13 +243,19 @@ class Store:
         """Remove image `name`, unless a running container uses it; then delete the layers that
         no image uses any more. Returns the ids of the layers deleted."""
         self._record(name)
-        users = [c.id for c in state.containers() if c.image == name and state.is_alive(c)]
-        if users:
-            raise RuntimeFailure(f"image {name!r} is in use by running container(s) "
-                                 f"{', '.join(users)}: stop them first, then remove the image")
+        self._refuse_if_in_use(name, "remove the image")
         with self._locked():
             (self.images_dir / f"{name}.json").unlink()
             return self._collect_garbage()
+
+    def _refuse_if_in_use(self, name: str, then: str) -> None:
+        """A running container's root is an overlay over its image's layers: they must stay
+        until it ends. As long as no in-use image is removed or replaced, the layers of every
+        running container are named by an image record, and so spared by the collector."""
+        users = [c.id for c in state.containers() if c.image == name and state.is_alive(c)]
+        if users:
+            raise RuntimeFailure(f"image {name!r} is in use by running container(s) "
+                                 f"{', '.join(users)}: stop them first, then {then}")
 
     def _collect_garbage(self) -> list[str]:
         """Delete the layers no image names, and scratch directories of imports that died.

@@ -128,3 +128,21 @@ def test_progress_is_drawn_on_a_terminal_only(store, tmp_path):
     assert quiet.getvalue() == ""
     assert "importing shown: layer 1/2" in terminal.getvalue()
     assert "layer 2/2" in terminal.getvalue() and terminal.getvalue().endswith("\r\033[K")
+
+
+def test_importing_over_a_name_replaces_the_image_and_frees_its_layers(store, tmp_path):
+    two_images(store, tmp_path)
+    old_top = store.get("one").layers[1]
+    new = oci_layout(tmp_path / "new", [BASE, tar_of([("c", "file")])])
+    a_container_of("one", runtime_pid=os.getpid())
+    with pytest.raises(RuntimeFailure, match="in use by running container.*then import the new"):
+        store.import_image(str(new), "one")
+    state.remove("c0ffee")
+    replaced = store.import_image(str(new), "one")
+    assert (replaced.layers[1] / "c").is_file()
+    assert not old_top.exists() and replaced.layers[0].is_dir()
+
+
+def test_a_builtin_name_is_not_imported_over(store, tmp_path):
+    with pytest.raises(RuntimeFailure, match="built-in image"):
+        store.import_image(str(oci_layout(tmp_path / "l", [BASE])), "hello")
