@@ -175,28 +175,23 @@ def _blob(descriptor: dict) -> tuple[str, str]:
 def _choose(index: dict, ref: str | None) -> dict:
     """One manifest of an index: the one tagged `ref`, else the only one for this machine."""
     manifests = index.get("manifests") or []
+    tags = [(m.get("annotations") or {}).get(REF_NAME) for m in manifests]
     if ref:
-        chosen = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == ref]
-    else:
-        arch = ARCHITECTURES.get(platform.machine(), platform.machine())
-        chosen = [m for m in manifests if m.get("platform", {}).get("architecture", arch) == arch]
-    if len(chosen) != 1:
-        tags = [(m.get("annotations") or {}).get(REF_NAME) for m in manifests]
-        _ambiguous(ref, len(chosen), [tag for tag in tags if tag])
-    return chosen[0]
+        return _exactly_one([m for m, tag in zip(manifests, tags) if tag == ref], ref, tags, "")
+    arch = ARCHITECTURES.get(platform.machine(), platform.machine())
+    chosen = [m for m in manifests if m.get("platform", {}).get("architecture", arch) == arch]
+    return _exactly_one(chosen, ref, tags, f" for {arch}")
 
 
 # -- docker save ---------------------------------------------------------------------------------
 
 def _read_docker_save(bundle, ref: str | None) -> Source:
     entries = _read_json(bundle, "manifest.json")
-    if ref:
-        entries = [e for e in entries if any(t == ref or t.endswith(("/" + ref, ":" + ref))
-                                             for t in e.get("RepoTags") or [])]
-    if len(entries) != 1:
-        _ambiguous(ref, len(entries), [t for e in _read_json(bundle, "manifest.json")
-                                       for t in e.get("RepoTags") or []])
-    entry = entries[0]
+    tags = [e.get("RepoTags") or [] for e in entries]
+    if ref:         # Docker writes full names: `docker.io/library/app:1.0` matches `app:1.0`, `1.0`
+        entries = [e for e, names in zip(entries, tags)
+                   if any(t == ref or t.endswith(("/" + ref, ":" + ref)) for t in names)]
+    entry = _exactly_one(entries, ref, [t for names in tags for t in names], "")
     config = _read_json(bundle, entry["Config"], _digest_in_name(entry["Config"]))
     diff_ids = config["rootfs"]["diff_ids"]
     if len(entry["Layers"]) != len(diff_ids):
@@ -207,11 +202,15 @@ def _read_docker_save(bundle, ref: str | None) -> Source:
     return Source("docker save", layers, config.get("config") or {})
 
 
-def _ambiguous(ref: str | None, found: int, tags: list[str]) -> None:
-    known = ", ".join(sorted(tags)) or "none"
+def _exactly_one(chosen: list, ref: str | None, tags: list, where: str):
+    """The one image asked for; else say how many there are, and their tags."""
+    if len(chosen) == 1:
+        return chosen[0]
+    known = ", ".join(sorted(filter(None, tags))) or "none"
+    count = len(chosen) or "no"
     if ref:
-        raise RuntimeFailure(f"no image tagged {ref!r} in it (tags there: {known})")
-    raise RuntimeFailure(f"it holds {found} images: name one as PATH:TAG (tags there: {known})")
+        raise RuntimeFailure(f"{count} images tagged {ref!r} in it (tags there: {known})")
+    raise RuntimeFailure(f"{count} images{where} in it: name one as PATH:TAG (tags there: {known})")
 
 
 def _digest_in_name(name: str) -> str | None:

@@ -1,17 +1,18 @@
 """Importing images made by real tools (umoci, skopeo, tar, zstd, xz) and by hand, and checking
 that the layers, stacked by overlayfs, give exactly the tree the image was made from."""
-import gzip
-import json
+import io
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import zstandard
 
 from image_helpers import merged_view, oci_layout, snapshot, tar_of
+from minirun.errors import RuntimeFailure
 from minirun.image import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlayfs and chown need root")
@@ -192,7 +193,6 @@ def test_an_image_of_two_layers_shares_the_one_it_has_in_common(store, tmp_path)
 
 def test_gzip_layer_keeps_ownership_modes_and_capabilities(store, tmp_path):
     """File capabilities travel as a pax xattr header (security.capability), as Debian's ping."""
-    import tarfile, io
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         info = tarfile.TarInfo("bin/ping")
@@ -214,3 +214,16 @@ def test_entries_replaced_later_in_the_same_archive(store, tmp_path):
     image = store.import_image(str(oci_layout(tmp_path / "l", [tar])), "replaced")
     assert sorted(merged_view(image.layers, tmp_path)) == [".", "d", "e", "e/g", "k", "k/old"]
     assert os.readlink(image.layers[0] / "d") == "elsewhere"
+
+
+def test_a_layout_of_several_images_is_chosen_from_by_tag(store, tmp_path, umoci_image):
+    layout, _ = umoci_image
+    copy = tmp_path / "layout"
+    run("cp", "-a", str(layout), str(copy))
+    run("umoci", "tag", "--image", f"{copy}:app", "other")
+    with pytest.raises(RuntimeFailure, match=r"2 images for amd64 in it: name one as PATH:TAG "
+                                             r"\(tags there: app, other\)"):
+        store.import_image(str(copy), "x")
+    with pytest.raises(RuntimeFailure, match="no images tagged 'nope' in it"):
+        store.import_image(f"{copy}:nope", "x")
+    assert len(store.import_image(f"{copy}:other", "x").layers) == 3
