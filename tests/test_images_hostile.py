@@ -13,18 +13,8 @@ import pytest
 
 from image_helpers import layer_blobs, oci_layout, tar_of, tree_listing, write_blob
 from minirun.errors import RuntimeFailure
-from minirun.image import Store
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mknod need root")
 
 SECRET = b"the host's secret\n"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIRUN_ROOT", str(tmp_path / "store"))
-    monkeypatch.setenv("MINIRUN_STATE", str(tmp_path / "state"))
-    return Store()
 
 
 @pytest.fixture

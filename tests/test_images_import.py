@@ -13,16 +13,6 @@ import zstandard
 
 from image_helpers import merged_view, oci_layout, snapshot, tar_of
 from minirun.errors import RuntimeFailure
-from minirun.image import Store
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlayfs and chown need root")
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIRUN_ROOT", str(tmp_path / "store"))
-    monkeypatch.setenv("MINIRUN_STATE", str(tmp_path / "state"))
-    return Store()
 
 
 def run(*command, cwd=None):

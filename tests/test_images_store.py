@@ -12,19 +12,9 @@ import pytest
 from image_helpers import merged_view, oci_layout, tar_of
 from minirun import state
 from minirun.errors import RuntimeFailure
-from minirun.image import Store
 from minirun.progress import Progress
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the store is root's")
-
 BASE = tar_of([("etc/", "dir"), ("etc/os-release", "file", b"ID=test\n")])
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIRUN_ROOT", str(tmp_path / "store"))
-    monkeypatch.setenv("MINIRUN_STATE", str(tmp_path / "state"))
-    return Store()
 
 
 def cli(*args):
