@@ -25,13 +25,9 @@ The built-in image `hello` is not downloaded: it is built here from Debian's bus
 the recipe in images/hello/ the first time it is asked for.
 """
 import fcntl
-import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +36,9 @@ from typing import Iterator
 
 from minirun import state
 from minirun.errors import RuntimeFailure
+
+# Every `minirun run` and `minivm boot` loads this module, but only building and importing need
+# hashlib, shutil, subprocess and tempfile (about 5 ms of imports): those functions import them.
 
 DEFAULT_ROOT = "/var/lib/minirun"
 RECIPES = Path(__file__).resolve().parent.parent / "images"
@@ -102,7 +101,7 @@ class Store:
     def get(self, name: str) -> Image:
         """The image called `name`; a built-in one is built on first use."""
         if (RECIPES / name / "image.json").is_file():
-            self._build_builtin(name)
+            return self._builtin(name)
         data = self._record(name)
         return self._image(name, data["layers"], ImageConfig.from_oci(data["config"]))
 
@@ -201,6 +200,7 @@ class Store:
 
         If another process committed the same layer first, ours is discarded: same id, same content.
         """
+        import shutil
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tree, self.layers_dir / layer_id)
@@ -214,12 +214,15 @@ class Store:
         with self._locked():
             return self._save_image(name, layer_ids, config)
 
-    def _save_image(self, name: str, layer_ids: list[str], config: ImageConfig) -> Image:
+    def _save_image(self, name: str, layer_ids: list[str], config: ImageConfig,
+                    recipe: str | None = None) -> Image:
         _check_name(name)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         record = {"name": name, "layers": layer_ids, "config": config.to_oci(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "size": sum(_tree_size(self.layers_dir / layer) for layer in set(layer_ids))}
+        if recipe:
+            record["recipe"] = recipe       # a built-in image: the fingerprint of its inputs
         _write_atomically(self.images_dir / f"{name}.json", json.dumps(record, indent=2))
         return self._image(name, layer_ids, config)
 
@@ -227,11 +230,13 @@ class Store:
         """A temporary directory inside the store, on the same filesystem as the layers (so that
         committing is a rename). Its name carries our pid, so `remove` can tell a crashed
         import's leftovers from a running import's work."""
+        import tempfile
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.layers_dir))
 
     @contextmanager
     def _scratch(self) -> Iterator[Path]:
+        import shutil
         scratch = self.scratch_dir()
         try:
             yield scratch
@@ -261,6 +266,7 @@ class Store:
         """Delete the layers no image names, and scratch directories of imports that died.
         Called with the lock held: a layer committed but not yet named by its image's record
         would otherwise look like garbage."""
+        import shutil
         used = {layer for record in self.records() for layer in record["layers"]}
         deleted = []
         for path in self.layers_dir.iterdir() if self.layers_dir.is_dir() else []:
@@ -282,30 +288,45 @@ class Store:
             yield
 
     # -- the built-in images -------------------------------------------------------------------
-    def _build_builtin(self, name: str) -> None:
-        """Build a recipe image: busybox-static's applets plus the recipe's rootfs/ files.
+    def _builtin(self, name: str) -> Image:
+        """A recipe image, built when its inputs changed since it was last built.
 
-        The layer id is a hash of the inputs, so editing the recipe or upgrading busybox builds
-        a new layer, and an unchanged recipe costs one stat.
+        Whether they changed is told by their sizes and modification times (a few stats), not
+        their contents: hashing the 2 MB busybox binary on every run would cost milliseconds.
         """
         recipe = RECIPES / name
         if not BUSYBOX.is_file():
             raise RuntimeFailure(f"the built-in image {name!r} needs {BUSYBOX}: "
                                  "install it with `apt-get install busybox-static`")
+        fingerprint = _fingerprint([BUSYBOX, *_files_below(recipe)])
+        try:
+            data = json.loads((self.images_dir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            data = {}
+        if data.get("recipe") == fingerprint and (self.layers_dir / data["layers"][-1]).is_dir():
+            return self._image(name, data["layers"], ImageConfig.from_oci(data["config"]))
+        return self._build_builtin(name, recipe, fingerprint)
+
+    def _build_builtin(self, name: str, recipe: Path, fingerprint: str) -> Image:
+        """Build a recipe image: busybox-static's applets plus the recipe's rootfs/ files.
+
+        The layer id is a hash of the inputs' contents, so editing the recipe or upgrading
+        busybox builds a new layer, while touching a file without changing it builds nothing.
+        """
+        import shutil
         layer_id = _hash_recipe(recipe)
-        record = self.images_dir / f"{name}.json"
-        if (self.layers_dir / layer_id).is_dir() and record.is_file() \
-                and json.loads(record.read_text())["layers"] == [layer_id]:
-            return
+        config = ImageConfig.from_oci(json.loads((recipe / "image.json").read_text())["config"])
+        if (self.layers_dir / layer_id).is_dir():
+            with self._locked():
+                return self._save_image(name, [layer_id], config, recipe=fingerprint)
         with self._scratch() as scratch:
             tree = scratch / "layer"
             tree.mkdir()
             _install_busybox(tree)
             shutil.copytree(recipe / "rootfs", tree, symlinks=True, dirs_exist_ok=True)
-            config = json.loads((recipe / "image.json").read_text())["config"]
             with self._locked():
                 self.commit_layer(tree, layer_id)
-                self._save_image(name, [layer_id], ImageConfig.from_oci(config))
+                return self._save_image(name, [layer_id], config, recipe=fingerprint)
 
 
 def _unpack(layer, tree: Path, progress) -> str:
@@ -364,6 +385,8 @@ def _tree_size(tree: Path) -> int:
 
 def _install_busybox(tree: Path) -> None:
     """A minimal Unix userland: the FHS directories and one busybox binary with a link per applet."""
+    import shutil
+    import subprocess
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "run",
               "var", "tmp"):
         (tree / d).mkdir(parents=True, exist_ok=True)
@@ -378,9 +401,20 @@ def _install_busybox(tree: Path) -> None:
             link.symlink_to("/bin/busybox")
 
 
+def _files_below(folder: Path) -> list[Path]:
+    return sorted(Path(top, name) for top, dirs, files in os.walk(folder) for name in dirs + files)
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Size, mtime and mode of each path: changes whenever a file is rewritten."""
+    stats = (os.lstat(path) for path in paths)
+    return ";".join(f"{info.st_size}:{info.st_mtime_ns}:{info.st_mode:o}" for info in stats)
+
+
 def _hash_recipe(recipe: Path) -> str:
+    import hashlib
     digest = hashlib.sha256(BUSYBOX.read_bytes())
-    for path in sorted(recipe.rglob("*")):
+    for path in _files_below(recipe):
         digest.update(str(path.relative_to(recipe)).encode() + oct(path.lstat().st_mode).encode())
         if path.is_file():
             digest.update(path.read_bytes())
