@@ -62,6 +62,52 @@ def gc() -> None:
         click.echo(f"removed {container_id[:12]}")
 
 
+@cli.command("import")
+@click.argument("source")
+@click.argument("name")
+def import_image(source, name) -> None:
+    """Import SOURCE as image NAME: a directory, a rootfs tarball (plain, gzip, zstd or xz), a
+    `docker save` tarball or an OCI image layout (directory or tar; PATH:TAG picks one image)."""
+    from minirun.image import Store
+    from minirun.progress import Progress
+    image = Store().import_image(source, name, Progress(f"importing {name}"))
+    click.echo(f"{name}: {len(image.layers)} layer(s)")
+
+
+cli.add_command(import_image, "load")   # Docker's name for importing a `docker save` tarball
+
+
+@cli.command()
+def images() -> None:
+    """List the images in the store."""
+    from minirun.image import Store
+    from minirun.units import format_size
+    rows = [(r["name"], format_size(r.get("size", 0)), str(len(r["layers"])), r["created"])
+            for r in Store().records()]
+    widths = [max(len(row[i]) for row in [("NAME", "SIZE", "LAYERS", "CREATED")] + rows)
+              for i in range(4)]
+    for row in [("NAME", "SIZE", "LAYERS", "CREATED")] + rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+def rmi(name) -> None:
+    """Remove image NAME (refused while a running container uses it) and the layers only it used."""
+    from minirun.image import Store
+    deleted = Store().remove(name)
+    click.echo(f"removed {name}" + (f" and {len(deleted)} unused layer(s)" if deleted else ""))
+
+
+@cli.command()
+@click.argument("name")
+def inspect(name) -> None:
+    """Print image NAME's record as JSON: its layers, their directories, its config."""
+    import json
+    from minirun.image import Store
+    click.echo(json.dumps(Store().inspect(name), indent=2))
+
+
 def main() -> None:
     """Entry point: map every outcome to a Docker-style exit status and one line of error."""
     try:

@@ -53,18 +53,18 @@ def containers() -> list[ContainerRecord]:
 
 def is_alive(record: ContainerRecord) -> bool:
     """True while the minirun process that owns the container still runs."""
-    return _process_exists(record.runtime_pid)
+    return process_exists(record.runtime_pid)
 
 
 def remove_stale_temporaries() -> None:
     """Remove half-written records left by a minirun killed in the middle of `save`."""
     for tmp in state_dir().glob(".*.tmp"):
         owner = tmp.name.split(".")[1]
-        if owner.isdigit() and not _process_exists(int(owner)):
+        if owner.isdigit() and not process_exists(int(owner)):
             tmp.unlink(missing_ok=True)
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)                     # signal 0: only asks whether the process exists
     except ProcessLookupError:

@@ -46,10 +46,11 @@ def parse_count(text: str, what: str) -> int:
     return count
 
 
-def format_size(size: int) -> str:
-    """67108864 -> '64M': the largest unit that keeps one decimal at most, for messages."""
-    for suffix in ("T", "G", "M", "K"):
-        amount = size / _SUFFIXES[suffix]
-        if amount >= 1:
-            return f"{amount:.1f}".removesuffix(".0") + suffix
-    return f"{size}B"
+def format_size(count: int) -> str:
+    """67108864 -> '64.0M': the same binary units parse_size reads, for tables and progress."""
+    value, suffix = float(count), "B"
+    for bigger in "KMGT":
+        if value < 1024:
+            break
+        value, suffix = value / 1024, bigger
+    return f"{count}B" if suffix == "B" else f"{value:.1f}{suffix}"

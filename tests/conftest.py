@@ -82,3 +82,13 @@ def read_line(process, timeout=20.0) -> str:
         if not selector.select(timeout):
             raise AssertionError("no output from the container in time")
     return process.stdout.readline()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty image store of this test's own, for tests that call minirun.image directly:
+    MINIRUN_ROOT and MINIRUN_STATE point into tmp_path, for this process and its children."""
+    from minirun.image import Store
+    monkeypatch.setenv("MINIRUN_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("MINIRUN_STATE", str(tmp_path / "state"))
+    return Store()
