@@ -1,5 +1,6 @@
 """Resource limits: minirun.cgroups on its own (the real v1 driver of this host with plain
-processes, the v2 driver against a v2-shaped tree, the mount table), then real containers.
+processes; the v2 driver's writes against a v2-shaped tree, and its join, kill, removal and view
+on this host's real cgroup2 tree; the mount table), then real containers.
 
 Every cgroup a test makes itself has an id starting with this run's prefix, and a container's
 id is read from its --explain line, so the tests check only their own cgroups: other people's
@@ -24,6 +25,7 @@ from minirun.errors import RuntimeFailure
 
 PREFIX = f"test-{uuid.uuid4().hex[:8]}"
 MiB = 1024 * 1024
+
 
 def new_id(what: str) -> str:
     return f"{PREFIX}-{what}-{uuid.uuid4().hex[:6]}"
