@@ -241,13 +241,17 @@ class CgroupV2(Cgroup):
 
     @classmethod
     def create(cls, container_id: str, limits: Limits, root: Path) -> "CgroupV2":
+        # The root's cgroup.controllers lists what this kernel offers.
+        offered = _read(root / "cgroup.controllers").split()
+        _require_controllers(limits, offered)
+        controllers = [name for name in V2_CONTROLLERS if name in offered]
         parent = root / PARENT
         _make_dir(parent, exist_ok=True)
         # A controller's files appear in a cgroup only if its parent lists the controller in
         # cgroup.subtree_control ("Enabling and Disabling", cgroup-v2.rst): enable them on the
         # way down, in the root (usually done already by systemd) and in minirun/.
-        _enable_controllers(root)
-        _enable_controllers(parent)
+        _enable_controllers(root, controllers)
+        _enable_controllers(parent, controllers)
         cgroup = cls(parent / container_id)
         _make_dir(cgroup.path)
         try:
@@ -296,13 +300,13 @@ class CgroupV2(Cgroup):
         _remove(self.path, kill=True)
 
 
-def _enable_controllers(cgroup: Path) -> None:
-    """Let the children of `cgroup` use memory, cpu and pids, writing only what is missing."""
+def _enable_controllers(cgroup: Path, controllers: list[str]) -> None:
+    """Let the children of `cgroup` use `controllers`, writing only what is missing."""
     enabled = _read(cgroup / "cgroup.subtree_control", missing_ok=True).split()
-    missing = [f"+{name}" for name in V2_CONTROLLERS if name not in enabled]
+    missing = [f"+{name}" for name in controllers if name not in enabled]
     if missing:
         _write(cgroup / "cgroup.subtree_control", " ".join(missing),
-               f"enable the {', '.join(V2_CONTROLLERS)} controllers")
+               f"enable the {', '.join(controllers)} controllers")
 
 
 # --- cgroup v1 --------------------------------------------------------------------------------
@@ -321,11 +325,7 @@ class CgroupV1(Cgroup):
 
     @classmethod
     def create(cls, container_id: str, limits: Limits, trees: dict[str, Path]) -> "CgroupV1":
-        for controller, wanted in (("memory", limits.memory), ("cpu", limits.cpus),
-                                   ("pids", limits.pids)):
-            if wanted is not None and controller not in trees:
-                raise RuntimeFailure(f"this host does not mount the {controller} cgroup "
-                                     f"controller, so minirun cannot limit {controller}")
+        _require_controllers(limits, trees)
         cgroup = cls({c: trees[c] / PARENT / container_id for c in V1_CONTROLLERS if c in trees})
         made = []
         try:
@@ -401,7 +401,16 @@ class CgroupV1(Cgroup):
             _remove(directory, kill=True)   # the first kills all: a process is in every tree
 
 
-# --- Small file helpers shared by both drivers ------------------------------------------------
+# --- Small helpers shared by both drivers -----------------------------------------------------
+
+def _require_controllers(limits: Limits, offered) -> None:
+    """Each limit needs its controller; without it, say so before anything is made."""
+    for controller, wanted in (("memory", limits.memory), ("cpu", limits.cpus),
+                               ("pids", limits.pids)):
+        if wanted is not None and controller not in offered:
+            raise RuntimeFailure(f"this host offers no {controller} cgroup controller, so "
+                                 f"minirun cannot limit {controller}")
+
 
 def _make_dir(path: Path, exist_ok: bool = False) -> None:
     # mkdir in a cgroup filesystem creates a cgroup: the kernel fills it with interface files.

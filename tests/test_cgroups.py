@@ -354,6 +354,16 @@ def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkey
     assert (v2_tree / "minirun").is_dir()               # the shared parent stays
 
 
+def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
+    (v2_tree / "cgroup.controllers").write_text("cpuset io memory pids\n")   # no cpu
+    with pytest.raises(RuntimeFailure, match="offers no cpu cgroup controller"):
+        cgroups.CgroupV2.create("c6", cgroups.Limits(cpus=0.5), v2_tree)
+    assert not (v2_tree / "minirun").exists()
+    cgroups.CgroupV2.create("c6", cgroups.Limits(memory=32 * MiB), v2_tree)
+    assert (v2_tree / "cgroup.subtree_control").read_text() == "memory pids\n"   # untouched
+    assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +pids"
+
+
 def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
     monkeypatch.delitem(V2_FILES, "pids.max")           # a kernel without the pids controller
     with pytest.raises(RuntimeFailure, match="cannot set the pids limit"):
