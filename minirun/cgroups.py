@@ -371,7 +371,7 @@ class CgroupV1(Cgroup):
         cgroup.procs, which moves a whole process: for a process just forked, with one thread,
         that is the same move. But a thread that moves only itself lets the kernel skip a
         global lock that a cgroup.procs write takes, and whose taking waits for an RCU grace
-        period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.4 ms instead of
+        period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.3 ms instead of
         5 to 15 ms, half of a whole run. (v2 refuses such thread moves between ordinary cgroups.)
         """
         for directory in self._directories():
