@@ -47,10 +47,10 @@ def parse_count(text: str, what: str) -> int:
 
 
 def format_size(count: int) -> str:
-    """67108864 -> '64.0M': the same binary units parse_size reads, for tables and progress."""
+    """67108864 -> '64M', 1572864 -> '1.5M': the binary units parse_size reads, for tables and messages."""
     value, suffix = float(count), "B"
     for bigger in "KMGT":
         if value < 1024:
             break
         value, suffix = value / 1024, bigger
-    return f"{count}B" if suffix == "B" else f"{value:.1f}{suffix}"
+    return f"{count}B" if suffix == "B" else f"{value:.1f}".removesuffix(".0") + suffix

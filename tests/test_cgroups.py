@@ -498,7 +498,7 @@ def test_memory_hog_above_the_limit_exits_137_with_the_oom_line(minirun):
     result = minirun("run", "--explain", "--memory", "32M", "hello", "sh", "-c", hog(64))
     assert result.returncode == 137, result.stderr
     assert "held" not in result.stdout
-    assert "container ran out of memory at its limit of 32.0M" in result.stderr
+    assert "container ran out of memory at its limit of 32M" in result.stderr
     assert_no_cgroup_left(container_id(result.stderr))
 
 

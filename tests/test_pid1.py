@@ -110,7 +110,7 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_everything_dies_with_pid_1(minirun):
-    marker = "sleep 4242"                                 # a command line found nowhere else
+    marker = f"sleep 4242.{os.getpid()}"                  # a command line found nowhere else
     result = minirun("run", "hello", "sh", "-c", f"{marker} & {marker} & sleep 0.2; exit 5")
     assert result.returncode == 5
     assert _processes_with(marker) == []
@@ -118,12 +118,13 @@ def test_everything_dies_with_pid_1(minirun):
 
 def test_container_dies_when_minirun_is_killed(start_minirun, minirun_env):
     # The parent-death signal: a killed runtime does not leave a container running.
-    process = start_minirun("run", "hello", "sh", "-c", "echo ready; exec sleep 4243")
+    marker = f"sleep 4243.{os.getpid()}"
+    process = start_minirun("run", "hello", "sh", "-c", f"echo ready; exec {marker}")
     assert read_line(process) == "ready\n"
-    assert _processes_with("sleep 4243")
+    assert _processes_with(marker)
     process.kill()
     process.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while _processes_with("sleep 4243") and time.monotonic() < deadline:
+    while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with("sleep 4243") == []
+    assert _processes_with(marker) == []
