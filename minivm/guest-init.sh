@@ -18,29 +18,37 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+mount -t cgroup2 cgroup2 /sys/fs/cgroup         # a VM is its own cgroup v2 host, every controller on
 report "init running"
 
 # This run's settings, written by minivm into the second initramfs archive (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
 
+# The app runs in its working directory with exactly the environment the image and `-e` give it.
+# `env` execs the command: 127 if it does not exist, 126 if it cannot be executed, else the app's
+# own status, 128+N if signal N killed it.
+run_app() {
+    cd "$workdir" || exit 126
+    eval "exec $session env -i $environment \"\$@\""
+}
+
 if [ -n "$interactive" ]; then
     # A terminal session: the host's terminal is raw, so this tty does the line editing, echo and
-    # Ctrl-C; tell it the size of the host's window, as a terminal emulator would.
+    # Ctrl-C; it is told the size of the host's window, as a terminal emulator would. The app
+    # leads a new session with ttyS1 as its controlling terminal, for job control.
     stty -F /dev/ttyS1 sane rows "$rows" cols "$columns"
+    session="setsid -c"
+    (run_app "$@") </dev/ttyS1 >/dev/ttyS1 2>&1
 else
-    # A pipe to the host's stdout: no echo, and "\n" must stay "\n" (not the "\r\n" a terminal
-    # line discipline would send).
+    # Output only, like a pipe: no echo, and "\n" stays "\n" (no "\r\n" from the line discipline).
+    # No session and no controlling terminal here: when a session leader exits, the kernel hangs
+    # up its terminal and throws away output not yet sent (tty_vhangup_session), which would cut
+    # the end of the app's output.
     stty -F /dev/ttyS1 raw -echo
+    session=""
+    (run_app "$@") </dev/null >/dev/ttyS1 2>&1
 fi
-
-# Run the app as a new session with ttyS1 as its controlling terminal, in its working directory,
-# with exactly the environment the image and `-e` give it. `env` execs the command: 127 if it
-# does not exist, 126 if it cannot be executed, else the app's own status (128+N on signal N).
-(
-    cd "$workdir" || exit 126
-    eval "exec setsid -c env -i $environment \"\$@\""
-) </dev/ttyS1 >/dev/ttyS1 2>&1
 report "exit $?"
 
 # Power off: the kernel syncs and switches the (virtual) machine off, and QEMU exits.
