@@ -1,10 +1,11 @@
 """The machine's life, from QEMU's start to its end: the hypervisor's control plane.
 
-QEMU is started with its vCPUs stopped (-S) and a QMP monitor on one end of a socket pair
-(https://www.qemu.org/docs/master/interop/qmp-spec.html). Through `qemu.qmp`'s QMPClient minivm
-asks `query-status` (the machine exists, not yet running), sends `cont` (the vCPUs start), then
+QEMU is started with a QMP monitor on one end of a socket pair
+(https://www.qemu.org/docs/master/interop/qmp-spec.html), and the guest starts booting at once.
+Meanwhile minivm connects with `qemu.qmp`'s QMPClient, asks `query-status` (the vCPUs run), and
 follows three things at once: QMP events (SHUTDOWN, STOP...), the guest's console on ttyS0 (the
-init's "@minivm:" reports), and the QEMU process itself.
+init's "@minivm:" reports), and the QEMU process itself. (QEMU could also be started paused, with
+-S, and resumed with QMP's `cont`; that would put QMP's start-up on the boot's critical path.)
 
 Stopping is done as on a real machine: first `system_powerdown`, which presses the virtual ACPI
 power button, then after a grace period `quit` (pull the plug), and if QEMU does not even answer,
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from minirun.errors import RuntimeFailure
 from minivm.hardware import QEMU, Hardware, Wiring
 
-BOOT_WATCHDOG = 60.0    # seconds from `cont` to the guest init's first report; a normal boot under
+BOOT_WATCHDOG = 60.0    # seconds from QEMU's start to the guest init's first report; a normal boot under
                         # TCG takes about 1.5 s, so only a hung boot gets anywhere near this
 QMP_TIMEOUT = 10.0      # qemu.qmp has no timeouts of its own: every call is bounded here
 GRACE = 1.0             # seconds a guest gets to react to the power button before `quit`
@@ -89,8 +90,9 @@ class Machine:
             os.close(initrd)
         stop_request = self._catch_stop_signals()
         try:
+            self._listen(self._read_console(console))
             await self._connect(monitor)
-            return await self._supervise(console, started, timeout, stop_request)
+            return await self._supervise(started, timeout, stop_request)
         finally:
             await self._stop()
             for task in self.listeners:
@@ -126,20 +128,19 @@ class Machine:
         self.qmp = QMPClient(self.hardware.name)
         try:
             await asyncio.wait_for(self.qmp.connect(monitor), QMP_TIMEOUT)
+            status = await self._execute("query-status")
         except Exception:
             await self._reap(QMP_TIMEOUT)
+            if self.process.returncode == 0:     # a guest so quick that it was gone already
+                self.qmp = None
+                return
             raise RuntimeFailure(f"QEMU did not start: {self._qemu_error()}") from None
-        status = await self._execute("query-status")
-        self.say(f"QMP: the machine is built and its vCPUs are stopped (status {status['status']})")
-        await self._execute("cont")
-        status = await self._execute("query-status")
-        self.say(f"QMP: `cont` sent, the vCPUs run (status {status['status']})")
+        self.say(f"QMP: connected; the machine is {status['status']}")
+        self._listen(self._follow_events())
 
-    async def _supervise(self, console: socket.socket, started: float, timeout: float | None,
+    async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
         loop = asyncio.get_running_loop()
-        self._listen(self._read_console(console))
-        self._listen(self._follow_events())
         exited = loop.create_task(self.process.wait())
         deadline = started + timeout if timeout else None
 
