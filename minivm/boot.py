@@ -5,7 +5,6 @@ that owns one piece of the virtual machine.
 """
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
@@ -39,6 +38,9 @@ def boot(options: BootOptions) -> int:
     if not command:
         raise RuntimeFailure(f"image {image.name!r} has no default command: give one after the "
                              "image name")
+    if image.config.user not in ("", "root", "0", "0:0"):
+        raise RuntimeFailure(f"image {image.name!r} runs as user {image.config.user!r}, and minivm "
+                             "can only run apps as the guest's root so far: use `minirun run`")
     hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minirun.image import BUSYBOX, Image
-from minivm.kernel import cache_dir, _write_atomically
+from minivm.cache import cache_dir, write_atomically
 
 GUEST_INIT = Path(__file__).with_name("guest-init.sh")
 INIT_PATH = "/.minivm/init"      # the kernel is told `rdinit=/.minivm/init`; the image's own
@@ -72,7 +72,7 @@ def image_archive(image: Image) -> Path:
         archive.add_directory(".minivm")
         archive.add_file(".minivm/busybox", BUSYBOX.read_bytes(), 0o755)
         archive.add_file(INIT_PATH.lstrip("/"), GUEST_INIT.read_bytes(), 0o755)
-        _write_atomically(target, archive.finish())
+        write_atomically(target, archive.finish())
     return target
 
 

@@ -26,18 +26,14 @@ import zlib
 from pathlib import Path
 
 from minirun.errors import RuntimeFailure
+from minivm.cache import cache_dir, write_atomically
 
-DEFAULT_CACHE = "/var/cache/minivm"
 FETCH_HINT = "get one with `minivm kernel fetch` (Debian's linux-image-amd64) or pass --kernel PATH"
 
 # Compressed payloads a bzImage may carry, by the magic bytes that start them
 # (the kernel's own scripts/Makefile.lib chooses one of these; Debian uses xz).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ELF_MAGIC = b"\x7fELF"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MINIVM_CACHE", DEFAULT_CACHE))
 
 
 # -- finding a kernel --------------------------------------------------------------------------
@@ -75,7 +71,7 @@ def bootable_vmlinux(kernel: Path) -> Path:
     key = hashlib.sha256(f"{kernel.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
     target = cache_dir() / "vmlinux" / f"{key.hexdigest()[:32]}.elf"
     if not target.is_file():
-        _write_atomically(target, extract_vmlinux(kernel.read_bytes(), str(kernel)))
+        write_atomically(target, extract_vmlinux(kernel.read_bytes(), str(kernel)))
     return target
 
 
@@ -144,7 +140,7 @@ def fetch() -> Path:
                                      f"{download.stderr.strip().splitlines()[-1:]}; run "
                                      "`apt-get update` as root and try again")
             deb, = Path(scratch).glob("*.deb")
-            _write_atomically(target, _file_from_deb(deb, f"./boot/vmlinuz-{release}"))
+            write_atomically(target, _file_from_deb(deb, f"./boot/vmlinuz-{release}"))
     bootable_vmlinux(target)
     return target
 
@@ -167,17 +163,3 @@ def _file_from_deb(deb: Path, member: str) -> bytes:
     tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
     with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r:") as archive:
         return archive.extractfile(member).read()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename: a concurrent reader sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

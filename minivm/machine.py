@@ -56,7 +56,8 @@ class Machine:
         self.qemu_errors: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self.qmp = None
-        self.listeners: list[asyncio.Task] = []     # console, QMP events, QEMU's stderr
+        self.listeners: list[asyncio.Task] = []     # console, QMP events, QEMU's stderr...
+        self.console_reader: asyncio.Task | None = None
 
     def run(self, timeout: float | None) -> int:
         """Boot, run the app, power off; the app's exit status. Terminal settings are restored."""
@@ -90,7 +91,7 @@ class Machine:
             os.close(initrd)
         stop_request = self._catch_stop_signals()
         try:
-            self._listen(self._read_console(console))
+            self.console_reader = self._listen(self._read_console(console))
             await self._connect(monitor)
             return await self._supervise(started, timeout, stop_request)
         finally:
@@ -140,8 +141,7 @@ class Machine:
 
     async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
-        loop = asyncio.get_running_loop()
-        exited = loop.create_task(self.process.wait())
+        exited = self._listen(self.process.wait())
         deadline = started + timeout if timeout else None
 
         def left(bound: float | None = None) -> float | None:
@@ -149,11 +149,10 @@ class Machine:
             limits = [x for x in (bound, deadline and deadline - time.monotonic()) if x is not None]
             return max(0.0, min(limits)) if limits else None
 
-        booted = loop.create_task(self.console.init_running.wait())
+        booted = self._listen(self.console.init_running.wait())
         done, _ = await asyncio.wait({exited, booted, stop_request}, timeout=left(BOOT_WATCHDOG),
                                      return_when=asyncio.FIRST_COMPLETED)
         if not done:
-            booted.cancel()
             if deadline and time.monotonic() >= deadline:
                 raise RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
             raise RuntimeFailure(
@@ -166,12 +165,12 @@ class Machine:
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 raise RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
-        booted.cancel()
         if stop_request.done():
             number = stop_request.result()
             print(f"minivm: {signal.Signals(number).name}: the VM was stopped", file=sys.stderr)
             return 128 + number
-        await asyncio.sleep(0)          # let the console reader take the last lines
+        # QEMU is gone, so its end of the console is closed: read up to the end of what it said.
+        await asyncio.wait({self.console_reader}, timeout=QMP_TIMEOUT)
         return self._outcome()
 
     def _outcome(self) -> int:
@@ -213,8 +212,9 @@ class Machine:
             if self.verbose:
                 print(f"qemu: {self.qemu_errors[-1]}", file=sys.stderr, flush=True)
 
-    def _listen(self, coroutine) -> None:
+    def _listen(self, coroutine) -> asyncio.Task:
         self.listeners.append(asyncio.get_running_loop().create_task(coroutine))
+        return self.listeners[-1]
 
     def _qemu_error(self) -> str:
         return self.qemu_errors[-1] if self.qemu_errors else \
