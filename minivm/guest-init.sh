@@ -29,7 +29,7 @@ hostname "$hostname"
 # `env` execs the command: 127 if it does not exist, 126 if it cannot be executed, else the app's
 # own status, 128+N if signal N killed it.
 run_app() {
-    cd "$workdir" || exit 126
+    mkdir -p "$workdir" && cd "$workdir" || exit 126     # created if missing, as Docker does
     eval "exec $session env -i $environment \"\$@\""
 }
 

@@ -111,7 +111,7 @@ class Hardware:
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
-                 "how minivm starts, watches and stops the machine"),
+                 "how minivm watches and stops the machine"),
             Part(["-display", "none", "-no-reboot", "-name", self.name],
                  "no screen; a reboot ends QEMU instead of restarting the guest"),
         ]

@@ -187,20 +187,26 @@ class Machine:
 
     # -- listening to the guest ----------------------------------------------------------------
     async def _read_console(self, console: socket.socket) -> None:
-        reader, _ = await asyncio.open_unix_connection(sock=console)
-        while line := await reader.readline():
-            text = line.decode(errors="replace").rstrip("\r\n")
-            self.console.last_line = text or self.console.last_line
-            if self.verbose:
-                print(f"console: {text}", file=sys.stderr, flush=True)
-            if text.startswith(REPORT):
-                report = text.removeprefix(REPORT)
-                if report == "init running":
-                    self.console.init_running.set()
-                elif report.startswith("exit "):
-                    self.console.exit_status = int(report.removeprefix("exit "))
-            elif PANIC in text:
-                self.console.panic = text[text.index(PANIC):]
+        reader, writer = await asyncio.open_unix_connection(sock=console)
+        try:
+            while line := await reader.readline():
+                self._hear(line.decode(errors="replace").rstrip("\r\n"))
+        finally:
+            writer.close()
+
+    def _hear(self, text: str) -> None:
+        """One line of the guest's console: a report of the guest init, a panic, or noise."""
+        self.console.last_line = text or self.console.last_line
+        if self.verbose:
+            print(f"console: {text}", file=sys.stderr, flush=True)
+        if text.startswith(REPORT):
+            report = text.removeprefix(REPORT)
+            if report == "init running":
+                self.console.init_running.set()
+            elif report.startswith("exit "):
+                self.console.exit_status = int(report.removeprefix("exit "))
+        elif PANIC in text:
+            self.console.panic = text[text.index(PANIC):]
 
     async def _follow_events(self) -> None:
         async for event in self.qmp.events:
