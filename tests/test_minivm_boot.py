@@ -71,14 +71,23 @@ def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
 @pytest.mark.parametrize("command, status", [
     (["sh", "-c", "echo to stdout; echo to stderr >&2; exit 3"], 3),
     (["/no/such/program"], 127),
+    (["sh", "-c", "kill -KILL $$"], 128 + 9),           # killed by a signal inside the guest
 ])
 def test_exit_status_of_the_app_is_minivms(guest, command, status):
     result = minivm(guest, "hello", *command)
     assert result.returncode == status, result.stderr
     if status == 3:
         assert result.stdout == "to stdout\nto stderr\n"
-    else:
+    if status == 127:
         assert "/no/such/program" in result.stdout
+
+
+def test_a_guest_kernel_panic_is_minivms_failure(guest):
+    result = minivm(guest, "hello", "sh", "-c", "echo c > /proc/sysrq-trigger")   # crash it
+    assert result.returncode == 125
+    assert result.stderr == "minivm: the guest kernel panicked: " \
+                            "Kernel panic - not syncing: sysrq triggered crash\n"
+    assert leftovers(guest) == ([], [])
 
 
 def test_memory_and_cpus_are_what_the_guest_sees(guest):
