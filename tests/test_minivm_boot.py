@@ -6,9 +6,11 @@ tests can check that nothing was left behind without counting other people's QEM
 """
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,35 @@ def test_qemu_does_not_outlive_a_killed_minivm(guest):
         except (ProcessLookupError, ChildProcessError, OSError):
             pass
     assert leftovers(guest)[0] == []
+
+
+def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest):
+    """`minivm boot -it hello sh` on a pseudo-terminal, typed into like a person would."""
+    home, env = guest
+    controller, terminal = os.openpty()
+    before = termios.tcgetattr(terminal)
+    boot = subprocess.Popen([sys.executable, "-m", "minivm", "boot", "-it", "hello", "sh"],
+                            env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    try:
+        screen = read_until(controller, b"# ")                 # the guest shell's prompt
+        os.write(controller, b"echo $((6 * 7)) on $(hostname); exit 4\r")
+        screen += read_until(controller, b"on hello")
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 4
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        boot.kill()
+        boot.wait()
+        os.close(controller)
+        os.close(terminal)
+    assert b"42 on hello" in screen
+    assert leftovers(guest) == ([], [])
+
+
+def read_until(fd: int, wanted: bytes) -> bytes:
+    """What a terminal shows until `wanted` appears; fails if the other side goes away first."""
+    seen = b""
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], BOOT_TIMEOUT)
+        assert ready, f"nothing more on the terminal; so far: {seen!r}"
+        seen += os.read(fd, 4096)
+    return seen
