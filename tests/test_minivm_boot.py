@@ -139,12 +139,17 @@ def test_qemu_does_not_outlive_a_killed_minivm(guest):
         boot.kill()
         boot.wait()
         boot.stdout.close()
-    # The kernel kills QEMU (PR_SET_PDEATHSIG); wait for it to be gone rather than guess a time.
+    # The kernel kills QEMU (PR_SET_PDEATHSIG): wait until each one has ended, rather than guess
+    # a time. A pidfd becomes readable when its process ends, even one that is not our child.
     for pid in leftovers(guest)[0]:
         try:
-            os.waitid(os.P_PIDFD, os.pidfd_open(int(pid)), os.WEXITED)
-        except (ProcessLookupError, ChildProcessError, OSError):
-            pass
+            pidfd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([pidfd], [], [], 60)[0], f"QEMU {pid} outlived minivm"
+        finally:
+            os.close(pidfd)
     assert leftovers(guest)[0] == []
 
 
