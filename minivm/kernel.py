@@ -30,9 +30,6 @@ from minivm.cache import cache_dir, write_atomically
 
 FETCH_HINT = "get one with `minivm kernel fetch` (Debian's linux-image-amd64) or pass --kernel PATH"
 
-# Compressed payloads a bzImage may carry, by the magic bytes that start them
-# (the kernel's own scripts/Makefile.lib chooses one of these; Debian uses xz).
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ELF_MAGIC = b"\x7fELF"
 
 
@@ -61,7 +58,7 @@ def _version_key(path: Path) -> list:
 
 # -- bzImage -> vmlinux ------------------------------------------------------------------------
 def bootable_vmlinux(kernel: Path) -> Path:
-    """An uncompressed ELF kernel for `kernel`, extracted once and cached by the bzImage's hash."""
+    """An uncompressed ELF kernel for `kernel`: itself if it is one, else extracted once and cached."""
     with kernel.open("rb") as file:
         if file.read(4) == ELF_MAGIC:
             return kernel
@@ -100,8 +97,11 @@ def extract_vmlinux(bzimage: bytes, name: str = "kernel") -> bytes:
 
 
 def decompress(payload: bytes, name: str = "kernel") -> bytes:
-    """Decompress one stream, choosing the format by its magic; trailing bytes are ignored
-    (the kernel's build appends the uncompressed size after some formats)."""
+    """Decompress one stream, choosing the format by the magic bytes that start it.
+
+    The kernel's configuration picks the compressor (CONFIG_KERNEL_XZ in Debian's); bytes after
+    the stream are ignored (the build appends the uncompressed size to some formats).
+    """
     if payload.startswith(b"\x1f\x8b"):
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
     if payload.startswith(b"\xfd7zXZ\x00"):
@@ -110,12 +110,16 @@ def decompress(payload: bytes, name: str = "kernel") -> bytes:
         return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
     if payload.startswith(b"BZh"):
         return bz2.BZ2Decompressor().decompress(payload)
-    if payload.startswith(ZSTD_MAGIC):
+    if payload.startswith(b"\x28\xb5\x2f\xfd"):
         # Python 3.11 has no zstd module; the zstd tool is installed by setup.sh.
         if not shutil.which("zstd"):
             raise RuntimeFailure(f"{name} is zstd-compressed: install zstd (`apt-get install zstd`)")
-        return subprocess.run(["zstd", "-dcq"], input=payload, capture_output=True,
-                              check=True).stdout
+        # The tool refuses trailing bytes: drop the 4-byte size the kernel's build appends.
+        result = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeFailure(f"{name}: zstd could not decompress the kernel: "
+                                 f"{result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
     raise RuntimeFailure(f"{name}: unsupported kernel compression (magic {payload[:6].hex()}); "
                          "use a kernel compressed with gzip, xz, lzma, bzip2 or zstd, or a vmlinux")
 

@@ -1,4 +1,5 @@
 """minivm's logic without booting anything: accelerator choice, bzImage unpacking, cpio, layers."""
+import bz2
 import gzip
 import lzma
 import os
@@ -56,9 +57,11 @@ def test_host_tsc_frequency():
 FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 
 
-def fake_bzimage(payload: bytes, setup_sects: int = 3) -> bytes:
+def fake_bzimage(compressed: bytes, setup_sects: int = 3) -> bytes:
     """A bzImage as the boot protocol lays it out: setup sectors, then the payload inside the
-    protected-mode part at `payload_offset`, followed by bytes that are not part of it."""
+    protected-mode part at `payload_offset`, followed by bytes that are not part of it. Like the
+    kernel's build, the payload is the compressed kernel and its uncompressed size (4 bytes)."""
+    payload = compressed + struct.pack("<I", len(FAKE_ELF))
     image = bytearray((setup_sects + 1) * 512)
     image[0x1f1] = setup_sects
     image[0x202:0x206] = b"HdrS"
@@ -73,7 +76,10 @@ def fake_bzimage(payload: bytes, setup_sects: int = 3) -> bytes:
     lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
     lambda data: gzip.compress(data),
     lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE),
-], ids=["xz", "gzip", "lzma"])
+    lambda data: bz2.compress(data),
+    lambda data: subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
+                                check=True).stdout,
+], ids=["xz", "gzip", "lzma", "bzip2", "zstd"])
 def test_extract_vmlinux_from_bzimage(compress):
     assert kernel.extract_vmlinux(fake_bzimage(compress(FAKE_ELF))) == FAKE_ELF
 
