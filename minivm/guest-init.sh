@@ -18,7 +18,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-mount -t cgroup2 cgroup2 /sys/fs/cgroup         # a VM is its own cgroup v2 host, every controller on
+mount -t cgroup2 cgroup2 /sys/fs/cgroup     # a VM is its own cgroup v2 host, all controllers in it
 report "init running"
 
 # This run's settings, written by minivm into the second initramfs archive (initramfs.py).
