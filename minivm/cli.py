@@ -5,6 +5,7 @@ import click
 
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
 from minirun.units import parse_cpus, parse_size
+from minivm.hardware import DEFAULT_MEMORY, MIB
 
 
 @click.group()
@@ -13,7 +14,7 @@ def cli():
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("--memory", "-m", default="512M", show_default=True, help="Guest RAM, e.g. 256M or 1G.")
+@click.option("--memory", "-m", default=f"{DEFAULT_MEMORY // MIB}M", show_default=True, help="Guest RAM, e.g. 256M or 1G.")
 @click.option("--cpus", default="1", show_default=True, help="Virtual CPUs (1.5 is rounded up to 2).")
 @click.option("--hostname", default="", help="The guest's hostname [default: the image name].")
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
