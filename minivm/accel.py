@@ -31,8 +31,9 @@ class HostFacts:
 
     @classmethod
     def read(cls) -> "HostFacts":
+        modules = Path("/proc/modules")         # absent on a kernel built without modules
         return cls(cpuinfo=Path("/proc/cpuinfo").read_text(),
-                   modules=Path("/proc/modules").read_text() if Path("/proc/modules").exists() else "",
+                   modules=modules.read_text() if modules.exists() else "",
                    kvm_device_usable=os.access(KVM_DEVICE, os.R_OK | os.W_OK))
 
 

@@ -14,10 +14,13 @@ def cli():
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("--memory", "-m", default=f"{DEFAULT_MEMORY // MIB}M", show_default=True, help="Guest RAM, e.g. 256M or 1G.")
-@click.option("--cpus", default="1", show_default=True, help="Virtual CPUs (1.5 is rounded up to 2).")
+@click.option("--memory", "-m", default=f"{DEFAULT_MEMORY // MIB}M", show_default=True,
+              help="Guest RAM, e.g. 256M or 1G.")
+@click.option("--cpus", default="1", show_default=True,
+              help="Virtual CPUs (1.5 is rounded up to 2).")
 @click.option("--hostname", default="", help="The guest's hostname [default: the image name].")
-@click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
+@click.option("--env", "-e", multiple=True, metavar="KEY=VALUE",
+              help="Set an environment variable.")
 @click.option("--workdir", "-w", default="", help="Working directory of the app in the guest.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM (exit 125) if it runs longer than this.")

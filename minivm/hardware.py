@@ -121,7 +121,7 @@ class Hardware:
 
 
 def host_tsc_khz(cpuinfo: str) -> int:
-    """The host's TSC frequency in kHz, from the first `cpu MHz` line of /proc/cpuinfo (0 if none)."""
+    """The host's TSC rate in kHz, from the first `cpu MHz` line of /proc/cpuinfo (0 if none)."""
     for line in cpuinfo.splitlines():
         if line.startswith("cpu MHz"):
             return int(float(line.partition(":")[2]) * 1000)

@@ -58,7 +58,7 @@ def _version_key(path: Path) -> list:
 
 # -- bzImage -> vmlinux ------------------------------------------------------------------------
 def bootable_vmlinux(kernel: Path) -> Path:
-    """An uncompressed ELF kernel for `kernel`: itself if it is one, else extracted once and cached."""
+    """An uncompressed ELF kernel for `kernel`: itself if it is one, else extracted and cached."""
     with kernel.open("rb") as file:
         if file.read(4) == ELF_MAGIC:
             return kernel
@@ -113,7 +113,7 @@ def decompress(payload: bytes, name: str = "kernel") -> bytes:
     if payload.startswith(b"\x28\xb5\x2f\xfd"):
         # Python 3.11 has no zstd module; the zstd tool is installed by setup.sh.
         if not shutil.which("zstd"):
-            raise RuntimeFailure(f"{name} is zstd-compressed: install zstd (`apt-get install zstd`)")
+            raise RuntimeFailure(f"{name} is compressed with zstd: `apt-get install zstd`")
         # The tool refuses trailing bytes: drop the 4-byte size the kernel's build appends.
         result = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True)
         if result.returncode != 0:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from minirun.errors import RuntimeFailure
 from minivm.hardware import QEMU, Hardware, Wiring
 
-BOOT_WATCHDOG = 60.0    # seconds from QEMU's start to the guest init's first report; a normal boot under
-                        # TCG takes about 1.5 s, so only a hung boot gets anywhere near this
+BOOT_WATCHDOG = 60.0    # seconds from QEMU's start to the guest init's first report; a boot
+                        # takes about 1.5 s under TCG, so only a hung one gets near this
 QMP_TIMEOUT = 10.0      # qemu.qmp has no timeouts of its own: every call is bounded here
 GRACE = 1.0             # seconds a guest gets to react to the power button before `quit`
 REPORT = "@minivm: "    # how the guest init's lines on the console start (guest-init.sh)
@@ -77,30 +77,29 @@ class Machine:
         started = time.monotonic()
         console, console_for_qemu = socket.socketpair()
         monitor, monitor_for_qemu = socket.socketpair()
-        initrd = os.memfd_create("minivm-initramfs")
-        try:
-            with open(initrd, "wb", closefd=False) as memfd:
-                memfd.write(self.initramfs)
-            wiring = Wiring(console_fd=console_for_qemu.fileno(),
-                            monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}")
-            await self._launch(wiring, keep_open=[console_for_qemu, monitor_for_qemu, initrd])
-        finally:
-            # QEMU holds its own copies now; ours would only keep the sockets from closing.
-            console_for_qemu.close()
-            monitor_for_qemu.close()
-            os.close(initrd)
-        stop_request = self._catch_stop_signals()
-        try:
-            self.console_reader = self._listen(self._read_console(console))
-            await self._connect(monitor)
-            return await self._supervise(started, timeout, stop_request)
-        finally:
-            await self._stop()
-            for task in self.listeners:
-                task.cancel()
-            await asyncio.gather(*self.listeners, return_exceptions=True)
-            console.close()
-            monitor.close()
+        with console, monitor:
+            initrd = os.memfd_create("minivm-initramfs")
+            try:
+                with open(initrd, "wb", closefd=False) as memfd:
+                    memfd.write(self.initramfs)
+                wiring = Wiring(console_fd=console_for_qemu.fileno(),
+                                monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}")
+                await self._launch(wiring, keep_open=[console_for_qemu, monitor_for_qemu, initrd])
+            finally:
+                # QEMU holds its own copies now; ours would only keep the sockets from closing.
+                console_for_qemu.close()
+                monitor_for_qemu.close()
+                os.close(initrd)
+            stop_request = self._catch_stop_signals()
+            try:
+                self.console_reader = self._listen(self._read_console(console))
+                await self._connect(monitor)
+                return await self._supervise(started, timeout, stop_request)
+            finally:
+                await self._stop()
+                for task in self.listeners:
+                    task.cancel()
+                await asyncio.gather(*self.listeners, return_exceptions=True)
 
     async def _launch(self, wiring: Wiring, keep_open: list) -> None:
         command = self.hardware.command(wiring)
@@ -264,8 +263,11 @@ class Machine:
         """Ctrl-C, SIGTERM or SIGHUP become a request to stop the VM in order."""
         loop = asyncio.get_running_loop()
         request = loop.create_future()
+        def stop(number: int) -> None:
+            if not request.done():
+                request.set_result(number)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(number, lambda n=number: request.done() or request.set_result(n))
+            loop.add_signal_handler(number, stop, number)
         return request
 
 

@@ -13,9 +13,11 @@ from minirun.errors import RuntimeFailure
 from minivm import accel, initramfs, kernel
 from minivm.hardware import host_tsc_khz
 
-INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\n"
-AMD_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme de pse tsc msr svm sse2\n"
-NO_VIRT = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu MHz\t\t: 2596.128\nflags\t\t: fpu tsc msr sse2 hypervisor\n"
+# /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
+INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
+AMD_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu de pse tsc msr svm sse2\n"
+NO_VIRT = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu MHz\t\t: 2596.128\n"
+           "flags\t\t: fpu tsc msr sse2 hypervisor\n")
 MODULES = "{} 1327104 0 - Live 0x0000000000000000\nkvm 1142784 1 {}, Live 0x0000000000000000\n"
 
 
