@@ -11,8 +11,8 @@
 
 report() { echo "@minivm: $*" >/dev/ttyS0; }
 
-# The kernel gives PID 1 an empty RAM filesystem and nothing else: the kernel's views of
-# processes, devices and drivers are filesystems that userspace mounts where it wants them.
+# The kernel gives PID 1 the unpacked initramfs and nothing more: its views of processes, devices
+# and drivers are filesystems that userspace mounts where it wants them.
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
