@@ -26,19 +26,21 @@ from dataclasses import dataclass, field
 from minirun.errors import RuntimeFailure
 from minivm.hardware import QEMU, Hardware, Wiring
 
-BOOT_WATCHDOG = 60.0    # seconds from QEMU's start to the guest init's first report; a boot
-                        # takes about 1.5 s under TCG, so only a hung one gets near this
-QMP_TIMEOUT = 10.0      # qemu.qmp has no timeouts of its own: every call is bounded here
-GRACE = 1.0             # seconds a guest gets to react to the power button before `quit`
-REPORT = "@minivm: "    # how the guest init's lines on the console start (guest-init.sh)
+BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's first report; a boot
+                            # takes about 1.5 s under TCG, so only a hung one gets near this
+POWEROFF_WATCHDOG = 30.0    # seconds from the app's end to QEMU's exit; powering off takes 0.05 s
+QMP_TIMEOUT = 10.0          # qemu.qmp has no timeouts of its own: every call is bounded here
+GRACE = 1.0                 # seconds a guest gets to react to the power button before `quit`
+REPORT = "@minivm: "        # how the guest init's lines on the console start (guest-init.sh)
 PANIC = "Kernel panic - not syncing"
-PR_SET_PDEATHSIG = 1    # prctl(2): a signal the kernel sends us when our parent dies
+PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our parent dies
 
 
 @dataclass
 class Console:
     """What the guest said on ttyS0 so far."""
     init_running: asyncio.Event = field(default_factory=asyncio.Event)
+    app_finished: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
     panic: str = ""
     last_line: str = ""
@@ -140,30 +142,43 @@ class Machine:
 
     async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
+        """Follow the guest through booting, running the app and powering off.
+
+        Each phase ends with a sign from the guest: the init's first report, its report of the
+        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early;
+        --timeout bounds them all, and watchdogs bound the two the app has no part in.
+        """
         exited = self._listen(self.process.wait())
         deadline = started + timeout if timeout else None
 
-        def left(bound: float | None = None) -> float | None:
-            """Seconds to wait: up to `bound`, and never past --timeout."""
+        async def first_sign(*signs: asyncio.Future, bound: float | None = None) -> bool:
+            """Wait for a sign, QEMU's exit or a stop request, up to `bound` and --timeout."""
             limits = [x for x in (bound, deadline and deadline - time.monotonic()) if x is not None]
-            return max(0.0, min(limits)) if limits else None
+            done, _ = await asyncio.wait({exited, stop_request, *signs},
+                                         timeout=max(0.0, min(limits)) if limits else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            return bool(done)
+
+        def past_timeout() -> RuntimeFailure:
+            return RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
 
         booted = self._listen(self.console.init_running.wait())
-        done, _ = await asyncio.wait({exited, booted, stop_request}, timeout=left(BOOT_WATCHDOG),
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if not done:
+        if not await first_sign(booted, bound=BOOT_WATCHDOG):
             if deadline and time.monotonic() >= deadline:
-                raise RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
+                raise past_timeout()
             raise RuntimeFailure(
                 f"the guest showed no sign of life {BOOT_WATCHDOG:g} s after it started (last "
                 f"console line: {self.console.last_line or 'none'!r}); it was stopped; run with "
                 "--verbose to watch its console")
         if booted.done():
             self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
-            done, _ = await asyncio.wait({exited, stop_request}, timeout=left(),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                raise RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
+        finished = self._listen(self.console.app_finished.wait())
+        if booted.done() and not await first_sign(finished):
+            raise past_timeout()
+        if finished.done() and not await first_sign(bound=POWEROFF_WATCHDOG):
+            print("minivm: the guest did not power off after the app ended; it was stopped",
+                  file=sys.stderr)
+            return self.console.exit_status
         if stop_request.done():
             number = stop_request.result()
             print(f"minivm: {signal.Signals(number).name}: the VM was stopped", file=sys.stderr)
@@ -204,6 +219,7 @@ class Machine:
                 self.console.init_running.set()
             elif report.startswith("exit "):
                 self.console.exit_status = int(report.removeprefix("exit "))
+                self.console.app_finished.set()
         elif PANIC in text:
             self.console.panic = text[text.index(PANIC):]
 
