@@ -1,0 +1,3 @@
+from minivm.cli import main
+
+main()

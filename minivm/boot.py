@@ -1,0 +1,70 @@
+"""`minivm boot`, step by step: from an image in the store to its app's exit status.
+
+Read top to bottom, this is the table of contents of docs/minivm.md: each step calls the module
+that owns one piece of the virtual machine.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+
+from minirun.errors import RuntimeFailure
+from minirun.image import Store
+from minivm import accel, initramfs, kernel
+from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_khz
+from minivm.machine import Machine
+
+
+@dataclass
+class BootOptions:
+    image: str = "hello"
+    args: list[str] = field(default_factory=list)
+    memory: int = DEFAULT_MEMORY
+    cpus: float = 1.0
+    hostname: str = ""
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    timeout: float | None = None
+    accel: str = "auto"
+    kernel: str | None = None
+    interactive: bool = False
+    verbose: bool = False
+    explain: bool = False
+
+
+def boot(options: BootOptions) -> int:
+    # 1. The image: the same store, the same layers and config as `minirun run`.
+    image = Store().get(options.image)
+    command = image.config.command(options.args)
+    if not command:
+        raise RuntimeFailure(f"image {image.name!r} has no default command: give one after the "
+                             "image name")
+    if image.config.user not in ("", "root", "0", "0:0"):
+        raise RuntimeFailure(f"image {image.name!r} runs as user {image.config.user!r}, and minivm "
+                             "can only run apps as the guest's root so far: use `minirun run`")
+    hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
+
+    # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
+    vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
+
+    # 3. Who will run the guest's instructions: the CPU itself (KVM) or QEMU in software (TCG).
+    host = accel.HostFacts.read()
+    accelerator = accel.choose(options.accel, host)
+
+    # 4. The virtual hardware: memory, vCPUs, serial ports, the control channel.
+    hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
+                              kernel=vmlinux, name=f"minivm-{hostname}",
+                              host_tsc_khz=host_tsc_khz(host.cpuinfo))
+
+    # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
+    rows, columns = os.get_terminal_size() if options.interactive else (0, 0)
+    settings = initramfs.RunSettings(
+        command=command, environment=image.config.environment(options.env),
+        workdir=options.workdir or image.config.workdir, hostname=hostname,
+        interactive=options.interactive, rows=rows, columns=columns)
+    image_initramfs = initramfs.build(image, settings)
+
+    # 6. Power on, run, power off: QEMU driven over QMP.
+    machine = Machine(hardware, image_initramfs, interactive=options.interactive,
+                      verbose=options.verbose, explain=options.explain)
+    machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
+    return machine.run(options.timeout)

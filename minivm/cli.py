@@ -1,0 +1,76 @@
+"""The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel."""
+import sys
+
+import click
+
+from minirun.errors import RUNTIME_FAILED, RuntimeFailure
+from minirun.units import parse_cpus, parse_size
+from minivm.hardware import DEFAULT_MEMORY, MIB
+
+
+@click.group()
+def cli():
+    """Boot an image's app in a virtual machine with its own kernel (QEMU, driven over QMP)."""
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--memory", "-m", default=f"{DEFAULT_MEMORY // MIB}M", show_default=True,
+              help="Guest RAM, e.g. 256M or 1G.")
+@click.option("--cpus", default="1", show_default=True,
+              help="Virtual CPUs (1.5 is rounded up to 2).")
+@click.option("--hostname", default="", help="The guest's hostname [default: the image name].")
+@click.option("--env", "-e", multiple=True, metavar="KEY=VALUE",
+              help="Set an environment variable.")
+@click.option("--workdir", "-w", default="", help="Working directory of the app in the guest.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop the VM (exit 125) if it runs longer than this.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="KVM (hardware) or TCG (software emulation).")
+@click.option("--kernel", metavar="PATH", help="Guest kernel (bzImage or vmlinux) [default: "
+              "$MINIVM_KERNEL, then minivm's cache, then /boot/vmlinuz-$(uname -r)].")
+@click.option("--interactive", "-i", is_flag=True, help="Connect the terminal to the guest.")
+@click.option("--tty", "-t", is_flag=True, help="Same as -i: a serial line is a terminal.")
+@click.option("--verbose", "-v", is_flag=True, help="Show the guest console and QMP traffic.")
+@click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
+@click.argument("image", default="hello")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def boot(memory, cpus, hostname, env, workdir, timeout, accel, kernel, interactive, tty, verbose,
+         explain, image, command):
+    """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
+    from minivm.boot import BootOptions, boot as boot_vm
+    interactive = interactive or tty
+    if interactive and not sys.stdin.isatty():
+        raise RuntimeFailure("-i/-t needs a terminal on stdin; drop -it to run without input")
+    return boot_vm(BootOptions(
+        image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
+        hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
+        kernel=kernel, interactive=interactive, verbose=verbose, explain=explain))
+
+
+@cli.group("kernel")
+def kernel_group():
+    """The guest kernel."""
+
+
+@kernel_group.command("fetch")
+def kernel_fetch():
+    """Put Debian's linux-image-amd64 kernel into minivm's cache (quick if already there)."""
+    from minivm.kernel import fetch
+    click.echo(f"guest kernel: {fetch()}")
+
+
+def main() -> None:
+    try:
+        status = cli.main(prog_name="minivm", standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"minivm: {error.format_message()} (see `minivm --help`)", err=True)
+        sys.exit(RUNTIME_FAILED)
+    except click.ClickException as error:
+        click.echo(f"minivm: {error.format_message()}", err=True)
+        sys.exit(RUNTIME_FAILED)
+    except RuntimeFailure as error:
+        click.echo(f"minivm: {error}", err=True)
+        sys.exit(error.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(status or 0)

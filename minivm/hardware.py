@@ -1,0 +1,128 @@
+"""The virtual hardware: the machine a hypervisor presents to the guest, as data.
+
+A guest kernel cannot tell that its machine is not real: it finds memory, CPUs, an interrupt
+controller, a timer, serial ports... because QEMU emulates each of them at the addresses where
+real ones would be. This module lists the parts minivm's machine is made of, each with the QEMU
+flags that create it and the reason it is there; `minivm boot --explain` prints exactly this list.
+
+The machine type is `microvm` (https://www.qemu.org/docs/master/system/i386/microvm.html): no PCI,
+no firmware to run, no legacy devices but a few ISA ones, so there is less to emulate and less for
+the kernel to probe. Every driver the guest needs for it (the 8250 serial UART, the ACPI power-off)
+is built into Debian's kernel, so the initramfs needs to carry no kernel modules. A disk or network
+card would be virtio devices, whose drivers Debian builds as modules (see docs/minivm.md).
+"""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from minirun.errors import RuntimeFailure
+from minivm.accel import Accelerator
+
+QEMU = "qemu-system-x86_64"
+MIB = 1024 * 1024
+DEFAULT_MEMORY = 512 * MIB
+SMALLEST_MEMORY = 64 * MIB      # the kernel plus the initramfs unpacked in RAM need about this
+
+
+@dataclass
+class Part:
+    """One piece of the machine: the QEMU flags that make it and why the guest needs it."""
+    flags: list[str]
+    why: str
+
+
+@dataclass
+class Wiring:
+    """The host ends that the running QEMU plugs its parts into; chosen by minivm.machine."""
+    console_fd: int         # a connected socket: the guest's ttyS0, read by minivm
+    monitor_fd: int         # a connected socket: QMP, the hypervisor's control channel
+    initrd: str             # a path QEMU can read the initramfs from (/dev/fd/N of a memfd)
+
+
+@dataclass
+class Hardware:
+    memory: int                     # bytes of guest RAM
+    vcpus: int
+    accelerator: Accelerator
+    kernel: Path                    # an uncompressed ELF vmlinux, booted through PVH
+    name: str                       # shown by `ps` and in QMP
+    host_tsc_khz: int = 0           # the host's TSC frequency, told to the guest under TCG
+
+    @classmethod
+    def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
+        """From `--memory` and `--cpus`: a VM gets whole vCPUs, so 1.5 CPUs become 2."""
+        if memory < SMALLEST_MEMORY:
+            raise RuntimeFailure(f"--memory {memory // MIB}M is too little for a guest: give at "
+                                 f"least {SMALLEST_MEMORY // MIB}M")
+        return cls(memory=memory, vcpus=math.ceil(cpus), **parts)
+
+    def kernel_arguments(self) -> list[tuple[str, str]]:
+        """The guest kernel's command line, each argument with its reason
+        (Documentation/admin-guide/kernel-parameters.txt)."""
+        arguments = [
+            ("console=ttyS0", "kernel messages go to the first serial port, minivm's console"),
+            ("quiet", "only warnings and errors: under TCG every character sent to an emulated "
+                      "UART is a trip into QEMU, and a chatty boot is a slow boot"),
+            ("rdinit=/.minivm/init", "the program the kernel runs as PID 1 from the initramfs"),
+            ("cryptomgr.notests", "skip the self-tests the kernel runs on its crypto algorithms "
+                                  "at boot: under TCG they take about 0.3 s, for a guest that "
+                                  "does no cryptography before it powers off"),
+            ("panic=-1", "on a kernel panic, reboot at once; -no-reboot turns that into QEMU "
+                         "exiting, so a panicked guest ends instead of hanging"),
+        ]
+        if self.accelerator.name == "tcg" and self.host_tsc_khz:
+            arguments.append((f"tsc_early_khz={self.host_tsc_khz}",
+                              "the TSC frequency, so that the kernel need not measure it against "
+                              "the PIT: under TCG that measurement fails in about 1 boot in 4 on "
+                              "microvm (no HPET to fall back on) and the boot stops; TCG's TSC "
+                              "runs at the host's rate"))
+        return arguments
+
+    def parts(self, wiring: Wiring) -> list[Part]:
+        machine = "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"
+        cpu = ["-cpu", "host"] if self.accelerator.name == "kvm" else []
+        return [
+            Part(["-nodefaults", "-no-user-config"],
+                 "start from an empty board: no default network card, graphics, floppy, CD-ROM "
+                 "or monitor, no config file; every part below is there because it is listed"),
+            Part(["-machine", machine],
+                 "a minimal PC: interrupt controllers (PIC, I/O APIC), the PIT timer, an RTC, one "
+                 "ISA serial port, and ACPI tables that tell the kernel how to power off; no PCI "
+                 "bus and no BIOS to run"),
+            Part(["-accel", self.accelerator.name] + cpu, self.accelerator.reason),
+            Part(["-m", f"{self.memory // MIB}M"],
+                 "guest RAM: host memory that QEMU maps into the guest's physical address space; "
+                 "the guest kernel manages it with its own page allocator"),
+            Part(["-smp", str(self.vcpus)],
+                 "virtual CPUs: one QEMU thread each, which the host schedules like any thread"),
+            Part(["-kernel", str(self.kernel), "-initrd", wiring.initrd,
+                  "-append", " ".join(arg for arg, _ in self.kernel_arguments())],
+                 "direct kernel boot: QEMU loads the ELF kernel and the initramfs into guest "
+                 "memory itself and starts the kernel at its PVH entry point, skipping the BIOS, "
+                 "the boot loader and the kernel's self-decompression"),
+            Part(["-chardev", f"socket,id=console,fd={wiring.console_fd}",
+                  "-serial", "chardev:console"],
+                 "ttyS0 at I/O port 0x3f8, the machine's built-in UART: the kernel's console, and "
+                 "the guest init's reports (the app's exit status), read by minivm"),
+            Part(["-chardev", "stdio,id=app,signal=off",
+                  "-device", "isa-serial,chardev=app,index=1"],
+                 "ttyS1 at I/O port 0x2f8, a second UART wired to minivm's own stdin and stdout: "
+                 "the app's terminal, kept apart from kernel messages"),
+            Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
+                  "-mon", "chardev=qmp,mode=control"],
+                 "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
+                 "how minivm watches and stops the machine"),
+            Part(["-display", "none", "-no-reboot", "-name", self.name],
+                 "no screen; a reboot ends QEMU instead of restarting the guest"),
+        ]
+
+    def command(self, wiring: Wiring) -> list[str]:
+        return [QEMU] + [flag for part in self.parts(wiring) for flag in part.flags]
+
+
+def host_tsc_khz(cpuinfo: str) -> int:
+    """The host's TSC rate in kHz, from the first `cpu MHz` line of /proc/cpuinfo (0 if none)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("cpu MHz"):
+            return int(float(line.partition(":")[2]) * 1000)
+    return 0

@@ -1,0 +1,181 @@
+"""The guest's first filesystem: the image, packed as the initramfs the kernel unpacks into RAM.
+
+A container sees the image through overlayfs on the host's disk. A VM cannot see the host's disk
+at all; it sees only the virtual hardware it is given. The simplest way to hand it the image is the
+initramfs: a cpio archive that QEMU puts in guest memory next to the kernel, and that the kernel
+unpacks into a RAM filesystem before it starts PID 1 (Documentation/filesystems/ramfs-rootfs-
+initramfs.rst). No disk, no block driver, no filesystem driver needed.
+
+What the guest gets is two archives, one after the other (the kernel unpacks each in turn):
+  1. the image's merged layers plus minivm's guest init and busybox under /.minivm/, cached by
+     content, since the same image is booted again and again;
+  2. a tiny archive with this run's settings (command, environment, hostname...), made per boot.
+"""
+import hashlib
+import os
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from minirun.image import BUSYBOX, Image
+from minivm.cache import cache_dir, write_atomically
+
+GUEST_INIT = Path(__file__).with_name("guest-init.sh")
+INIT_PATH = "/.minivm/init"      # the kernel is told `rdinit=/.minivm/init`; the image's own
+                                 # /init or /sbin/init, if any, is left alone
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+@dataclass
+class RunSettings:
+    """What this boot runs and how: written into the guest as /.minivm/run.sh."""
+    command: list[str]
+    environment: dict[str, str]
+    workdir: str
+    hostname: str
+    interactive: bool = False
+    rows: int = 0
+    columns: int = 0
+
+    def shell(self) -> str:
+        """Shell assignments the guest init sources; every value quoted, so anything goes."""
+        q = shlex.quote
+        lines = [f"hostname={q(self.hostname)}", f"workdir={q(self.workdir)}",
+                 f"interactive={'yes' if self.interactive else ''}",
+                 f"rows={self.rows} columns={self.columns}",
+                 "set -- " + " ".join(q(arg) for arg in self.command),
+                 "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
+        return "\n".join(lines) + "\n"
+
+
+def build(image: Image, settings: RunSettings) -> bytes:
+    """The whole initramfs for one boot: the cached image archive, then this run's settings."""
+    return image_archive(image).read_bytes() + settings_archive(settings)
+
+
+def image_archive(image: Image) -> Path:
+    """The image plus minivm's guest files, packed once per (layers, init, busybox).
+
+    Layers in the store never change once committed and are named by the digest of their content,
+    so their names (with the init script and busybox) identify the archive.
+    """
+    key = hashlib.sha256()
+    for part in [str(layer) for layer in image.layers] + [GUEST_INIT.read_text()]:
+        key.update(part.encode() + b"\0")
+    key.update(BUSYBOX.read_bytes())
+    target = cache_dir() / "initramfs" / f"{key.hexdigest()[:32]}.cpio"
+    if not target.is_file():
+        archive = Cpio()
+        for relative, source in merged_view(image.layers):
+            archive.add_path(relative, source)
+        archive.add_directory(".minivm")
+        archive.add_file(".minivm/busybox", BUSYBOX.read_bytes(), 0o755)
+        archive.add_file(INIT_PATH.lstrip("/"), GUEST_INIT.read_bytes(), 0o755)
+        write_atomically(target, archive.finish())
+    return target
+
+
+def settings_archive(settings: RunSettings) -> bytes:
+    archive = Cpio()
+    archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
+    return archive.finish()
+
+
+# -- the image's layers, merged as overlayfs would ---------------------------------------------
+def merged_view(layers: list[Path]) -> list[tuple[str, Path]]:
+    """Every path of the stacked layers with the file that overlayfs would show for it.
+
+    The rules (Documentation/filesystems/overlayfs.rst): an upper entry hides the same path below;
+    a *whiteout* (a character device 0/0) deletes it; a directory marked *opaque* (xattr
+    trusted.overlay.opaque=y) hides everything below it in lower layers. Only directories merge.
+    Returned parents-first, as a cpio archive needs them.
+    """
+    shown: dict[str, Path] = {}       # path in the image -> the file on the host that provides it
+    merges: set[str] = {""}           # directories whose lower layers still show through
+    hidden: set[str] = set()          # paths deleted by a whiteout
+    for layer in reversed(layers):                              # top layer first
+        for top, dirs, files in os.walk(layer):
+            base = os.path.relpath(top, layer).removeprefix(".").lstrip("/")
+            for name in list(dirs) + files:
+                relative = f"{base}/{name}".lstrip("/")
+                path = Path(top, name)
+                if relative in hidden or (relative in shown and relative not in merges):
+                    _prune(dirs, name)
+                    continue
+                info = path.lstat()
+                if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:       # a whiteout
+                    hidden.add(relative)
+                    continue
+                is_dir = stat.S_ISDIR(info.st_mode)
+                if relative in shown and not is_dir:     # an upper directory over a lower file:
+                    merges.discard(relative)                # nothing further down shows through
+                    continue
+                shown.setdefault(relative, path)
+                if is_dir and not _is_opaque(path):
+                    merges.add(relative)
+                else:
+                    merges.discard(relative)
+            dirs[:] = [d for d in dirs if f"{base}/{d}".lstrip("/") in merges
+                       or shown.get(f"{base}/{d}".lstrip("/")) == Path(top, d)]
+    return sorted(shown.items(), key=lambda item: item[0].split("/"))
+
+
+def _prune(dirs: list[str], name: str) -> None:
+    if name in dirs:
+        dirs.remove(name)
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+# -- the cpio "newc" format --------------------------------------------------------------------
+class Cpio:
+    """A writer for the "newc" cpio format, the one the kernel's initramfs unpacker reads.
+
+    Each entry is a 110-byte ASCII header ("070701" and 13 fields of 8 hex digits), the path,
+    a NUL, padding to 4 bytes, then the data padded to 4 bytes; the archive ends with an entry
+    named TRAILER!!! (Documentation/driver-api/early-userspace/buffer-format.rst).
+    Owners are kept, times are zeroed, so the same files always give the same bytes.
+    """
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.inode = 0
+
+    def add_path(self, name: str, source: Path) -> None:
+        info = source.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            data = os.readlink(source).encode()
+        elif stat.S_ISREG(info.st_mode):
+            data = source.read_bytes()
+        else:
+            data = b""
+        self.add(name, info.st_mode, data, uid=info.st_uid, gid=info.st_gid, rdev=info.st_rdev)
+
+    def add_directory(self, name: str, mode: int = 0o755) -> None:
+        self.add(name, stat.S_IFDIR | mode, b"")
+
+    def add_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self.add(name, stat.S_IFREG | mode, data)
+
+    def add(self, name: str, mode: int, data: bytes, uid: int = 0, gid: int = 0,
+            rdev: int = 0) -> None:
+        self.inode += 1
+        path = name.encode() + b"\0"
+        fields = (self.inode, mode, uid, gid, 1, 0, len(data), 0, 0,
+                  os.major(rdev), os.minor(rdev), len(path), 0)
+        header = b"070701" + b"".join(b"%08x" % value for value in fields)
+        self.chunks += [header, path, _padding(len(header) + len(path)), data, _padding(len(data))]
+
+    def finish(self) -> bytes:
+        self.add("TRAILER!!!", 0, b"")
+        return b"".join(self.chunks)
+
+
+def _padding(length: int) -> bytes:
+    return b"\0" * (-length % 4)

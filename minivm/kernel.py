@@ -1,0 +1,169 @@
+"""The guest's kernel: find one, and prepare it so that QEMU can start it without decompressing.
+
+A container shares the host's kernel; a VM brings its own. Distributions ship their kernel as a
+*bzImage* (`/boot/vmlinuz-*`): a small real-mode setup program, a decompressor, and the real kernel
+compressed inside it. On real hardware the decompressor is cheap. Under TCG (QEMU emulating every
+instruction in software) it costs seconds, so minivm takes the compressed payload out once, here
+in Python, and caches the plain ELF `vmlinux`. QEMU boots such an ELF through PVH: it jumps
+straight to the 32-bit entry point the kernel advertises in an ELF note, with no firmware and no
+decompressor in between.
+
+Where a kernel comes from, in order: `--kernel`, `$MINIVM_KERNEL`, minivm's cache (filled by
+`minivm kernel fetch` from Debian's `linux-image-amd64` package), `/boot/vmlinuz-$(uname -r)`.
+"""
+import bz2
+import hashlib
+import io
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+from minirun.errors import RuntimeFailure
+from minivm.cache import cache_dir, write_atomically
+
+FETCH_HINT = "get one with `minivm kernel fetch` (Debian's linux-image-amd64) or pass --kernel PATH"
+
+ELF_MAGIC = b"\x7fELF"
+
+
+# -- finding a kernel --------------------------------------------------------------------------
+def find_kernel(flag: str | None = None) -> Path:
+    """The kernel image to boot (a bzImage or an ELF vmlinux), or one clear failure."""
+    for source, value in (("--kernel", flag), ("$MINIVM_KERNEL", os.environ.get("MINIVM_KERNEL"))):
+        if value:
+            if not Path(value).is_file():
+                raise RuntimeFailure(f"{source} {value}: no such file; {FETCH_HINT}")
+            return Path(value)
+    cached = sorted(cache_dir().glob("kernels/vmlinuz-*"), key=_version_key)
+    if cached:
+        return cached[-1]
+    own = Path(f"/boot/vmlinuz-{os.uname().release}")
+    if os.access(own, os.R_OK):
+        return own
+    raise RuntimeFailure(f"no guest kernel found (looked in {cache_dir()}/kernels and /boot); "
+                         f"{FETCH_HINT}")
+
+
+def _version_key(path: Path) -> list:
+    """'vmlinuz-6.1.0-10-amd64' sorts before 'vmlinuz-6.1.0-9-amd64' as text; compare numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+# -- bzImage -> vmlinux ------------------------------------------------------------------------
+def bootable_vmlinux(kernel: Path) -> Path:
+    """An uncompressed ELF kernel for `kernel`: itself if it is one, else extracted and cached."""
+    with kernel.open("rb") as file:
+        if file.read(4) == ELF_MAGIC:
+            return kernel
+    # Keyed by where the bzImage is and its size and mtime: a changed kernel gets a new entry,
+    # and an unchanged one costs a stat instead of hashing 8 MB on every boot.
+    info = kernel.resolve().stat()
+    key = hashlib.sha256(f"{kernel.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    target = cache_dir() / "vmlinux" / f"{key.hexdigest()[:32]}.elf"
+    if not target.is_file():
+        write_atomically(target, extract_vmlinux(kernel.read_bytes(), str(kernel)))
+    return target
+
+
+def extract_vmlinux(bzimage: bytes, name: str = "kernel") -> bytes:
+    """Decompress the ELF kernel that a bzImage carries.
+
+    The x86 boot protocol (Documentation/arch/x86/boot.rst) puts a header in the first sector:
+    `setup_sects` at 0x1f1 says how many 512-byte sectors of real-mode setup code come first, the
+    magic "HdrS" at 0x202 marks the header, and since protocol 2.08 `payload_offset` (0x248) and
+    `payload_length` (0x24c) locate the compressed kernel inside the protected-mode part.
+    """
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
+        raise RuntimeFailure(f"{name} is neither an ELF vmlinux nor an x86 bzImage (no 'HdrS' "
+                             f"boot header); {FETCH_HINT}")
+    setup_sects = bzimage[0x1f1] or 4          # 0 means 4, for ancient kernels (boot.rst)
+    version, = struct.unpack_from("<H", bzimage, 0x206)
+    if version < 0x208:
+        raise RuntimeFailure(f"{name} uses boot protocol {version >> 8}.{version & 0xff}, too old "
+                             "to locate its payload (2.08 or later needed)")
+    offset, length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    vmlinux = decompress(bzimage[start:start + length], name)
+    if not vmlinux.startswith(ELF_MAGIC):
+        raise RuntimeFailure(f"the payload of {name} did not decompress to an ELF kernel")
+    return vmlinux
+
+
+def decompress(payload: bytes, name: str = "kernel") -> bytes:
+    """Decompress one stream, choosing the format by the magic bytes that start it.
+
+    The kernel's configuration picks the compressor (CONFIG_KERNEL_XZ in Debian's); bytes after
+    the stream are ignored (the build appends the uncompressed size to some formats).
+    """
+    if payload.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
+    if payload.startswith(b"\x5d\x00\x00"):
+        return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
+    if payload.startswith(b"BZh"):
+        return bz2.BZ2Decompressor().decompress(payload)
+    if payload.startswith(b"\x28\xb5\x2f\xfd"):
+        # Python 3.11 has no zstd module; the zstd tool is installed by setup.sh.
+        if not shutil.which("zstd"):
+            raise RuntimeFailure(f"{name} is compressed with zstd: `apt-get install zstd`")
+        # The tool refuses trailing bytes: drop the 4-byte size the kernel's build appends.
+        result = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeFailure(f"{name}: zstd could not decompress the kernel: "
+                                 f"{result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+    raise RuntimeFailure(f"{name}: unsupported kernel compression (magic {payload[:6].hex()}); "
+                         "use a kernel compressed with gzip, xz, lzma, bzip2 or zstd, or a vmlinux")
+
+
+# -- minivm kernel fetch -----------------------------------------------------------------------
+def fetch() -> Path:
+    """Put Debian's current kernel into the cache (and its vmlinux next to it); quick if present.
+
+    `linux-image-amd64` is a metapackage that depends on the real one, e.g.
+    `linux-image-6.1.0-56-amd64`; `apt-get download` fetches that .deb without installing it
+    (nothing changes in the host's /boot), and only its bzImage is unpacked.
+    """
+    package = _debian_kernel_package()
+    release = package.removeprefix("linux-image-")
+    target = cache_dir() / "kernels" / f"vmlinuz-{release}"
+    if not target.is_file():
+        with tempfile.TemporaryDirectory(prefix="minivm-fetch-") as scratch:
+            download = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                                       package], cwd=scratch, capture_output=True, text=True)
+            if download.returncode != 0:
+                raise RuntimeFailure(f"`apt-get download {package}` failed: "
+                                     f"{download.stderr.strip().splitlines()[-1:]}; run "
+                                     "`apt-get update` as root and try again")
+            deb, = Path(scratch).glob("*.deb")
+            write_atomically(target, _file_from_deb(deb, f"./boot/vmlinuz-{release}"))
+    bootable_vmlinux(target)
+    return target
+
+
+def _debian_kernel_package() -> str:
+    if not shutil.which("apt-cache"):
+        raise RuntimeFailure("`minivm kernel fetch` needs Debian's apt; on another system pass "
+                             "--kernel PATH or set $MINIVM_KERNEL to a bzImage or vmlinux")
+    depends = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
+                             text=True).stdout
+    found = re.search(r"Depends: (linux-image-\S+)", depends)
+    if not found:
+        raise RuntimeFailure("apt knows no linux-image-amd64 package: run `apt-get update` as "
+                             "root and try again")
+    return found.group(1)
+
+
+def _file_from_deb(deb: Path, member: str) -> bytes:
+    """One file out of a .deb's data archive (`dpkg-deb --fsys-tarfile` unpacks any compression)."""
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r:") as archive:
+        return archive.extractfile(member).read()

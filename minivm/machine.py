@@ -1,0 +1,295 @@
+"""The machine's life, from QEMU's start to its end: the hypervisor's control plane.
+
+QEMU is started with a QMP monitor on one end of a socket pair
+(https://www.qemu.org/docs/master/interop/qmp-spec.html), and the guest starts booting at once.
+Meanwhile minivm connects with `qemu.qmp`'s QMPClient, asks `query-status` (the vCPUs run), and
+follows three things at once: QMP events (SHUTDOWN, STOP...), the guest's console on ttyS0 (the
+init's "@minivm:" reports), and the QEMU process itself. (QEMU could also be started paused, with
+-S, and resumed with QMP's `cont`; that would put QMP's start-up on the boot's critical path.)
+
+Stopping is done as on a real machine: first `system_powerdown`, which presses the virtual ACPI
+power button, then after a grace period `quit` (pull the plug), and if QEMU does not even answer,
+SIGKILL. Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket
+pairs with no file name, and the initramfs is handed over as a memfd, a file that lives only in
+memory while some process holds it open.
+"""
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+import termios
+import time
+from dataclasses import dataclass, field
+
+from minirun.errors import RuntimeFailure
+from minivm.hardware import QEMU, Hardware, Wiring
+
+BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's first report; a boot
+                            # takes about 1.5 s under TCG, so only a hung one gets near this
+POWEROFF_WATCHDOG = 30.0    # seconds from the app's end to QEMU's exit; powering off takes 0.05 s
+QMP_TIMEOUT = 10.0          # qemu.qmp has no timeouts of its own: every call is bounded here
+GRACE = 1.0                 # seconds a guest gets to react to the power button before `quit`
+REPORT = "@minivm: "        # how the guest init's lines on the console start (guest-init.sh)
+PANIC = "Kernel panic - not syncing"
+PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our parent dies
+
+
+@dataclass
+class Console:
+    """What the guest said on ttyS0 so far."""
+    init_running: asyncio.Event = field(default_factory=asyncio.Event)
+    app_finished: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_status: int | None = None
+    panic: str = ""
+    last_line: str = ""
+
+
+class Machine:
+    def __init__(self, hardware: Hardware, initramfs: bytes, interactive: bool = False,
+                 verbose: bool = False, explain: bool = False):
+        self.hardware = hardware
+        self.initramfs = initramfs
+        self.interactive = interactive
+        self.verbose = verbose
+        self.explain = explain
+        self.console = Console()
+        self.qemu_errors: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self.qmp = None
+        self.listeners: list[asyncio.Task] = []     # console, QMP events, QEMU's stderr...
+        self.console_reader: asyncio.Task | None = None
+
+    def run(self, timeout: float | None) -> int:
+        """Boot, run the app, power off; the app's exit status. Terminal settings are restored."""
+        saved = termios.tcgetattr(sys.stdin) if self.interactive else None
+        try:
+            return asyncio.run(self._run(timeout))
+        finally:
+            if saved is not None:
+                termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+
+    def say(self, message: str) -> None:
+        if self.verbose or self.explain:
+            print(f"minivm: {message}", file=sys.stderr, flush=True)
+
+    # -- the story of one boot -----------------------------------------------------------------
+    async def _run(self, timeout: float | None) -> int:
+        started = time.monotonic()
+        console, console_for_qemu = socket.socketpair()
+        monitor, monitor_for_qemu = socket.socketpair()
+        with console, monitor:
+            initrd = os.memfd_create("minivm-initramfs")
+            try:
+                with open(initrd, "wb", closefd=False) as memfd:
+                    memfd.write(self.initramfs)
+                wiring = Wiring(console_fd=console_for_qemu.fileno(),
+                                monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}")
+                await self._launch(wiring, keep_open=[console_for_qemu, monitor_for_qemu, initrd])
+            finally:
+                # QEMU holds its own copies now; ours would only keep the sockets from closing.
+                console_for_qemu.close()
+                monitor_for_qemu.close()
+                os.close(initrd)
+            stop_request = self._catch_stop_signals()
+            try:
+                self.console_reader = self._listen(self._read_console(console))
+                await self._connect(monitor)
+                return await self._supervise(started, timeout, stop_request)
+            finally:
+                await self._stop()
+                for task in self.listeners:
+                    task.cancel()
+                await asyncio.gather(*self.listeners, return_exceptions=True)
+
+    async def _launch(self, wiring: Wiring, keep_open: list) -> None:
+        command = self.hardware.command(wiring)
+        if self.explain:
+            for part in self.hardware.parts(wiring):
+                self.say(f"{' '.join(part.flags)}\n        {part.why}")
+            for argument, why in self.hardware.kernel_arguments():
+                self.say(f"kernel command line: {argument}\n        {why}")
+        fds = [item if isinstance(item, int) else item.fileno() for item in keep_open]
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *command, pass_fds=fds,
+                stdin=None if self.interactive else asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                # Its own session: Ctrl-C on the terminal reaches minivm, which stops the VM in
+                # order, instead of killing QEMU behind minivm's back.
+                start_new_session=True, preexec_fn=_die_with_parent)
+        except FileNotFoundError:
+            raise RuntimeFailure(f"{QEMU} not found: install it with "
+                                 "`apt-get install qemu-system-x86`") from None
+        self.say(f"QEMU started, pid {self.process.pid}")
+        self._listen(self._collect_qemu_errors())
+
+    async def _connect(self, monitor: socket.socket) -> None:
+        from qemu.qmp import QMPClient          # imported here: only a boot needs it (~100 ms)
+        self.qmp = QMPClient(self.hardware.name)
+        try:
+            await asyncio.wait_for(self.qmp.connect(monitor), QMP_TIMEOUT)
+            status = await self._execute("query-status")
+        except Exception:
+            await self._reap(QMP_TIMEOUT)
+            if self.process.returncode == 0:     # a guest so quick that it was gone already
+                self.qmp = None
+                return
+            raise RuntimeFailure(f"QEMU did not start: {self._qemu_error()}") from None
+        self.say(f"QMP: connected; the machine is {status['status']}")
+        self._listen(self._follow_events())
+
+    async def _supervise(self, started: float, timeout: float | None,
+                         stop_request: asyncio.Future) -> int:
+        """Follow the guest through booting, running the app and powering off.
+
+        Each phase ends with a sign from the guest: the init's first report, its report of the
+        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early;
+        --timeout bounds them all, and watchdogs bound the two the app has no part in.
+        """
+        exited = self._listen(self.process.wait())
+        deadline = started + timeout if timeout else None
+
+        async def first_sign(*signs: asyncio.Future, bound: float | None = None) -> bool:
+            """Wait for a sign, QEMU's exit or a stop request, up to `bound` and --timeout."""
+            limits = [x for x in (bound, deadline and deadline - time.monotonic()) if x is not None]
+            done, _ = await asyncio.wait({exited, stop_request, *signs},
+                                         timeout=max(0.0, min(limits)) if limits else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            return bool(done)
+
+        def past_timeout() -> RuntimeFailure:
+            return RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
+
+        booted = self._listen(self.console.init_running.wait())
+        if not await first_sign(booted, bound=BOOT_WATCHDOG):
+            if deadline and time.monotonic() >= deadline:
+                raise past_timeout()
+            raise RuntimeFailure(
+                f"the guest showed no sign of life {BOOT_WATCHDOG:g} s after it started (last "
+                f"console line: {self.console.last_line or 'none'!r}); it was stopped; run with "
+                "--verbose to watch its console")
+        if booted.done():
+            self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
+        finished = self._listen(self.console.app_finished.wait())
+        if booted.done() and not await first_sign(finished):
+            raise past_timeout()
+        if finished.done() and not await first_sign(bound=POWEROFF_WATCHDOG):
+            print("minivm: the guest did not power off after the app ended; it was stopped",
+                  file=sys.stderr)
+            return self.console.exit_status
+        if stop_request.done():
+            number = stop_request.result()
+            print(f"minivm: {signal.Signals(number).name}: the VM was stopped", file=sys.stderr)
+            return 128 + number
+        # QEMU is gone, so its end of the console is closed: read up to the end of what it said.
+        await asyncio.wait({self.console_reader}, timeout=QMP_TIMEOUT)
+        return self._outcome()
+
+    def _outcome(self) -> int:
+        """The app's exit status as the guest reported it, or why there is none."""
+        self.say(f"QEMU exited with status {self.process.returncode}")
+        if self.console.exit_status is not None:
+            return self.console.exit_status
+        if self.console.panic:
+            raise RuntimeFailure(f"the guest kernel panicked: {self.console.panic}")
+        if self.process.returncode != 0:
+            raise RuntimeFailure(f"QEMU failed: {self._qemu_error()}")
+        raise RuntimeFailure("the guest stopped without reporting the app's exit status; run "
+                             "with --verbose to see its console")
+
+    # -- listening to the guest ----------------------------------------------------------------
+    async def _read_console(self, console: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=console)
+        try:
+            while line := await reader.readline():
+                self._hear(line.decode(errors="replace").rstrip("\r\n"))
+        finally:
+            writer.close()
+
+    def _hear(self, text: str) -> None:
+        """One line of the guest's console: a report of the guest init, a panic, or noise."""
+        self.console.last_line = text or self.console.last_line
+        if self.verbose:
+            print(f"console: {text}", file=sys.stderr, flush=True)
+        if text.startswith(REPORT):
+            report = text.removeprefix(REPORT)
+            if report == "init running":
+                self.console.init_running.set()
+            elif report.startswith("exit "):
+                self.console.exit_status = int(report.removeprefix("exit "))
+                self.console.app_finished.set()
+        elif PANIC in text:
+            self.console.panic = text[text.index(PANIC):]
+
+    async def _follow_events(self) -> None:
+        async for event in self.qmp.events:
+            self.say(f"QMP event: {event['event']} {event.get('data', '')}")
+
+    async def _collect_qemu_errors(self) -> None:
+        while line := await self.process.stderr.readline():
+            self.qemu_errors.append(line.decode(errors="replace").strip())
+            if self.verbose:
+                print(f"qemu: {self.qemu_errors[-1]}", file=sys.stderr, flush=True)
+
+    def _listen(self, coroutine) -> asyncio.Task:
+        self.listeners.append(asyncio.get_running_loop().create_task(coroutine))
+        return self.listeners[-1]
+
+    def _qemu_error(self) -> str:
+        return self.qemu_errors[-1] if self.qemu_errors else \
+            f"{QEMU} exited with status {self.process.returncode}"
+
+    # -- stopping ------------------------------------------------------------------------------
+    async def _execute(self, command: str) -> dict:
+        return await asyncio.wait_for(self.qmp.execute(command), QMP_TIMEOUT)
+
+    async def _stop(self) -> None:
+        """Power button, then plug, then SIGKILL; in every case QEMU is reaped."""
+        try:
+            if self.process.returncode is None and self.qmp is not None:
+                for command in ("system_powerdown", "quit"):
+                    self.say(f"QMP: {command}")
+                    try:
+                        await self._execute(command)
+                    except Exception:           # QEMU went away meanwhile, or will not answer
+                        pass
+                    if await self._reap(GRACE):
+                        break
+        finally:
+            if self.process.returncode is None:
+                self.say(f"QEMU does not answer: SIGKILL to pid {self.process.pid}")
+                self.process.kill()
+            await self.process.wait()
+            if self.qmp is not None:
+                try:
+                    await asyncio.wait_for(self.qmp.disconnect(), QMP_TIMEOUT)
+                except Exception:               # after `quit` the library reports EOF here
+                    pass
+
+    async def _reap(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.process.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _catch_stop_signals(self) -> asyncio.Future:
+        """Ctrl-C, SIGTERM or SIGHUP become a request to stop the VM in order."""
+        loop = asyncio.get_running_loop()
+        request = loop.create_future()
+        def stop(number: int) -> None:
+            if not request.done():
+                request.set_result(number)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(number, stop, number)
+        return request
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child before exec: if minivm dies, even by SIGKILL, the kernel kills QEMU too."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

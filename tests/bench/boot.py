@@ -1,0 +1,90 @@
+"""Boot time of `minivm boot hello /bin/true` against a naive QEMU launch, and hangs, in one run.
+
+The naive launch is what a first attempt looks like: `qemu-system-x86_64 -M pc` with its default
+devices and firmware (SeaBIOS), the distribution's compressed bzImage, and the same initramfs
+minivm would use (same guest init, same app), with two serial ports since that init uses two.
+Both are run alternately, so that a busy machine slows both alike. A boot that does not end
+within --limit seconds, or ends without the app's exit status, counts as a hang.
+
+    .venv/bin/python tests/bench/boot.py --boots 50
+
+Not a test: pytest does not collect it (no test_ prefix).
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from minirun.image import Store
+from minivm import initramfs, kernel
+
+MINIVM = [str(Path(sys.executable).with_name("minivm")), "boot", "hello", "/bin/true"]
+
+
+def naive_command(bzimage: Path, initrd: Path, console: Path) -> list[str]:
+    return ["qemu-system-x86_64", "-M", "pc", "-display", "none",
+            "-kernel", str(bzimage), "-initrd", str(initrd),
+            "-append", "console=ttyS0 rdinit=/.minivm/init quiet panic=-1",
+            "-serial", f"file:{console}", "-serial", "null"]
+
+
+def timed(command: list[str], limit: float, console: Path | None = None) -> float | None:
+    """Seconds the command took, or None if it hung or did not end with the app's status 0."""
+    start = time.monotonic()
+    try:
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=limit)
+    except subprocess.TimeoutExpired:       # subprocess.run kills it
+        return None
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        return None
+    if console is not None and "@minivm: exit 0" not in console.read_text(errors="replace"):
+        return None
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boots", type=int, default=50, help="boots of each kind")
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds before a boot is a hang")
+    args = parser.parse_args()
+
+    bzimage = kernel.find_kernel()
+    image = Store().get("hello")
+    settings = initramfs.RunSettings(command=image.config.command(["/bin/true"]),
+                                     environment=image.config.environment([]),
+                                     workdir=image.config.workdir, hostname="hello")
+    times: dict[str, list[float]] = {"minivm": [], "naive": []}
+    hangs = {"minivm": 0, "naive": 0}
+    with tempfile.TemporaryDirectory(prefix="minivm-bench-") as scratch:
+        initrd, console = Path(scratch, "initramfs.cpio"), Path(scratch, "console.log")
+        initrd.write_bytes(initramfs.build(image, settings))
+        subprocess.run(MINIVM, check=True, capture_output=True)     # warm the caches once
+        for boot in range(1, args.boots + 1):
+            for name, command, log in (("minivm", MINIVM, None),
+                                       ("naive", naive_command(bzimage, initrd, console), console)):
+                seconds = timed(command, args.limit, log)
+                if seconds is None:
+                    hangs[name] += 1
+                else:
+                    times[name].append(seconds)
+            print(f"\rboot {boot}/{args.boots}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+    medians = {name: statistics.median(values) if values else float("nan")
+               for name, values in times.items()}
+    print(f"kernel: {bzimage}   boots of each kind: {args.boots}")
+    for name, label in (("minivm", "minivm boot hello /bin/true (microvm, PVH vmlinux)"),
+                        ("naive", "qemu -M pc, bzImage, same initramfs")):
+        values = sorted(times[name])
+        spread = f"min {values[0]:.2f}  max {values[-1]:.2f}" if values else ""
+        print(f"{label:52} median {medians[name]:.2f} s  {spread}  hangs {hangs[name]}")
+    print(f"ratio minivm/naive (medians): {medians['minivm'] / medians['naive']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Real guests under TCG: the same image's app, on its own kernel, with its exit status.
+
+The boots share one kernel and one cached initramfs (session fixtures). Every boot is given a
+private temp dir (as $TMPDIR, and in QEMU's command line through the kernel's path), so that the
+tests can check that nothing was left behind without counting other people's QEMUs.
+"""
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+from minivm import kernel
+
+pytestmark = pytest.mark.vm
+BOOT_TIMEOUT = 300      # seconds; generous, the machine is shared and TCG is slow
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory):
+    """The environment of a boot: the cached guest kernel linked into a private directory."""
+    try:
+        vmlinux = kernel.bootable_vmlinux(kernel.find_kernel())
+    except Exception as error:          # the set-up should have fetched one: say so
+        pytest.fail(f"no guest kernel: {error}")
+    home = tmp_path_factory.mktemp("minivm")
+    (home / "vmlinux").symlink_to(vmlinux)
+    (home / "tmp").mkdir()
+    env = dict(os.environ, MINIVM_KERNEL=str(home / "vmlinux"), MINIVM_CACHE=str(home / "cache"),
+               TMPDIR=str(home / "tmp"))
+    return home, env
+
+
+def minivm(guest, *args, **popen):
+    home, env = guest
+    command = [sys.executable, "-m", "minivm", "boot", *args]
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+
+
+def leftovers(guest):
+    """QEMU processes booted from this test's kernel link, and files in this test's TMPDIR."""
+    home, _ = guest
+    qemus = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:                 # the process ended while we looked
+            continue
+        if b"qemu-system" in argv[0] and str(home).encode() in b" ".join(argv):
+            qemus.append(cmdline.parent.name)
+    return qemus, sorted(os.listdir(home / "tmp"))
+
+
+def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
+    result = minivm(guest, "--verbose")          # console and QMP go to stderr, not stdout
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Hello from hello", result.stdout       # no kernel noise before the app
+    release = re.search(r"kernel:\s+(\S+)", result.stdout).group(1)
+    assert release != os.uname().release
+    assert "accelerator: TCG" in result.stderr
+    assert "@minivm: init running" in result.stderr
+    assert leftovers(guest) == ([], [])
+
+
+@pytest.mark.parametrize("command, status", [
+    (["sh", "-c", "echo to stdout; echo to stderr >&2; exit 3"], 3),
+    (["/no/such/program"], 127),
+    (["sh", "-c", "kill -KILL $$"], 128 + 9),           # killed by a signal inside the guest
+])
+def test_exit_status_of_the_app_is_minivms(guest, command, status):
+    result = minivm(guest, "hello", *command)
+    assert result.returncode == status, result.stderr
+    if status == 3:
+        assert result.stdout == "to stdout\nto stderr\n"
+    if status == 127:
+        assert "/no/such/program" in result.stdout
+
+
+def test_a_guest_kernel_panic_is_minivms_failure(guest):
+    result = minivm(guest, "hello", "sh", "-c", "echo c > /proc/sysrq-trigger")   # crash it
+    assert result.returncode == 125
+    assert result.stderr == "minivm: the guest kernel panicked: " \
+                            "Kernel panic - not syncing: sysrq triggered crash\n"
+    assert leftovers(guest) == ([], [])
+
+
+def test_memory_and_cpus_are_what_the_guest_sees(guest):
+    result = minivm(guest, "--memory", "256M", "--cpus", "2", "hello",
+                    "sh", "-c", "grep MemTotal /proc/meminfo; nproc")
+    assert result.returncode == 0, result.stderr
+    memtotal_kib = int(re.search(r"MemTotal:\s+(\d+) kB", result.stdout).group(1))
+    # The kernel keeps some RAM for itself, so the guest sees a little less than it was given.
+    assert 192 * 1024 < memtotal_kib <= 256 * 1024
+    assert result.stdout.splitlines()[-1] == "2"
+
+
+def test_a_hanging_guest_is_stopped_by_timeout_and_nothing_is_left(guest):
+    result = minivm(guest, "--timeout", "5", "hello", "sleep", "100000")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "--timeout" in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert leftovers(guest) == ([], [])
+
+
+def test_ctrl_c_stops_the_vm_and_nothing_is_left(guest):
+    boot = minivm(guest, "hello", "sh", "-c", "echo ready; exec sleep 100000",
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert boot.stdout.readline() == "ready\n"
+        qemus, _ = leftovers(guest)
+        assert len(qemus) == 1                   # the test can see the VM it is about to stop
+        boot.send_signal(signal.SIGINT)
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 128 + signal.SIGINT
+        assert "SIGINT" in boot.stderr.read()
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stdout.close()
+        boot.stderr.close()
+    assert leftovers(guest) == ([], [])
+
+
+def test_qemu_does_not_outlive_a_killed_minivm(guest):
+    boot = minivm(guest, "hello", "sh", "-c", "echo ready; exec sleep 100000",
+                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert boot.stdout.readline() == "ready\n"
+        boot.kill()                              # SIGKILL: minivm gets no chance to clean up
+        boot.wait()
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stdout.close()
+    # The kernel kills QEMU (PR_SET_PDEATHSIG): wait until each one has ended, rather than guess
+    # a time. A pidfd becomes readable when its process ends, even one that is not our child.
+    for pid in leftovers(guest)[0]:
+        try:
+            pidfd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([pidfd], [], [], 60)[0], f"QEMU {pid} outlived minivm"
+        finally:
+            os.close(pidfd)
+    assert leftovers(guest)[0] == []
+
+
+def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest):
+    """`minivm boot -it hello sh` on a pseudo-terminal, typed into like a person would."""
+    home, env = guest
+    controller, terminal = os.openpty()
+    before = termios.tcgetattr(terminal)
+    boot = subprocess.Popen([sys.executable, "-m", "minivm", "boot", "-it", "hello", "sh"],
+                            env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    try:
+        screen = read_until(controller, b"# ")                 # the guest shell's prompt
+        os.write(controller, b"echo $((6 * 7)) on $(hostname); exit 4\r")
+        screen += read_until(controller, b"on hello")
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 4
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        boot.kill()
+        boot.wait()
+        os.close(controller)
+        os.close(terminal)
+    assert b"42 on hello" in screen
+    assert leftovers(guest) == ([], [])
+
+
+def read_until(fd: int, wanted: bytes) -> bytes:
+    """What a terminal shows until `wanted` appears; fails if the other side goes away first."""
+    seen = b""
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], BOOT_TIMEOUT)
+        assert ready, f"nothing more on the terminal; so far: {seen!r}"
+        seen += os.read(fd, 4096)
+    return seen

@@ -1,0 +1,158 @@
+"""minivm's logic without booting anything: accelerator choice, bzImage unpacking, cpio, layers."""
+import bz2
+import gzip
+import lzma
+import os
+import stat
+import struct
+import subprocess
+
+import pytest
+
+from minirun.errors import RuntimeFailure
+from minivm import accel, initramfs, kernel
+from minivm.hardware import host_tsc_khz
+
+# /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
+INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
+AMD_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu de pse tsc msr svm sse2\n"
+NO_VIRT = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu MHz\t\t: 2596.128\n"
+           "flags\t\t: fpu tsc msr sse2 hypervisor\n")
+MODULES = "{} 1327104 0 - Live 0x0000000000000000\nkvm 1142784 1 {}, Live 0x0000000000000000\n"
+
+
+def facts(cpuinfo, module, usable=True):
+    return accel.HostFacts(cpuinfo=cpuinfo, modules=MODULES.format(module, module),
+                           kvm_device_usable=usable)
+
+
+@pytest.mark.parametrize("host, expected", [
+    (facts(INTEL_VMX, "kvm_intel"), "kvm"),
+    (facts(AMD_SVM, "kvm_amd"), "kvm"),
+    (facts(NO_VIRT, "kvm_pvm"), "tcg"),                 # this project's host: /dev/kvm is PVM
+    (facts(INTEL_VMX, "kvm_pvm"), "tcg"),               # vmx, but not the module that uses it
+    (facts(AMD_SVM, "kvm_intel"), "tcg"),
+    (facts(INTEL_VMX, "kvm_intel", usable=False), "tcg"),
+])
+def test_auto_takes_kvm_only_with_hardware_virtualisation(host, expected):
+    assert accel.choose("auto", host).name == expected
+
+
+def test_explicit_choices():
+    assert accel.choose("tcg", facts(INTEL_VMX, "kvm_intel")).name == "tcg"
+    assert accel.choose("kvm", facts(NO_VIRT, "kvm_pvm")).name == "kvm"
+    with pytest.raises(RuntimeFailure, match="/dev/kvm"):
+        accel.choose("kvm", facts(INTEL_VMX, "kvm_intel", usable=False))
+
+
+def test_this_host_gets_tcg():
+    choice = accel.choose("auto", accel.HostFacts.read())
+    assert choice.name == "tcg", choice.reason
+
+
+def test_host_tsc_frequency():
+    assert host_tsc_khz(NO_VIRT) == 2596128
+    assert host_tsc_khz(INTEL_VMX) == 0
+
+
+# -- bzImage -> vmlinux ------------------------------------------------------------------------
+FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
+
+
+def fake_bzimage(compressed: bytes, setup_sects: int = 3) -> bytes:
+    """A bzImage as the boot protocol lays it out: setup sectors, then the payload inside the
+    protected-mode part at `payload_offset`, followed by bytes that are not part of it. Like the
+    kernel's build, the payload is the compressed kernel and its uncompressed size (4 bytes)."""
+    payload = compressed + struct.pack("<I", len(FAKE_ELF))
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1f1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20f)
+    offset = 0x3c0
+    struct.pack_into("<II", image, 0x248, offset, len(payload))
+    decompressor = b"\x90" * offset
+    return bytes(image) + decompressor + payload + b"\x12\x34\x56\x78trailer"
+
+
+@pytest.mark.parametrize("compress", [
+    lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
+    lambda data: gzip.compress(data),
+    lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE),
+    lambda data: bz2.compress(data),
+    lambda data: subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
+                                check=True).stdout,
+], ids=["xz", "gzip", "lzma", "bzip2", "zstd"])
+def test_extract_vmlinux_from_bzimage(compress):
+    assert kernel.extract_vmlinux(fake_bzimage(compress(FAKE_ELF))) == FAKE_ELF
+
+
+def test_extract_vmlinux_rejects_what_is_not_a_kernel():
+    with pytest.raises(RuntimeFailure, match="HdrS"):
+        kernel.extract_vmlinux(b"#!/bin/sh\n" * 200)
+    with pytest.raises(RuntimeFailure, match="ELF"):
+        kernel.extract_vmlinux(fake_bzimage(gzip.compress(b"not an elf file")))
+
+
+def test_bootable_vmlinux_caches_the_extraction(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
+    bzimage = tmp_path / "vmlinuz-test"
+    bzimage.write_bytes(fake_bzimage(lzma.compress(FAKE_ELF)))
+    vmlinux = kernel.bootable_vmlinux(bzimage)
+    assert vmlinux.read_bytes() == FAKE_ELF
+    assert kernel.bootable_vmlinux(bzimage) == vmlinux
+    assert kernel.bootable_vmlinux(vmlinux) == vmlinux          # an ELF is used as it is
+
+
+# -- cpio and the merged layers ----------------------------------------------------------------
+def test_cpio_archive_unpacks_with_another_implementation(tmp_path):
+    archive = initramfs.Cpio()
+    archive.add_directory("etc")
+    archive.add_file("etc/hostname", b"guest\n")
+    archive.add_file("bin/odd-size", b"12345", 0o755)
+    archive.add("bin/link", stat.S_IFLNK | 0o777, b"odd-size")
+    data = archive.finish()
+    assert len(data) % 4 == 0 and data.startswith(b"070701")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["busybox", "cpio", "-i", "-d"], input=data, cwd=out, check=True,
+                   capture_output=True)
+    assert (out / "etc/hostname").read_bytes() == b"guest\n"
+    assert (out / "bin/odd-size").read_bytes() == b"12345"
+    assert stat.S_IMODE((out / "bin/odd-size").stat().st_mode) == 0o755
+    assert os.readlink(out / "bin/link") == "odd-size"
+
+
+def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for path, text in [("a/deleted", "x"), ("a/kept", "lower"), ("b/hidden", "x"),
+                       ("c/replaced", "lower"), ("d/file", "lower"), ("e/sub/deep", "x")]:
+        (lower / path).parent.mkdir(parents=True, exist_ok=True)
+        (lower / path).write_text(text)
+    for path, text in [("b/new", "upper"), ("c/replaced", "upper"), ("d", "a file now")]:
+        (upper / path).parent.mkdir(parents=True, exist_ok=True)
+        (upper / path).write_text(text)
+    (upper / "a").mkdir()
+    os.mknod(upper / "a/deleted", stat.S_IFCHR | 0o600, os.makedev(0, 0))    # a whiteout
+    os.mknod(upper / "e", stat.S_IFCHR | 0o600, os.makedev(0, 0))            # deletes a tree
+    os.setxattr(upper / "b", initramfs.OPAQUE_XATTR, b"y")
+
+    merged = dict(initramfs.merged_view([lower, upper]))
+
+    assert sorted(merged) == ["a", "a/kept", "b", "b/new", "c", "c/replaced", "d"]
+    assert merged["c/replaced"].read_text() == "upper"
+    assert merged["d"].read_text() == "a file now"
+    assert merged["a/kept"].read_text() == "lower"
+
+
+def test_run_settings_survive_any_characters(tmp_path):
+    settings = initramfs.RunSettings(
+        command=["printf", "%s|", "two words", "it's", '$HOME "quoted"', "new\nline"],
+        environment={"GREETING": "it's a $test", "EMPTY": ""}, workdir="/", hostname="vm")
+    script = tmp_path / "run.sh"
+    script.write_text(settings.shell())
+    result = subprocess.run(["busybox", "sh", "-c", f'. {script}; eval "exec env -i $environment '
+                             '\\"\\$@\\""; '], capture_output=True, text=True, check=True)
+    assert result.stdout == "two words|it's|$HOME \"quoted\"|new\nline|"
+    result = subprocess.run(["busybox", "sh", "-c", f'. {script}; eval "exec env -i $environment '
+                             'env"'], capture_output=True, text=True, check=True)
+    assert sorted(result.stdout.splitlines()) == ["EMPTY=", "GREETING=it's a $test"]
