@@ -56,7 +56,8 @@ def boot(options: BootOptions) -> int:
                               host_tsc_khz=host_tsc_khz(host.cpuinfo))
 
     # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
-    rows, columns = os.get_terminal_size() if options.interactive else (0, 0)
+    size = os.get_terminal_size() if options.interactive else os.terminal_size((0, 0))
+    rows, columns = size.lines, size.columns          # (terminal_size is columns first)
     settings = initramfs.RunSettings(
         command=command, environment=image.config.environment(options.env),
         workdir=options.workdir or image.config.workdir, hostname=hostname,

@@ -183,3 +183,19 @@ def read_until(fd: int, wanted: bytes) -> bytes:
         assert ready, f"nothing more on the terminal; so far: {seen!r}"
         seen += os.read(fd, 4096)
     return seen
+
+
+def test_the_same_app_from_the_same_image_as_container_and_as_vm(guest, minirun, minirun_env):
+    """The mission in one test: a container runs on the host's kernel, a VM on its own."""
+    _, env = guest
+    container = minirun("run", "hello")
+    vm = subprocess.run([sys.executable, "-m", "minivm", "boot", "hello"],
+                        env={**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]},   # one store
+                        capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+    assert container.returncode == 0 and vm.returncode == 0, vm.stderr
+
+    def report(output: str) -> dict:
+        return dict(line.strip().split(":", 1) for line in output.splitlines()[1:])
+    assert report(container.stdout).keys() == report(vm.stdout).keys()        # the same app ran
+    assert report(container.stdout)["kernel"].strip() == os.uname().release  # the host's kernel
+    assert report(vm.stdout)["kernel"].strip() != os.uname().release         # a kernel of its own
