@@ -3,6 +3,7 @@
 Errors follow `docker run`: a bad flag or a failure of minirun itself exits 125 with one line on
 stderr; otherwise the exit status is the container's.
 """
+import os
 import sys
 
 import click
@@ -124,4 +125,8 @@ def main() -> None:
     except errors.RuntimeFailure as failure:
         click.echo(f"minirun: {failure}", err=True)
         status = failure.exit_code
-    sys.exit(status if isinstance(status, int) else 0)
+    # Skip the interpreter's teardown: freeing every module and object costs ~6 ms (a tenth of
+    # a run) and nothing in it matters to a process that is ending. Flush what it would have.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status if isinstance(status, int) else 0)

@@ -11,6 +11,8 @@ Peers:
   unshare+chroot  util-linux's unshare(1) and chroot(1): namespaces and a changed root, no more.
   runc            the OCI reference runtime, with a cgroup (cgroupsPath set) as minirun has.
   python -c pass  the interpreter's own start: the floor under any Python program.
+  import click    the interpreter plus the command-line library: the floor under any Python
+                  CLI built on click, minirun included, before it does any work.
 """
 import argparse
 import json
@@ -60,6 +62,7 @@ def main() -> None:
             "unshare+chroot": ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
                                "chroot", str(rootfs), "/bin/true"],
             "python -c pass": [sys.executable, "-c", "pass"],
+            "import click": [sys.executable, "-c", "import click"],
         }
         bundle = runc_bundle(rootfs, workdir)
         if bundle:
