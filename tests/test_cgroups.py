@@ -107,25 +107,24 @@ def test_no_limits_still_makes_a_cgroup_to_count_usage(v1_host):
         cgroup.remove()
 
 
-def test_memory_hog_above_the_limit_is_oom_killed(v1_host):
-    cgroup = cgroups.create(new_id("oom"), cgroups.Limits(memory=32 * MiB))
+def run_under_32M(megabytes: int):
+    """A Python process that allocates `megabytes` in a cgroup limited to 32M: its result and usage."""
+    cgroup = cgroups.create(new_id("memory"), cgroups.Limits(memory=32 * MiB))
     try:
-        result = run_in(cgroup, python("x = b'a' * (64 << 20)"))
-        usage = cgroup.usage()
+        return run_in(cgroup, python(f"x = b'a' * ({megabytes} << 20)")), cgroup.usage()
     finally:
         cgroup.remove()
+
+
+def test_memory_hog_above_the_limit_is_oom_killed(v1_host):
+    result, usage = run_under_32M(64)
     assert result.returncode == -signal.SIGKILL
     assert usage.oom_killed
     assert 16 * MiB < usage.peak_memory <= 32 * MiB
 
 
 def test_process_below_the_memory_limit_runs(v1_host):
-    cgroup = cgroups.create(new_id("fits"), cgroups.Limits(memory=32 * MiB))
-    try:
-        result = run_in(cgroup, python("x = b'a' * (8 << 20)"))
-        usage = cgroup.usage()
-    finally:
-        cgroup.remove()
+    result, usage = run_under_32M(8)
     assert result.returncode == 0, result.stderr
     assert not usage.oom_killed
     assert 8 * MiB <= usage.peak_memory <= 32 * MiB
