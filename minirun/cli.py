@@ -21,6 +21,8 @@ def cli() -> None:
 @click.option("--hostname", help="The container's hostname (default: its short id).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="USER[:GROUP]",
+              help="Run as this user (a name or UID, from the image's /etc/passwd).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is; for Docker's sake).")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits (always, for now).")

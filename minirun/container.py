@@ -39,6 +39,7 @@ class ContainerSpec:
     workdir: str | None = None
     hostname: str | None = None
     name: str | None = None
+    user: str | None = None
     tty: bool = False
     use_init: bool = False
     use_chroot: bool = False
@@ -58,6 +59,7 @@ class ContainerSpec:
         memory, cpus, pids = options.get("memory"), options.get("cpus"), options.get("pids_limit")
         return cls(image=image, command=command, env=list(options.get("env") or ()),
                    workdir=workdir, hostname=options.get("hostname"), name=options.get("name"),
+                   user=options.get("user"),
                    tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
                    use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
                    stats=bool(options.get("stats")),
@@ -75,6 +77,7 @@ class Plan:
     env: dict[str, str]
     workdir: str
     hostname: str
+    user: str                   # "" for root, else as -u takes it: name, uid, name:group, uid:gid
     spec: ContainerSpec
 
 
@@ -167,7 +170,8 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
     if spec.tty:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     return Plan(id=container_id, image=image, command=command, env=env,
-                workdir=spec.workdir or image.config.workdir or "/", hostname=hostname, spec=spec)
+                workdir=spec.workdir or image.config.workdir or "/", hostname=hostname,
+                user=spec.user if spec.user is not None else image.config.user, spec=spec)
 
 
 def _claim_name(record: state.ContainerRecord) -> None:
@@ -290,9 +294,13 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         os.chdir(plan.workdir)
         _attach_stdio(slave)
 
-        # 7. Give up what the command must not have: most capabilities, any new privilege.
+        # 7. Give up what the command must not have: most capabilities, any new privilege, and
+        #    root itself if the image or -u names another user.
         security.drop_privileges()
         say("security", "capabilities cut to Docker's default set; no_new_privs set")
+        if plan.user:
+            uid, gid, groups = security.switch_user(plan.user)
+            say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
     except OSError as error:
         _fail(errors, RUNTIME_FAILED, f"setting up the container failed: {error}")
     except RuntimeFailure as error:

@@ -7,12 +7,16 @@ away what a container has no business doing before it starts the app (capabiliti
   CAP_SYS_ADMIN (mount, pivot_root, ...) and CAP_SYS_MODULE among them;
 - no_new_privs: no execve can gain privileges again, set-user-ID files included
   (Documentation/userspace-api/no_new_privs.rst);
+- the user: an image (or -u) may name an unprivileged user to run as instead of root;
 - parent-death signal: if minirun itself dies, the kernel SIGKILLs the container's PID 1, and
   with it the whole PID namespace, so a killed runtime cannot leave a container running.
 """
+import os
 import signal
 
 import prctl
+
+from minirun.errors import RuntimeFailure
 
 # Docker's default capability set (moby's oci/caps/defaults.go lists the same fourteen).
 DEFAULT_CAPABILITIES = frozenset({
@@ -36,3 +40,53 @@ def drop_privileges(keep: frozenset[str] = DEFAULT_CAPABILITIES) -> None:
     prctl.cap_effective.limit(*kept)        # effective must stay a subset of permitted: shrink it first
     prctl.cap_permitted.limit(*kept)
     prctl.set_no_new_privs(1)
+
+
+def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
+    """Become `spec` -- "name", "uid", "name:group" or "uid:gid" -- as `docker run -u` does.
+
+    Names are looked up in the container's own /etc/passwd and /etc/group (the root has already
+    changed: the host's users mean nothing here). A UID the image does not list is used as is,
+    with group 0, as Docker does. The order is forced: setgroups and setgid need CAP_SETGID,
+    which the setuid to a non-zero UID takes away along with every other capability
+    (capabilities(7), "Effect of user ID changes on capabilities").
+    """
+    name, _, group = spec.partition(":")
+    users = _table("/etc/passwd")
+    entry = users.get(name) or next((row for row in users.values() if row[1] == name), None)
+    if entry is None and not name.isdigit():
+        raise RuntimeFailure(f"no user {name!r} in the image's /etc/passwd: "
+                             "give a numeric UID, or a user the image has")
+    uid = int(entry[1]) if entry else int(name)
+    gid = int(entry[2]) if entry else 0
+    if group:
+        groups = _table("/etc/group")
+        if group in groups:
+            gid = int(groups[group][1])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise RuntimeFailure(f"no group {group!r} in the image's /etc/group: "
+                                 "give a numeric GID, or a group the image has")
+    login = entry[0] if entry else None
+    supplementary = tuple(sorted({gid} | {int(row[1]) for row in _table("/etc/group").values()
+                                          if login and login in row[2].split(",")}))
+    os.setgroups(list(supplementary))
+    os.setgid(gid)
+    os.setuid(uid)
+    return uid, gid, supplementary
+
+
+def _table(path: str) -> dict[str, list[str]]:
+    """/etc/passwd or /etc/group as {name: [name, id, third field...]} ({} if missing).
+
+    passwd rows are name:password:uid:gid:..., group rows name:password:gid:members; the
+    password field is dropped so that row[1] is the id either way.
+    """
+    try:
+        with open(path) as table:
+            rows = [line.rstrip("\n").split(":") for line in table
+                    if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return {}
+    return {row[0]: [row[0], *row[2:]] for row in rows if len(row) >= 3}

@@ -146,3 +146,39 @@ def test_missing_busybox_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(image, "BUSYBOX", tmp_path / "no-busybox")
     with pytest.raises(RuntimeFailure, match="apt-get install busybox-static"):
         image.Store(tmp_path / "store").get("hello")
+
+
+@pytest.mark.parametrize("user, expected", [
+    ("nobody", "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)"),
+    ("65534", "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)"),
+    ("1234:5678", "uid=1234 gid=5678 groups=5678"),           # not in the image: used as is
+    ("nobody:root", "uid=65534(nobody) gid=0(root) groups=0(root)"),
+    ("root", "uid=0(root) gid=0(root) groups=0(root)"),
+])
+def test_user_flag(minirun, user, expected):
+    assert minirun("run", "-u", user, "hello", "id").stdout == expected + "\n"
+
+
+def test_a_non_root_user_has_no_capabilities(minirun):
+    status = minirun("run", "-u", "nobody", "hello", "grep", "Cap", "/proc/self/status").stdout
+    assert dict(line.split(":\t") for line in status.splitlines())["CapEff"] == "0000000000000000"
+
+
+@pytest.mark.parametrize("user, message", [
+    ("ghost", "no user 'ghost' in the image's /etc/passwd"),
+    ("nobody:ghosts", "no group 'ghosts' in the image's /etc/group"),
+])
+def test_unknown_user_is_one_line_and_125(minirun, user, message):
+    result = minirun("run", "-u", user, "hello", "id")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_the_image_user_is_the_default(minirun, store_root):
+    from minirun.image import ImageConfig, Store
+    store = Store(store_root)
+    hello = store.get("hello")
+    config = ImageConfig(cmd=["id", "-un"], env=hello.config.env, user="nobody")
+    store.save_image("hello-as-nobody", [layer.name for layer in hello.layers], config)
+    assert minirun("run", "hello-as-nobody").stdout == "nobody\n"
+    assert minirun("run", "-u", "root", "hello-as-nobody").stdout == "root\n"   # -u wins
