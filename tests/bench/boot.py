@@ -72,7 +72,8 @@ def main() -> None:
                     hangs[name] += 1
                 else:
                     times[name].append(seconds)
-            print(f"\rboot {boot}/{args.boots}", end="", file=sys.stderr, flush=True)
+            if sys.stderr.isatty():
+                print(f"\rboot {boot}/{args.boots}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
     medians = {name: statistics.median(values) if values else float("nan")
