@@ -8,7 +8,7 @@ from minirun.units import parse_cpus, parse_size
 from minivm.hardware import DEFAULT_MEMORY, MIB
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Boot an image's app in a virtual machine with its own kernel (QEMU, driven over QMP)."""
 
@@ -30,7 +30,7 @@ def cli():
               "$MINIVM_KERNEL, then minivm's cache, then /boot/vmlinuz-$(uname -r)].")
 @click.option("--interactive", "-i", is_flag=True, help="Connect the terminal to the guest.")
 @click.option("--tty", "-t", is_flag=True, help="Same as -i: a serial line is a terminal.")
-@click.option("--verbose", "-v", is_flag=True, help="Show the guest console and QMP traffic.")
+@click.option("--verbose", is_flag=True, help="Show the guest console and QMP traffic.")
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
