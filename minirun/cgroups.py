@@ -148,6 +148,13 @@ def create(container_id: str, limits: Limits) -> "Cgroup":
     return CgroupV1.create(container_id, limits, _mounts().v1)
 
 
+def of_container(container_id: str) -> "Cgroup":
+    """The cgroup `create` made for a running container, for `minirun exec` to join."""
+    if host_uses_v2():
+        return CgroupV2.at(container_id, _mounts().unified)
+    return CgroupV1.at(container_id, _mounts().v1)
+
+
 def mount_view(target_dir: str) -> None:
     """In the container: mount its own cgroup tree, read-only, at target_dir.
 
@@ -240,6 +247,10 @@ class CgroupV2(Cgroup):
         return str(self.path)
 
     @classmethod
+    def at(cls, container_id: str, root: Path) -> "CgroupV2":
+        return cls(root / PARENT / container_id)
+
+    @classmethod
     def create(cls, container_id: str, limits: Limits, root: Path) -> "CgroupV2":
         # The root's cgroup.controllers lists what this kernel offers.
         offered = _read(root / "cgroup.controllers").split()
@@ -252,7 +263,7 @@ class CgroupV2(Cgroup):
         # way down, in the root (usually done already by systemd) and in minirun/.
         _enable_controllers(root, controllers)
         _enable_controllers(parent, controllers)
-        cgroup = cls(parent / container_id)
+        cgroup = cls.at(container_id, root)
         _make_dir(cgroup.path)
         try:
             cgroup._write_limits(limits)
@@ -324,9 +335,13 @@ class CgroupV1(Cgroup):
                f"{self._directories()[0].name}"
 
     @classmethod
+    def at(cls, container_id: str, trees: dict[str, Path]) -> "CgroupV1":
+        return cls({c: trees[c] / PARENT / container_id for c in V1_CONTROLLERS if c in trees})
+
+    @classmethod
     def create(cls, container_id: str, limits: Limits, trees: dict[str, Path]) -> "CgroupV1":
         _require_controllers(limits, trees)
-        cgroup = cls({c: trees[c] / PARENT / container_id for c in V1_CONTROLLERS if c in trees})
+        cgroup = cls.at(container_id, trees)
         made = []
         try:
             for directory in cgroup._directories():

@@ -44,6 +44,33 @@ def run(image, command, **options) -> int:
     return run_container(ContainerSpec.from_options(image, list(command), options))
 
 
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable.")
+@click.option("-w", "--workdir", help="Working directory (default: the container's).")
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (default: the container's).")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is).")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a pseudo-terminal.")
+@click.option("--explain", is_flag=True, help="Narrate each step on stderr.")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(container, command, env, workdir, user, interactive, tty, explain) -> int:
+    """Run COMMAND inside the running CONTAINER (a name or id from `minirun ps`)."""
+    from minirun.container import exec_in
+    return exec_in(container, list(command), list(env), workdir=workdir, user=user, tty=tty,
+                   explain=explain)
+
+
+@cli.command()
+@click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
+              help="How long to wait after SIGTERM before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+def stop(containers, grace) -> None:
+    """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
+    from minirun.container import stop as stop_container
+    for container in containers:
+        click.echo(stop_container(container, grace)[:12])
+
+
 @cli.command()
 def ps() -> None:
     """List running containers."""

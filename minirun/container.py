@@ -50,12 +50,8 @@ class ContainerSpec:
     @classmethod
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
         """Check every flag before anything is created, so a bad one leaves nothing behind."""
-        for item in options.get("env") or ():
-            if "=" not in item or item.startswith("="):
-                raise RuntimeFailure(f"invalid environment variable {item!r}: use -e KEY=VALUE")
         workdir = options.get("workdir")
-        if workdir is not None and not workdir.startswith("/"):
-            raise RuntimeFailure(f"invalid working directory {workdir!r}: give an absolute path")
+        check_env_and_workdir(options.get("env") or (), workdir)
         memory, cpus, pids = options.get("memory"), options.get("cpus"), options.get("pids_limit")
         return cls(image=image, command=command, env=list(options.get("env") or ()),
                    workdir=workdir, hostname=options.get("hostname"), name=options.get("name"),
@@ -66,6 +62,14 @@ class ContainerSpec:
                    limits=cgroups.Limits(memory=parse_size(memory) if memory else None,
                                          cpus=parse_cpus(cpus) if cpus else None,
                                          pids=parse_count(pids, "pids limit") if pids else None))
+
+
+def check_env_and_workdir(env, workdir: str | None) -> None:
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise RuntimeFailure(f"invalid environment variable {item!r}: use -e KEY=VALUE")
+    if workdir is not None and not workdir.startswith("/"):
+        raise RuntimeFailure(f"invalid working directory {workdir!r}: give an absolute path")
 
 
 @dataclass
@@ -84,8 +88,7 @@ class Plan:
 def run(spec: ContainerSpec) -> int:
     """Run one container to completion and return its exit status (as `docker run --rm` would)."""
     say = _narrator(spec.explain)
-    if os.geteuid() != 0:
-        raise RuntimeFailure("creating namespaces and mounts needs root: run minirun with sudo")
+    _require_root()
     collect_garbage()                                       # what killed runs left behind
 
     # 1. The image: its layers, and its defaults for command, environment and working directory.
@@ -95,7 +98,8 @@ def run(spec: ContainerSpec) -> int:
 
     # 2. A record in the state directory, so `minirun ps` and `minirun gc` can find it.
     record = state.ContainerRecord(id=plan.id, name=spec.name or plan.id[:12], image=image.name,
-                                   command=plan.command, runtime_pid=os.getpid(), created=time.time())
+                                   command=plan.command, runtime_pid=os.getpid(), created=time.time(),
+                                   workdir=plan.workdir, user=plan.user)
     _claim_name(record)
     state.save(record)
     bundle = cgroup = None
@@ -296,11 +300,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
 
         # 7. Give up what the command must not have: most capabilities, any new privilege, and
         #    root itself if the image or -u names another user.
-        security.drop_privileges()
-        say("security", "capabilities cut to Docker's default set; no_new_privs set")
-        if plan.user:
-            uid, gid, groups = security.switch_user(plan.user)
-            say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
+        _give_up_privileges(plan.user, say)
     except OSError as error:
         _fail(errors, RUNTIME_FAILED, f"setting up the container failed: {error}")
     except RuntimeFailure as error:
@@ -312,7 +312,15 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     if plan.spec.use_init:
         _run_init(plan, errors)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    _exec(plan, errors)
+    _exec(plan.command, plan.env, errors)
+
+
+def _give_up_privileges(user: str, say) -> None:
+    security.drop_privileges()
+    say("security", "capabilities cut to Docker's default set; no_new_privs set")
+    if user:
+        uid, gid, groups = security.switch_user(user)
+        say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
 
 
 def _attach_stdio(slave: int | None) -> None:
@@ -323,15 +331,15 @@ def _attach_stdio(slave: int | None) -> None:
         terminal.become_controlling_terminal(slave)
 
 
-def _exec(plan: Plan, errors: int) -> None:
+def _exec(command: list[str], env: dict[str, str], errors: int) -> None:
     """execve the command, searching PATH inside the container; on failure report 126 or 127."""
     try:
-        os.execvpe(plan.command[0], plan.command, plan.env)
+        os.execvpe(command[0], command, env)
     except (FileNotFoundError, NotADirectoryError):
-        _fail(errors, NOT_FOUND, f"{plan.command[0]!r} not found in the container "
-              f"(PATH={plan.env.get('PATH', '')}): check the command and the image")
+        _fail(errors, NOT_FOUND, f"{command[0]!r} not found in the container "
+              f"(PATH={env.get('PATH', '')}): check the command and the image")
     except OSError as error:
-        _fail(errors, CANNOT_EXECUTE, f"{plan.command[0]!r} cannot be executed in the container: "
+        _fail(errors, CANNOT_EXECUTE, f"{command[0]!r} cannot be executed in the container: "
               f"{error.strerror}")
 
 
@@ -346,7 +354,7 @@ def _run_init(plan: Plan, errors: int) -> None:
     command_pid = os.fork()
     if command_pid == 0:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-        _exec(plan, errors)
+        _exec(plan.command, plan.env, errors)
     os.close(errors)                    # the parent's EOF must come from the command's exec
     _install_forwarders(command_pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
@@ -392,6 +400,129 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 4096):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# -- Joining a running container: `minirun exec` and `minirun stop` -----------------------------
+
+# The namespaces `exec` joins besides the PID namespace, through the files the kernel keeps for
+# every namespace of every process in /proc/PID/ns/ (namespaces(7)). The mount namespace comes
+# last: joining it also moves the process's root and working directory to that namespace's root
+# (setns(2)), after which the host's /proc and /sys/fs/cgroup are out of its reach.
+JOINED_NAMESPACES = ("cgroup", "ipc", "uts", "net", "mnt")
+
+
+def exec_in(target: str, command: list[str], env: list[str], workdir: str | None = None,
+            user: str | None = None, tty: bool = False, explain: bool = False) -> int:
+    """`minirun exec`: run one more command inside a running container; return its status.
+
+    There is no "inside" apart from namespaces and a cgroup: a process that joins all of a
+    container's is in that container, as much as its PID 1 is. setns(2) joins them. As in
+    `run`, the PID namespace is joined by the parent for its next child only.
+    """
+    say = _narrator(explain)
+    check_env_and_workdir(env, workdir)
+    _require_root()
+    record = find_running(target)
+    pid1 = record.pid
+    joined = {name: os.open(f"/proc/{pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+              for name in (*JOINED_NAMESPACES, "pid")}
+    environment = dict(_environment_of(pid1), **dict(item.split("=", 1) for item in env))
+    cgroup = cgroups.of_container(record.id)
+    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+    master, slave = os.openpty() if tty else (None, None)
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
+    say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(errors_read)
+            security.die_with_parent()
+            cgroup.join()
+            say("cgroup", f"joined {cgroup}")
+            for name in JOINED_NAMESPACES:
+                namespaces.setns(joined[name])
+            say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
+            os.makedirs(workdir or record.workdir, exist_ok=True)
+            os.chdir(workdir or record.workdir)
+            _attach_stdio(slave)
+            _give_up_privileges(record.user if user is None else user, say)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+            _exec(command, environment, errors_write)
+        except RuntimeFailure as error:
+            _fail(errors_write, error.exit_code, str(error))
+        except Exception as error:
+            _fail(errors_write, RUNTIME_FAILED, f"joining the container failed: {error}")
+        finally:
+            os._exit(RUNTIME_FAILED)
+    namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
+    for fd in (own_pid_namespace, errors_write, *joined.values()):
+        os.close(fd)
+    if slave is not None:
+        os.close(slave)
+    _install_forwarders(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    report = _read_all(errors_read)
+    os.close(errors_read)
+    if report:
+        code, _, message = report.decode(errors="replace").partition("\n")
+        os.waitpid(pid, 0)
+        _restore_signals()
+        raise RuntimeFailure(message, int(code))
+    return _supervise(pid, master)
+
+
+def stop(target: str, grace: float = 10.0) -> str:
+    """`minirun stop`: SIGTERM, then SIGKILL if the container is still there after `grace`
+    seconds, as `docker stop` does. Returns the container's id.
+
+    SIGTERM goes to the runtime, which passes it on to PID 1 like any forwarded signal; a PID 1
+    with no handler for it ignores it (see docs/minirun.md, "PID 1 is special"), which is what
+    the SIGKILL is for: from outside its namespace, SIGKILL always reaches PID 1. Both go
+    through pidfds (pidfd_open(2)), so a PID reused after the container ended cannot be hit.
+    """
+    import select
+    record = find_running(target)
+    runtime, pid1 = os.pidfd_open(record.runtime_pid), os.pidfd_open(record.pid)
+    try:
+        signal.pidfd_send_signal(runtime, signal.SIGTERM)
+        if not select.select([runtime], [], [], grace)[0]:     # readable when it has exited
+            try:
+                signal.pidfd_send_signal(pid1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            select.select([runtime], [], [], 30)
+    finally:
+        os.close(runtime)
+        os.close(pid1)
+    return record.id
+
+
+def find_running(target: str) -> state.ContainerRecord:
+    """The running container whose name is `target`, or whose id starts with it."""
+    running = [r for r in state.containers() if r.pid and state.is_alive(r)]
+    matches = [r for r in running if r.name == target] or \
+              [r for r in running if r.id.startswith(target)]
+    if len(matches) != 1:
+        what = "no running container" if not matches else "more than one container matches"
+        raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps`")
+    return matches[0]
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    """The environment PID 1 started with, the base of an exec'd command's (as docker exec)."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        pairs = [item.decode(errors="replace").partition("=") for item in environ.read().split(b"\0") if item]
+    return {key: value for key, _, value in pairs}
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise RuntimeFailure("creating namespaces and mounts needs root: run minirun with sudo")
 
 
 def collect_garbage() -> list[str]:

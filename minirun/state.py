@@ -19,6 +19,8 @@ class ContainerRecord:
     runtime_pid: int            # the minirun process that owns the container
     pid: int = 0                # the container's PID 1, as the host sees it (0 until started)
     created: float = 0.0
+    workdir: str = "/"          # where `minirun exec` starts, as `docker exec` does
+    user: str = ""              # whom `minirun exec` runs as, unless -u says otherwise
 
 
 def state_dir() -> Path:
