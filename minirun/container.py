@@ -232,13 +232,7 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     os.write(go_write, b"g")
     os.close(go_write)
 
-    report = _read_all(errors_read)
-    os.close(errors_read)
-    if report:
-        code, _, message = report.decode(errors="replace").partition("\n")
-        os.waitpid(pid, 0)
-        _restore_signals()
-        raise RuntimeFailure(message, int(code))
+    _wait_for_exec(pid, errors_read)
     say("exec", f"container PID 1 is host PID {pid}, running {plan.command}")
     return pid, master
 
@@ -247,8 +241,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
                       errors: int, slave: int | None, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
     try:
-        for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)   # Python ignores SIGPIPE; the command must not
+        _default_signals()
         security.die_with_parent()
         if os.read(go, 1) != b"g":               # the parent died before saying go
             os._exit(RUNTIME_FAILED)
@@ -379,6 +372,13 @@ def _install_forwarders(pid: int) -> None:
         signal.signal(sig, forward)
 
 
+def _default_signals() -> None:
+    """In a child about to become a command: the dispositions a fresh process has. (Python
+    ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve.)"""
+    for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _restore_signals() -> None:
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
@@ -395,11 +395,18 @@ def _supervise(pid: int, pty_master: int | None) -> int:
     return status_from_wait(status)
 
 
-def _read_all(fd: int) -> bytes:
+def _wait_for_exec(pid: int, errors_read: int) -> None:
+    """Block until the child has exec'd its command (the close-on-exec pipe reaches end of
+    file) or has written why it could not; in that case reap it and raise its one line."""
     chunks = []
-    while chunk := os.read(fd, 4096):
+    while chunk := os.read(errors_read, 4096):
         chunks.append(chunk)
-    return b"".join(chunks)
+    os.close(errors_read)
+    if chunks:
+        code, _, message = b"".join(chunks).decode(errors="replace").partition("\n")
+        os.waitpid(pid, 0)
+        _restore_signals()
+        raise RuntimeFailure(message, int(code))
 
 
 # -- Joining a running container: `minirun exec` and `minirun stop` -----------------------------
@@ -438,8 +445,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     pid = os.fork()
     if pid == 0:
         try:
-            for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_DFL)
+            _default_signals()
             os.close(errors_read)
             security.die_with_parent()
             cgroup.join()
@@ -466,13 +472,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
         os.close(slave)
     _install_forwarders(pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    report = _read_all(errors_read)
-    os.close(errors_read)
-    if report:
-        code, _, message = report.decode(errors="replace").partition("\n")
-        os.waitpid(pid, 0)
-        _restore_signals()
-        raise RuntimeFailure(message, int(code))
+    _wait_for_exec(pid, errors_read)
     return _supervise(pid, master)
 
 
