@@ -116,7 +116,7 @@ def test_everything_dies_with_pid_1(minirun):
     assert _processes_with(marker) == []
 
 
-def test_container_dies_when_minirun_is_killed(start_minirun, minirun_env):
+def test_container_dies_when_minirun_is_killed(start_minirun, minirun, minirun_env):
     # The parent-death signal: a killed runtime does not leave a container running.
     marker = f"sleep 4243.{os.getpid()}"
     process = start_minirun("run", "hello", "sh", "-c", f"echo ready; exec {marker}")
@@ -128,3 +128,4 @@ def test_container_dies_when_minirun_is_killed(start_minirun, minirun_env):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker) == []
+    assert minirun("gc").returncode == 0        # its bundle, record and cgroup (tested elsewhere)
