@@ -160,16 +160,27 @@ def _read_oci(bundle, ref: str | None) -> Source:
         if bundle.size(name) != descriptor["size"]:
             raise RuntimeFailure(f"layer {digest} has {bundle.size(name)} bytes but its manifest "
                                  f"says {descriptor['size']}: the blob is truncated or corrupt")
-        layers.append(Layer(partial(bundle.open, name), descriptor["size"], digest, diff_id))
+        layers.append(Layer(partial(bundle.open, name), descriptor["size"], digest,
+                            _checked_digest(diff_id, "diff_id")))
     return Source("OCI layout", layers, config.get("config") or {})
 
 
 def _blob(descriptor: dict) -> tuple[str, str]:
     """A descriptor's blob: its path in the layout (blobs/<algorithm>/<hex>) and its digest."""
-    digest = descriptor["digest"]
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise RuntimeFailure(f"unsupported or malformed digest {digest!r} (minirun checks sha256)")
+    digest = _checked_digest(descriptor["digest"], "digest")
     return "blobs/" + digest.replace(":", "/"), digest
+
+
+def _checked_digest(value, what: str) -> str:
+    """A digest from untrusted metadata, if it is exactly "sha256:" and 64 hex digits.
+
+    Digests become file names (blobs/sha256/<hex>, the store's layers/<hex>): anything looser,
+    such as a diff_id of "/etc" or "sha256:../../x", would name a path outside the image.
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise RuntimeFailure(f"unsupported or malformed {what} {value!r} in the image's metadata "
+                             "(minirun takes sha256:<64 hex digits>)")
+    return value
 
 
 def _choose(index: dict, ref: str | None) -> dict:
@@ -197,7 +208,8 @@ def _read_docker_save(bundle, ref: str | None) -> Source:
     if len(entry["Layers"]) != len(diff_ids):
         raise RuntimeFailure(f"the archive's manifest has {len(entry['Layers'])} layers but its "
                              f"config lists {len(diff_ids)}")
-    layers = [Layer(partial(bundle.open, name), bundle.size(name), None, diff_id)
+    layers = [Layer(partial(bundle.open, name), bundle.size(name), None,
+                    _checked_digest(diff_id, "diff_id"))
               for name, diff_id in zip(entry["Layers"], diff_ids)]
     return Source("docker save", layers, config.get("config") or {})
 

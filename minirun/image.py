@@ -114,7 +114,7 @@ class Store:
         for layer_id in reversed(layer_ids):
             if layer_id not in topmost_first:
                 topmost_first.append(layer_id)
-        layers = [self.layers_dir / layer for layer in reversed(topmost_first)]
+        layers = [self.layers_dir / _checked_layer_id(layer) for layer in reversed(topmost_first)]
         return Image(name=name, layers=layers, config=config)
 
     def names(self) -> list[str]:
@@ -203,7 +203,7 @@ class Store:
         import shutil
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(tree, self.layers_dir / layer_id)
+            os.rename(tree, self.layers_dir / _checked_layer_id(layer_id))
         except OSError:
             if not (self.layers_dir / layer_id).is_dir():
                 raise
@@ -368,7 +368,14 @@ def _damaged_errors() -> tuple[type[BaseException], ...]:
 
 
 def _layer_id(diff_id: str) -> str:
-    return diff_id.removeprefix("sha256:")
+    return _checked_layer_id(diff_id.removeprefix("sha256:"))
+
+
+def _checked_layer_id(layer_id: str) -> str:
+    """A layer id becomes a path, layers/<id>: only 64 hex digits may ever be joined to it."""
+    if len(layer_id) != 64 or not all(c in "0123456789abcdef" for c in layer_id):
+        raise RuntimeFailure(f"invalid layer id {layer_id!r}: a layer is named by 64 hex digits")
+    return layer_id
 
 
 def _tree_size(tree: Path) -> int:

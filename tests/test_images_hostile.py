@@ -149,19 +149,34 @@ def test_wrong_layer_digest(store, tmp_path, outside):
     refused(store, tmp_path, outside, layout, "the layer blob is corrupt", "digest")
 
 
-def test_wrong_diff_id(store, tmp_path, outside):
-    """A config that lies about the uncompressed layer: caught after decompression."""
-    layout = oci_layout(tmp_path / "layout", [tar_of([("a", "file")])])
+def with_diff_ids(layout, diff_ids: list) -> None:
+    """Rewrite the layout's config to list `diff_ids`, re-chaining every digest above it, as a
+    forger would: the digests still match, only what they vouch for is a lie."""
     index = json.loads((layout / "index.json").read_text())
     manifest_path = layout / "blobs" / index["manifests"][0]["digest"].replace(":", "/")
     manifest = json.loads(manifest_path.read_text())
     config_path = layout / "blobs" / manifest["config"]["digest"].replace(":", "/")
     config = json.loads(config_path.read_text())
-    config["rootfs"]["diff_ids"] = ["sha256:" + hashlib.sha256(b"other").hexdigest()]
+    config["rootfs"]["diff_ids"] = diff_ids
     manifest["config"].update(write_blob(layout, json.dumps(config).encode()))
     index["manifests"][0].update(write_blob(layout, json.dumps(manifest).encode()))
     (layout / "index.json").write_text(json.dumps(index))
+
+
+def test_wrong_diff_id(store, tmp_path, outside):
+    """A config that lies about the uncompressed layer: caught after decompression."""
+    layout = oci_layout(tmp_path / "layout", [tar_of([("a", "file")])])
+    with_diff_ids(layout, ["sha256:" + hashlib.sha256(b"other").hexdigest()])
     refused(store, tmp_path, outside, layout, "the uncompressed layer is corrupt")
+
+
+@pytest.mark.parametrize("diff_id", ["{outside}", "sha256:../../../{outside}", "sha256:" + "A" * 64])
+def test_a_diff_id_that_names_a_path_is_refused(store, tmp_path, outside, diff_id):
+    """A diff_id becomes the store's layer directory name. One that names a host directory
+    must not make that directory a layer (it would be a container's lower dir)."""
+    layout = oci_layout(tmp_path / "layout", [tar_of([("a", "file")])])
+    with_diff_ids(layout, [diff_id.format(outside=outside)])
+    refused(store, tmp_path, outside, layout, "malformed diff_id")
 
 
 def test_tampered_config_breaks_the_chain(store, tmp_path, outside):
