@@ -56,3 +56,13 @@ def test_tty_without_a_terminal_on_stdin(minirun):
     assert result.returncode == 0
     lines = result.stdout.splitlines()          # the pty also echoes "abc", whenever it arrives
     assert "tty" in lines and lines[-1] == "got-abc"
+
+
+def test_large_input_through_a_tty_does_not_deadlock(minirun):
+    # 60000 lines is far more than the pty's buffers hold: the relay has to keep draining the
+    # container's output while the container is still consuming its input.
+    lines = [str(number) for number in range(1, 60001)]
+    result = minirun("run", "-t", "hello", "sh", "-c", "stty -echo; cat",
+                     input="\n".join(lines) + "\n", timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == lines
