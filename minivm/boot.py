@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
 from minivm import accel, initramfs, kernel
-from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_khz
+from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate
 from minivm.machine import Machine
 
 
@@ -53,7 +53,7 @@ def boot(options: BootOptions) -> int:
     # 4. The virtual hardware: memory, vCPUs, serial ports, the control channel.
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
-                              host_tsc_khz=host_tsc_khz(host.cpuinfo))
+                              host_tsc=host_tsc_rate(host.cpuinfo))
 
     # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
     size = os.get_terminal_size() if options.interactive else os.terminal_size((0, 0))

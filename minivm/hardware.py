@@ -40,13 +40,19 @@ class Wiring:
 
 
 @dataclass
+class TscRate:
+    khz: int
+    source: str         # where the rate was read, for --explain
+
+
+@dataclass
 class Hardware:
     memory: int                     # bytes of guest RAM
     vcpus: int
     accelerator: Accelerator
     kernel: Path                    # an uncompressed ELF vmlinux, booted through PVH
     name: str                       # shown by `ps` and in QMP
-    host_tsc_khz: int = 0           # the host's TSC frequency, told to the guest under TCG
+    host_tsc: TscRate | None = None # the host's TSC rate, told to the guest under TCG
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -70,12 +76,12 @@ class Hardware:
             ("panic=-1", "on a kernel panic, reboot at once; -no-reboot turns that into QEMU "
                          "exiting, so a panicked guest ends instead of hanging"),
         ]
-        if self.accelerator.name == "tcg" and self.host_tsc_khz:
-            arguments.append((f"tsc_early_khz={self.host_tsc_khz}",
+        if self.accelerator.name == "tcg" and self.host_tsc:
+            arguments.append((f"tsc_early_khz={self.host_tsc.khz}",
                               "the TSC frequency, so that the kernel need not measure it against "
                               "the PIT: under TCG that measurement fails in about 1 boot in 4 on "
                               "microvm (no HPET to fall back on) and the boot stops; TCG's TSC "
-                              "runs at the host's rate"))
+                              f"runs at the host's rate, here {self.host_tsc.source}"))
         return arguments
 
     def parts(self, wiring: Wiring) -> list[Part]:
@@ -120,9 +126,23 @@ class Hardware:
         return [QEMU] + [flag for part in self.parts(wiring) for flag in part.flags]
 
 
-def host_tsc_khz(cpuinfo: str) -> int:
-    """The host's TSC rate in kHz, from the first `cpu MHz` line of /proc/cpuinfo (0 if none)."""
+def host_tsc_rate(cpuinfo: str) -> TscRate | None:
+    """The host's TSC rate, from the first CPU of /proc/cpuinfo (None if it says nothing).
+
+    `cpu MHz` is the core's current clock, which moves on hosts that scale it; the TSC ticks at a
+    constant rate. The x86 kernel's delay loop counts TSC ticks (arch/x86/kernel/tsc.c derives
+    loops_per_jiffy from tsc_khz), so its `bogomips` is tsc_khz / 500, to the 5 kHz its two
+    decimals allow: read that first.
+    """
+    fields = {}
     for line in cpuinfo.splitlines():
-        if line.startswith("cpu MHz"):
-            return int(float(line.partition(":")[2]) * 1000)
-    return 0
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    if fields.get("bogomips"):
+        return TscRate(round(float(fields["bogomips"]) * 500),
+                       f"bogomips {fields['bogomips']} x 500 (/proc/cpuinfo)")
+    if fields.get("cpu MHz"):
+        return TscRate(round(float(fields["cpu MHz"]) * 1000),
+                       f"cpu MHz {fields['cpu MHz']} x 1000 (/proc/cpuinfo has no bogomips; "
+                       "right only if the host does not scale its clock)")
+    return None

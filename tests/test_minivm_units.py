@@ -11,7 +11,7 @@ import pytest
 
 from minirun.errors import RuntimeFailure
 from minivm import accel, initramfs, kernel
-from minivm.hardware import host_tsc_khz
+from minivm.hardware import Hardware, host_tsc_rate
 
 # /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
 INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
@@ -50,9 +50,24 @@ def test_this_host_gets_tcg():
     assert choice.name == "tcg", choice.reason
 
 
-def test_host_tsc_frequency():
-    assert host_tsc_khz(NO_VIRT) == 2596128
-    assert host_tsc_khz(INTEL_VMX) == 0
+# A host that scales its clock: this core runs at 1.2 GHz just now, its TSC at 2.596 GHz.
+SCALED = ("processor\t: 0\ncpu MHz\t\t: 1200.000\nbogomips\t: 5192.25\n"
+          "processor\t: 1\ncpu MHz\t\t: 3400.000\nbogomips\t: 5192.25\n")
+
+
+def test_host_tsc_rate_comes_from_bogomips_and_explain_says_so():
+    rate = host_tsc_rate(SCALED)
+    assert rate.khz == 2596125                  # not the 1200000 of `cpu MHz`
+    hardware = Hardware(memory=0, vcpus=1, accelerator=accel.Accelerator("tcg", ""),
+                        kernel=None, name="vm", host_tsc=rate)
+    why = dict(hardware.kernel_arguments())["tsc_early_khz=2596125"]
+    assert "bogomips 5192.25" in why
+
+
+def test_host_tsc_rate_falls_back_to_cpu_mhz():
+    rate = host_tsc_rate(NO_VIRT)               # no bogomips line
+    assert rate.khz == 2596128 and "cpu MHz 2596.128" in rate.source
+    assert host_tsc_rate(INTEL_VMX) is None
 
 
 # -- bzImage -> vmlinux ------------------------------------------------------------------------
