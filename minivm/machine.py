@@ -16,6 +16,7 @@ memory while some process holds it open.
 import asyncio
 import ctypes
 import os
+import re
 import signal
 import socket
 import sys
@@ -145,25 +146,29 @@ class Machine:
         """Follow the guest through booting, running the app and powering off.
 
         Each phase ends with a sign from the guest: the init's first report, its report of the
-        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early;
-        --timeout bounds them all, and watchdogs bound the two the app has no part in.
+        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early.
+        --timeout bounds the first two, up to the app's exit; watchdogs bound the two the app
+        has no part in, booting and powering off.
         """
         exited = self._listen(self.process.wait())
         deadline = started + timeout if timeout else None
 
-        async def first_sign(*signs: asyncio.Future, bound: float | None = None) -> bool:
-            """Wait for a sign, QEMU's exit or a stop request, up to `bound` and --timeout."""
-            limits = [x for x in (bound, deadline and deadline - time.monotonic()) if x is not None]
+        async def first_sign(*signs: asyncio.Future, bounds: tuple[float | None, ...]) -> bool:
+            """Wait for a sign, QEMU's exit or a stop request, up to the nearest of `bounds`."""
+            limits = [bound for bound in bounds if bound is not None]
             done, _ = await asyncio.wait({exited, stop_request, *signs},
                                          timeout=max(0.0, min(limits)) if limits else None,
                                          return_when=asyncio.FIRST_COMPLETED)
             return bool(done)
 
+        def time_left() -> float | None:
+            return deadline - time.monotonic() if deadline else None
+
         def past_timeout() -> RuntimeFailure:
             return RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
 
         booted = self._listen(self.console.init_running.wait())
-        if not await first_sign(booted, bound=BOOT_WATCHDOG):
+        if not await first_sign(booted, bounds=(BOOT_WATCHDOG, time_left())):
             if deadline and time.monotonic() >= deadline:
                 raise past_timeout()
             raise RuntimeFailure(
@@ -173,9 +178,11 @@ class Machine:
         if booted.done():
             self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
         finished = self._listen(self.console.app_finished.wait())
-        if booted.done() and not await first_sign(finished):
+        if booted.done() and not await first_sign(finished, bounds=(time_left(),)):
             raise past_timeout()
-        if finished.done() and not await first_sign(bound=POWEROFF_WATCHDOG):
+        # The app is done, so --timeout has nothing more to bound: an app that ended just before
+        # its deadline still gets the whole watchdog to power off in.
+        if finished.done() and not await first_sign(bounds=(POWEROFF_WATCHDOG,)):
             print("minivm: the guest did not power off after the app ended; it was stopped",
                   file=sys.stderr)
             return self.console.exit_status
@@ -209,7 +216,12 @@ class Machine:
             writer.close()
 
     def _hear(self, text: str) -> None:
-        """One line of the guest's console: a report of the guest init, a panic, or noise."""
+        """One line of the guest's console: a report of the guest init, a panic, or noise.
+
+        A report garbled by a kernel message landing in the middle of its line is noise too, and
+        the reader goes on: an exit report so lost ends as "stopped without reporting the app's
+        exit status", not as a console reader dead of a ValueError.
+        """
         self.console.last_line = text or self.console.last_line
         if self.verbose:
             print(f"console: {text}", file=sys.stderr, flush=True)
@@ -217,8 +229,8 @@ class Machine:
             report = text.removeprefix(REPORT)
             if report == "init running":
                 self.console.init_running.set()
-            elif report.startswith("exit "):
-                self.console.exit_status = int(report.removeprefix("exit "))
+            elif status := re.fullmatch(r"exit ([0-9]{1,3})", report):
+                self.console.exit_status = int(status.group(1))
                 self.console.app_finished.set()
         elif PANIC in text:
             self.console.panic = text[text.index(PANIC):]

@@ -1,4 +1,6 @@
-"""minivm's logic without booting anything: accelerator choice, bzImage unpacking, cpio, layers."""
+"""minivm's logic without booting anything: accelerator choice, bzImage unpacking, cpio, layers,
+the supervision of a machine (with a stand-in for QEMU)."""
+import asyncio
 import bz2
 import gzip
 import lzma
@@ -6,12 +8,14 @@ import os
 import stat
 import struct
 import subprocess
+import time
 
 import pytest
 
 from minirun.errors import RuntimeFailure
 from minivm import accel, initramfs, kernel
 from minivm.hardware import Hardware, host_tsc_rate
+from minivm.machine import Machine
 
 # /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
 INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
@@ -171,3 +175,43 @@ def test_run_settings_survive_any_characters(tmp_path):
     result = subprocess.run(["busybox", "sh", "-c", f'. {script}; eval "exec env -i $environment '
                              'env"'], capture_output=True, text=True, check=True)
     assert sorted(result.stdout.splitlines()) == ["EMPTY=", "GREETING=it's a $test"]
+
+
+# -- following a machine, with a stand-in for QEMU ---------------------------------------------
+class SlowToPowerOff:
+    """A QEMU process whose guest takes 0.2 s to power off, far less than the watchdog's 30 s."""
+    returncode = None
+
+    async def wait(self) -> int:
+        await asyncio.sleep(0.2)
+        self.returncode = 0
+        return 0
+
+
+def test_an_app_that_ends_just_before_timeout_keeps_its_status_and_powers_off(capsys):
+    """--timeout bounds the app, not the power-off after it: no "did not power off" message."""
+    async def supervise() -> int:
+        machine = Machine(hardware=None, initramfs=b"")
+        machine.process = SlowToPowerOff()
+        machine.console_reader = machine._listen(asyncio.sleep(0))
+        machine._hear("@minivm: init running")
+        machine._hear("@minivm: exit 3")
+        stop_request = asyncio.get_running_loop().create_future()
+        # The app has ended within --timeout 0.05; its deadline passes while QEMU powers off.
+        return await machine._supervise(time.monotonic(), 0.05, stop_request)
+    assert asyncio.run(supervise()) == 3
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("line", [
+    "@minivm: exit [    1.234567] random: crng init done",      # a printk in the middle
+    "@minivm: exit ",
+    "@minivm: exit 3x",
+    "@minivm: init runn",
+])
+def test_a_garbled_report_is_ignored_and_the_reader_goes_on(line):
+    machine = Machine(hardware=None, initramfs=b"")
+    machine._hear(line)
+    assert machine.console.exit_status is None and not machine.console.app_finished.is_set()
+    machine._hear("@minivm: exit 0")
+    assert machine.console.exit_status == 0 and machine.console.app_finished.is_set()
