@@ -98,7 +98,8 @@ def run(spec: ContainerSpec) -> int:
 
     # 2. A record in the state directory, so `minirun ps` and `minirun gc` can find it.
     record = state.ContainerRecord(id=plan.id, name=spec.name or plan.id[:12], image=image.name,
-                                   command=plan.command, runtime_pid=os.getpid(), created=time.time(),
+                                   command=plan.command, runtime_pid=os.getpid(),
+                                   runtime_start=state.start_time(os.getpid()), created=time.time(),
                                    workdir=plan.workdir, user=plan.user)
     _claim_name(record)
     state.save(record)
@@ -115,7 +116,7 @@ def run(spec: ContainerSpec) -> int:
 
         # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
         child, pty_master = _start(plan, bundle, cgroup, say)
-        record.pid = child
+        record.pid, record.pid_start = child, state.start_time(child)
         state.save(record)
 
         # 6. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
@@ -433,6 +434,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     pid1 = record.pid
     joined = {name: os.open(f"/proc/{pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
               for name in (*JOINED_NAMESPACES, "pid")}
+    _confirm_still_running(record)        # the fds are PID 1's own, not a later holder of its PID's
     environment = dict(_environment_of(pid1), **dict(item.split("=", 1) for item in env))
     cgroup = cgroups.of_container(record.id)
     errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
@@ -489,6 +491,7 @@ def stop(target: str, grace: float = 10.0) -> str:
     record = find_running(target)
     runtime, pid1 = os.pidfd_open(record.runtime_pid), os.pidfd_open(record.pid)
     try:
+        _confirm_still_running(record)    # a pidfd pins its process: check that it is ours
         signal.pidfd_send_signal(runtime, signal.SIGTERM)
         if not select.select([runtime], [], [], grace)[0]:     # readable when it has exited
             try:
@@ -504,13 +507,20 @@ def stop(target: str, grace: float = 10.0) -> str:
 
 def find_running(target: str) -> state.ContainerRecord:
     """The running container whose name is `target`, or whose id starts with it."""
-    running = [r for r in state.containers() if r.pid and state.is_alive(r)]
+    running = [r for r in state.containers() if state.is_alive(r) and state.pid1_is_running(r)]
     matches = [r for r in running if r.name == target] or \
               [r for r in running if r.id.startswith(target)]
     if len(matches) != 1:
         what = "no running container" if not matches else "more than one container matches"
         raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps`")
     return matches[0]
+
+
+def _confirm_still_running(record: state.ContainerRecord) -> None:
+    """After a PID has been turned into a handle (a pidfd, a namespace fd), check that the
+    process behind it is still the one the record names, by its start time."""
+    if not (state.is_alive(record) and state.pid1_is_running(record)):
+        raise RuntimeFailure(f"container {record.id[:12]} has just ended")
 
 
 def _environment_of(pid: int) -> dict[str, str]:

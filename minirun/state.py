@@ -17,7 +17,9 @@ class ContainerRecord:
     image: str
     command: list[str]
     runtime_pid: int            # the minirun process that owns the container
+    runtime_start: int = 0      # ...and when it started (see start_time)
     pid: int = 0                # the container's PID 1, as the host sees it (0 until started)
+    pid_start: int = 0
     created: float = 0.0
     workdir: str = "/"          # where `minirun exec` starts, as `docker exec` does
     user: str = ""              # whom `minirun exec` runs as, unless -u says otherwise
@@ -55,7 +57,30 @@ def containers() -> list[ContainerRecord]:
 
 def is_alive(record: ContainerRecord) -> bool:
     """True while the minirun process that owns the container still runs."""
-    return process_exists(record.runtime_pid)
+    started = start_time(record.runtime_pid)
+    return started is not None and started == record.runtime_start
+
+
+def pid1_is_running(record: ContainerRecord) -> bool:
+    """True while the container's PID 1 is the process the record names."""
+    started = start_time(record.pid) if record.pid else None
+    return started is not None and started == record.pid_start
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat,
+    proc(5)); None if there is no such process.
+
+    A PID alone does not name a process for long: once it ends, the kernel hands the number
+    to the next process that needs one. A PID with its start time names one process for good,
+    so a record left behind by a killed minirun never mistakes a stranger for its container.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()   # the name, in (), may hold spaces
+    except OSError:
+        return None
+    return int(fields[19])                                    # fields[0] is field 3
 
 
 def remove_stale_temporaries() -> None:

@@ -29,7 +29,9 @@ def two_images(store, tmp_path):
 
 def a_container_of(image: str, runtime_pid: int) -> None:
     state.save(state.ContainerRecord(id="c0ffee", name="c0ffee", image=image, command=["sh"],
-                                     runtime_pid=runtime_pid, created=time.time()))
+                                     runtime_pid=runtime_pid,
+                                     runtime_start=state.start_time(runtime_pid) or 0,
+                                     created=time.time()))
 
 
 def test_rmi_is_refused_while_a_running_container_uses_the_image(store, tmp_path):

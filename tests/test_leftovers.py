@@ -90,3 +90,24 @@ def test_gc_removes_half_written_records_of_dead_runtimes_only(minirun, minirun_
     (state / f".{os.getpid()}.{'b' * 64}.json.tmp").write_text("{")     # a live writer's
     assert minirun("gc").returncode == 0
     assert os.listdir(state) == [f".{os.getpid()}.{'b' * 64}.json.tmp"]
+
+
+def test_a_record_whose_pid_was_reused_is_stale(minirun, minirun_env):
+    # A killed runtime's PID may be handed to another process: the PID alone would make the
+    # record look alive forever. Its start time tells the new process from the old.
+    from minirun import state
+    record = state.ContainerRecord(id="c" * 64, name="ghost", image="hello", command=["true"],
+                                   runtime_pid=os.getpid(),
+                                   runtime_start=state.start_time(os.getpid()) - 1)
+    os.environ["MINIRUN_STATE"], saved = minirun_env["MINIRUN_STATE"], os.environ.get("MINIRUN_STATE")
+    try:
+        state.save(record)
+        assert not state.is_alive(record)
+        assert minirun("stop", "ghost").returncode == 125          # never signals a stranger
+        assert minirun("gc").returncode == 0
+        assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+    finally:
+        if saved is None:
+            del os.environ["MINIRUN_STATE"]
+        else:
+            os.environ["MINIRUN_STATE"] = saved
