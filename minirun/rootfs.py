@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from minirun.errors import RuntimeFailure
 from minirun.namespaces import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                                 MS_RDONLY, MS_REC, MS_REMOUNT, mount, pivot_root, umount2)
 
@@ -23,7 +24,8 @@ DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("u
 # empty read-only file, as runc's default spec does. Directories of the same kind are shadowed
 # by an empty read-only tmpfs.
 MASKED_FILES = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list", "proc/sched_debug"]
-MASKED_DIRS = ["proc/acpi", "proc/scsi", "sys/firmware"]
+MASKED_DIRS = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
+               "sys/devices/virtual/powercap"]     # (power readings: a side channel, RAPL)
 # Kernel tunables that a container may read but not write.
 READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"]
 
@@ -84,20 +86,34 @@ def mount_overlay(layers: list[Path], bundle: Bundle) -> None:
           f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
 
 
+def mountpoint(root: Path, name: str) -> str:
+    """The directory `name` of the image's root, to mount on; made if the image lacks it.
+
+    Mounting follows symlinks, and these paths are resolved *before* the root changes, on the
+    host's side: an image whose /proc is a link to /etc would get procfs mounted over the
+    host's /etc (in the container's own mount namespace, but still). So a link is refused.
+    """
+    path = root / name
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RuntimeFailure(f"the image's /{name} is not a directory: refusing to mount over it")
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def mount_proc(root: Path) -> None:
     """A fresh procfs: it shows the processes of the PID namespace of the process that mounts it."""
-    mount("proc", str(root / "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("proc", mountpoint(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def mount_sys(root: Path) -> None:
     """sysfs, read-only. Mounted from the new network namespace, it shows only that namespace's
     network devices under /sys/class/net."""
-    mount("sysfs", str(root / "sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", mountpoint(root, "sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def mount_dev(root: Path) -> None:
     """A minimal /dev on a tmpfs: a few character devices, a private devpts for ptys, and shm."""
-    dev = root / "dev"
+    dev = Path(mountpoint(root, "dev"))
     mount("tmpfs", str(dev), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
     for name, major, minor in DEVICES:
         os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))   # S_IFCHR

@@ -57,11 +57,13 @@ def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
     if entry is None and not name.isdigit():
         raise RuntimeFailure(f"no user {name!r} in the image's /etc/passwd: "
                              "give a numeric UID, or a user the image has")
+    if entry and not (entry[1].isdigit() and entry[2].isdigit()):
+        raise RuntimeFailure(f"the image's /etc/passwd line for {name!r} has no numeric UID and GID")
     uid = int(entry[1]) if entry else int(name)
     gid = int(entry[2]) if entry else 0
     if group:
         groups = _table("/etc/group")
-        if group in groups:
+        if group in groups and groups[group][1].isdigit():
             gid = int(groups[group][1])
         elif group.isdigit():
             gid = int(group)

@@ -182,3 +182,18 @@ def test_the_image_user_is_the_default(minirun, store_root):
     store.save_image("hello-as-nobody", [layer.name for layer in hello.layers], config)
     assert minirun("run", "hello-as-nobody").stdout == "nobody\n"
     assert minirun("run", "-u", "root", "hello-as-nobody").stdout == "root\n"   # -u wins
+
+
+def test_an_image_whose_proc_is_a_symlink_is_refused(minirun, store_root):
+    # Mount points are resolved on the host's side of pivot_root: a link must not steer a mount.
+    import hashlib
+    from minirun.image import Store
+    store = Store(store_root)
+    hello = store.get("hello")
+    tree = store.scratch_dir()
+    (tree / "proc").symlink_to("/etc")
+    layer = store.commit_layer(tree, hashlib.sha256(b"proc is a link to /etc").hexdigest())
+    store.save_image("proc-link", [path.name for path in hello.layers] + [layer], hello.config)
+    result = minirun("run", "proc-link", "true")
+    assert result.returncode == 125
+    assert "the image's /proc is not a directory" in result.stderr and result.stderr.count("\n") == 1
