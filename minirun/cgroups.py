@@ -315,9 +315,19 @@ def _enable_controllers(cgroup: Path, controllers: list[str]) -> None:
     """Let the children of `cgroup` use `controllers`, writing only what is missing."""
     enabled = _read(cgroup / "cgroup.subtree_control", missing_ok=True).split()
     missing = [f"+{name}" for name in controllers if name not in enabled]
-    if missing:
-        _write(cgroup / "cgroup.subtree_control", " ".join(missing),
-               f"enable the {', '.join(controllers)} controllers")
+    if not missing:
+        return
+    is_root = not (cgroup / "cgroup.type").exists()      # only non-root cgroups have it
+    if _pids_in(cgroup) and not is_root:
+        # The no-internal-process rule (cgroup-v2.rst, "No Internal Process Constraint"): a
+        # cgroup that holds processes cannot hand controllers to children. It happens when
+        # minirun itself runs in a container or a systemd unit whose cgroup is our root.
+        raise RuntimeFailure(f"cannot enable the {', '.join(controllers)} controllers below "
+                             f"{cgroup}: processes live in it, and cgroup v2 allows controllers "
+                             "only in cgroups without processes; run minirun from a leaf cgroup "
+                             "of its own (e.g. systemd-run --scope -p Delegate=yes)")
+    _write(cgroup / "cgroup.subtree_control", " ".join(missing),
+           f"enable the {', '.join(controllers)} controllers")
 
 
 # --- cgroup v1 --------------------------------------------------------------------------------

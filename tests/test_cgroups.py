@@ -634,3 +634,17 @@ def test_bad_limits_are_rejected_before_anything_is_made(minirun, minirun_env, f
     assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
     assert not (Path(minirun_env["MINIRUN_ROOT"]) / "containers").exists() or \
         os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
+
+
+def test_v2_root_with_processes_that_is_not_the_real_root_is_a_clear_error(v2_tree):
+    # minirun in a container of its own (or a systemd unit): the cgroup2 mount's root is then an
+    # ordinary cgroup, it holds processes, and it cannot hand controllers down (cgroup-v2.rst).
+    (v2_tree / "cgroup.type").write_text("domain\n")          # only non-root cgroups have it
+    (v2_tree / "cgroup.procs").write_text("1\n42\n")
+    with pytest.raises(RuntimeFailure, match="allows controllers only in cgroups without processes"):
+        cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+
+
+def test_v2_real_root_may_hold_processes(v2_tree):
+    (v2_tree / "cgroup.procs").write_text("1\n42\n")         # the true root is exempt
+    cgroups.CgroupV2.create("c8", cgroups.Limits(memory=32 * MiB), v2_tree).remove()

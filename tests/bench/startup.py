@@ -38,7 +38,7 @@ def runc_bundle(rootfs: Path, workdir: Path) -> Path | None:
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(args=["/bin/true"], terminal=False)
     config["root"] = {"path": str(rootfs), "readonly": True}
-    config["linux"]["cgroupsPath"] = "/minirun-bench/runc"
+    config["linux"]["cgroupsPath"] = "/minirun-bench/runc"     # removed again at the end
     (bundle / "config.json").write_text(json.dumps(config))
     return bundle
 
@@ -90,6 +90,11 @@ def main() -> None:
             print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}{ratio:>9}")
     finally:
         shutil.rmtree(workdir)
+        for parent in Path("/sys/fs/cgroup").glob("*/minirun-bench"):   # runc's cgroupsPath parent
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
