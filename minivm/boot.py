@@ -5,6 +5,7 @@ that owns one piece of the virtual machine.
 """
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
@@ -56,7 +57,10 @@ def boot(options: BootOptions) -> int:
                               host_tsc=host_tsc_rate(host.cpuinfo))
 
     # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
-    size = os.get_terminal_size() if options.interactive else os.terminal_size((0, 0))
+    # The window the user types into is stdin's terminal (cli.py checks there is one); stdout,
+    # where os.get_terminal_size() looks by default, may be a file or a pipe.
+    size = os.get_terminal_size(sys.stdin.fileno()) if options.interactive else \
+        os.terminal_size((0, 0))
     rows, columns = size.lines, size.columns          # (terminal_size is columns first)
     settings = initramfs.RunSettings(
         command=command, environment=image.config.environment(options.env),

@@ -35,11 +35,12 @@ run_app() {
 
 if [ -n "$interactive" ]; then
     # A terminal session: the host's terminal is raw, so this tty does the line editing, echo and
-    # Ctrl-C; it is told the size of the host's window, as a terminal emulator would. The app
-    # leads a new session with ttyS1 as its controlling terminal, for job control.
-    stty -F /dev/ttyS1 sane rows "$rows" cols "$columns"
+    # Ctrl-C; it is told the size of the host's window, as a terminal emulator would. A tty keeps
+    # its size only while it is open (the kernel frees it with the tty at the last close, unlike
+    # the modes), so the size is set on the descriptors the app inherits. The app leads a new
+    # session with ttyS1 as its controlling terminal, for job control.
     session="setsid -c"
-    (run_app "$@") </dev/ttyS1 >/dev/ttyS1 2>&1
+    (stty sane rows "$rows" cols "$columns"; run_app "$@") </dev/ttyS1 >/dev/ttyS1 2>&1
 else
     # Output only, like a pipe: no echo, and "\n" stays "\n" (no "\r\n" from the line discipline).
     # No session and no controlling terminal here: when a session leader exits, the kernel hangs

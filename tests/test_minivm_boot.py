@@ -4,10 +4,12 @@ The boots share one kernel and one cached initramfs (session fixtures). Every bo
 private temp dir (as $TMPDIR, and in QEMU's command line through the kernel's path), so that the
 tests can check that nothing was left behind without counting other people's QEMUs.
 """
+import fcntl
 import os
 import re
 import select
 import signal
+import struct
 import subprocess
 import sys
 import termios
@@ -175,13 +177,46 @@ def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest
     assert leftovers(guest) == ([], [])
 
 
+def test_interactive_with_stdout_redirected_takes_the_size_of_stdins_terminal(guest):
+    """`minivm boot -it hello sh > log`: typed on a terminal, written to a file or a pipe."""
+    home, env = guest
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    boot = subprocess.Popen([sys.executable, "-m", "minivm", "boot", "-it", "hello", "sh"],
+                            env=env, stdin=terminal, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        output = read_until(boot.stdout.fileno(), b"# ")
+        os.write(controller, b"stty size; echo e''nd\r")         # `end` only in the output
+        output += read_until(boot.stdout.fileno(), b"end\r\n")
+        os.write(controller, b"exit 5\r")
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 5
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stdout.close()
+        boot.stderr.close()
+        os.close(controller)
+        os.close(terminal)
+    assert b"33 101" in output
+    assert leftovers(guest) == ([], [])
+
+
+def test_interactive_without_a_terminal_is_one_line(guest):
+    result = minivm(guest, "-it", "hello", "sh")          # stdin is not a terminal here
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "terminal" in result.stderr, result.stderr
+
+
 def read_until(fd: int, wanted: bytes) -> bytes:
     """What a terminal shows until `wanted` appears; fails if the other side goes away first."""
     seen = b""
     while wanted not in seen:
         ready, _, _ = select.select([fd], [], [], BOOT_TIMEOUT)
         assert ready, f"nothing more on the terminal; so far: {seen!r}"
-        seen += os.read(fd, 4096)
+        chunk = os.read(fd, 4096)
+        assert chunk, f"the other side closed; so far: {seen!r}"
+        seen += chunk
     return seen
 
 
