@@ -18,10 +18,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from minirun.errors import RuntimeFailure
 from minirun.image import BUSYBOX, Image
 from minivm.cache import cache_dir, write_atomically
 
 GUEST_INIT = Path(__file__).with_name("guest-init.sh")
+WRITER = Path(__file__)          # this module: how an archive is packed is part of its cache key
 INIT_PATH = "/.minivm/init"      # the kernel is told `rdinit=/.minivm/init`; the image's own
                                  # /init or /sbin/init, if any, is left alone
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -55,15 +57,18 @@ def build(image: Image, settings: RunSettings) -> bytes:
 
 
 def image_archive(image: Image) -> Path:
-    """The image plus minivm's guest files, packed once per (layers, init, busybox).
+    """The image plus minivm's guest files, packed once per (layers, init, busybox, packer).
 
     Layers in the store never change once committed and are named by the digest of their content,
-    so their names (with the init script and busybox) identify the archive.
+    so their names identify the files. The same files packed by changed code (the merge, the cpio
+    writer) are another archive: this module's own source is in the key, so no version number
+    can be forgotten and a stale archive is never served.
     """
     key = hashlib.sha256()
-    for part in [str(layer) for layer in image.layers] + [GUEST_INIT.read_text()]:
-        key.update(part.encode() + b"\0")
-    key.update(BUSYBOX.read_bytes())
+    for layer in image.layers:
+        key.update(str(layer).encode() + b"\0")
+    for made_from in (GUEST_INIT, BUSYBOX, WRITER):
+        key.update(hashlib.sha256(made_from.read_bytes()).digest())
     target = cache_dir() / "initramfs" / f"{key.hexdigest()[:32]}.cpio"
     if not target.is_file():
         archive = Cpio()
@@ -152,6 +157,7 @@ class Cpio:
         if stat.S_ISLNK(info.st_mode):
             data = os.readlink(source).encode()
         elif stat.S_ISREG(info.st_mode):
+            _check_size(name, info.st_size)     # before reading gigabytes into memory for nothing
             data = source.read_bytes()
         else:
             data = b""
@@ -165,6 +171,7 @@ class Cpio:
 
     def add(self, name: str, mode: int, data: bytes, uid: int = 0, gid: int = 0,
             rdev: int = 0) -> None:
+        _check_size(name, len(data))
         self.inode += 1
         path = name.encode() + b"\0"
         fields = (self.inode, mode, uid, gid, 1, 0, len(data), 0, 0,
@@ -175,6 +182,15 @@ class Cpio:
     def finish(self) -> bytes:
         self.add("TRAILER!!!", 0, b"")
         return b"".join(self.chunks)
+
+
+def _check_size(name: str, size: int) -> None:
+    """newc's fields are 8 hex digits: a size of 4 GiB or more would not fit, and `%08x` would
+    write more digits and shift every byte after it. Of the 13 fields only the size can outgrow
+    its 32 bits: uids, device numbers and name lengths are no wider in the kernel itself."""
+    if size > 0xffffffff:
+        raise RuntimeFailure(f"/{name} is {size} bytes, and an initramfs (cpio \"newc\") holds "
+                             "files under 4 GiB only: run this image with `minirun run`")
 
 
 def _padding(length: int) -> bytes:

@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -139,6 +140,36 @@ def test_cpio_archive_unpacks_with_another_implementation(tmp_path):
     assert (out / "bin/odd-size").read_bytes() == b"12345"
     assert stat.S_IMODE((out / "bin/odd-size").stat().st_mode) == 0o755
     assert os.readlink(out / "bin/link") == "odd-size"
+
+
+class FourGiB(bytes):
+    """File data that says it is 4 GiB long, without taking 4 GiB of memory."""
+    def __len__(self):
+        return 4 << 30
+
+
+def test_cpio_refuses_a_file_of_4_gib_in_one_line(tmp_path):
+    with pytest.raises(RuntimeFailure, match=r"^/big is 4294967296 bytes.*4 GiB[^\n]*$"):
+        initramfs.Cpio().add_file("big", FourGiB())
+    sparse = tmp_path / "sparse"                    # takes no disk space, read by no one
+    with sparse.open("wb") as file:
+        file.truncate(4 << 30)
+    with pytest.raises(RuntimeFailure, match="4 GiB"):
+        initramfs.Cpio().add_path("srv/sparse", sparse)
+
+
+def test_image_archive_is_cached_per_layers_and_per_packing_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc/hostname").write_text("guest\n")
+    image = SimpleNamespace(layers=[layer])                 # all image_archive reads of an Image
+    first = initramfs.image_archive(image)
+    assert initramfs.image_archive(image) == first          # the second boot packs nothing
+    changed = tmp_path / "initramfs.py"                     # the same module, edited
+    changed.write_bytes(initramfs.WRITER.read_bytes() + b"\n# a changed cpio writer\n")
+    monkeypatch.setattr(initramfs, "WRITER", changed)
+    assert initramfs.image_archive(image) != first
 
 
 def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
