@@ -141,10 +141,14 @@ def fetch() -> Path:
                                        package], cwd=scratch, capture_output=True, text=True)
             if download.returncode != 0:
                 raise RuntimeFailure(f"`apt-get download {package}` failed: "
-                                     f"{download.stderr.strip().splitlines()[-1:]}; run "
-                                     "`apt-get update` as root and try again")
-            deb, = Path(scratch).glob("*.deb")
-            write_atomically(target, _file_from_deb(deb, f"./boot/vmlinuz-{release}"))
+                                     f"{_last_line(download.stderr)}; run `apt-get update` as "
+                                     "root and try again")
+            debs = list(Path(scratch).glob("*.deb"))
+            if len(debs) != 1:
+                raise RuntimeFailure(f"`apt-get download {package}` left {len(debs)} .deb files "
+                                     "instead of one; run it by hand in an empty directory to "
+                                     "see why, or pass --kernel PATH")
+            write_atomically(target, _file_from_deb(debs[0], f"./boot/vmlinuz-{release}"))
     bootable_vmlinux(target)
     return target
 
@@ -164,6 +168,26 @@ def _debian_kernel_package() -> str:
 
 def _file_from_deb(deb: Path, member: str) -> bytes:
     """One file out of a .deb's data archive (`dpkg-deb --fsys-tarfile` unpacks any compression)."""
-    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r:") as archive:
-        return archive.extractfile(member).read()
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
+    if tar.returncode != 0:
+        raise RuntimeFailure(f"{deb.name} is not a package dpkg can read "
+                             f"({_last_line(tar.stderr.decode(errors='replace'))}): the download "
+                             "may be damaged; run `minivm kernel fetch` again")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r:") as archive:
+            file = archive.extractfile(member)          # None if it is a link or a directory
+            if file is not None:
+                return file.read()
+    except KeyError:                                    # no such member
+        pass
+    except tarfile.TarError as error:
+        raise RuntimeFailure(f"{deb.name}: its files cannot be read ({error}); run "
+                             "`minivm kernel fetch` again") from None
+    raise RuntimeFailure(f"{deb.name} has no file {member} to boot: this kernel package is laid "
+                         "out differently; pass --kernel PATH (a bzImage or a vmlinux)")
+
+
+def _last_line(text: str) -> str:
+    """The last line of a tool's error output: usually the one that says what went wrong."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no message"

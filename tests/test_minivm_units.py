@@ -123,6 +123,70 @@ def test_bootable_vmlinux_caches_the_extraction(tmp_path, monkeypatch):
     assert kernel.bootable_vmlinux(vmlinux) == vmlinux          # an ELF is used as it is
 
 
+# -- minivm kernel fetch, with stand-ins for apt --------------------------------------------------
+RELEASE = "9.9.9-test-amd64"
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    """`apt-cache` and `apt-get` on PATH, for a kernel package RELEASE: `apt-get download` copies
+    whatever the test put into the directory returned; dpkg-deb and tarfile are the real ones."""
+    bin_dir, downloads = tmp_path / "bin", tmp_path / "downloads"
+    bin_dir.mkdir()
+    downloads.mkdir()
+    for tool, script in [("apt-cache", f"echo '  Depends: linux-image-{RELEASE}'"),
+                         ("apt-get", f"cp {downloads}/* . 2>/dev/null; exit 0")]:
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
+    return downloads
+
+
+def build_deb(path, files: dict[str, bytes | None]) -> None:
+    """A real .deb holding `files` (None: a directory of that name)."""
+    root = path.with_suffix(".tree")
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(f"Package: linux-image-{RELEASE}\nVersion: 1\n"
+                                         "Architecture: amd64\nMaintainer: t <t@example.org>\n"
+                                         "Description: a test\n")
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            (root / name).mkdir()
+        else:
+            (root / name).write_bytes(data)
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(root), str(path)], check=True,
+                   capture_output=True)
+
+
+def test_fetch_takes_the_kernel_out_of_the_package(fake_apt):
+    build_deb(fake_apt / "kernel.deb",
+              {f"boot/vmlinuz-{RELEASE}": fake_bzimage(gzip.compress(FAKE_ELF))})
+    fetched = kernel.fetch()
+    assert fetched.name == f"vmlinuz-{RELEASE}"
+    assert kernel.bootable_vmlinux(fetched).read_bytes() == FAKE_ELF
+
+
+@pytest.mark.parametrize("downloads, message", [
+    ({}, "left 0 .deb files"),
+    ({"a.deb": b"", "b.deb": b""}, "left 2 .deb files"),
+    ({"kernel.deb": b"!<arch>\nnot really a package"}, "not a package dpkg can read"),
+    ({"kernel.deb": {"boot/config-9.9.9": b"no kernel here"}}, f"no file ./boot/vmlinuz-{RELEASE}"),
+    ({"kernel.deb": {f"boot/vmlinuz-{RELEASE}": None}}, f"no file ./boot/vmlinuz-{RELEASE}"),
+])
+def test_fetch_fails_in_one_line_that_says_what_to_do(fake_apt, downloads, message):
+    for name, content in downloads.items():
+        if isinstance(content, dict):
+            build_deb(fake_apt / name, content)
+        else:
+            (fake_apt / name).write_bytes(content)
+    with pytest.raises(RuntimeFailure, match=message) as failure:
+        kernel.fetch()
+    assert "\n" not in str(failure.value) and ("again" in str(failure.value)
+                                               or "--kernel" in str(failure.value))
+
+
 # -- cpio and the merged layers ----------------------------------------------------------------
 def test_cpio_archive_unpacks_with_another_implementation(tmp_path):
     archive = initramfs.Cpio()
