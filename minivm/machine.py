@@ -9,9 +9,17 @@ init's "@minivm:" reports), and the QEMU process itself. (QEMU could also be sta
 
 Stopping is done as on a real machine: first `system_powerdown`, which presses the virtual ACPI
 power button, then after a grace period `quit` (pull the plug), and if QEMU does not even answer,
-SIGKILL. Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket
-pairs with no file name, and the initramfs is handed over as a memfd, a file that lives only in
-memory while some process holds it open.
+SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event that the
+kernel turns into a notification for the power-button device (PNP0C0C), whose driver (`button`)
+Debian builds as a module this initramfs does not carry, so the kernel drops it; and even that
+driver only reports the press as an input event, for a daemon (acpid, logind) to act on: no signal
+reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM, --timeout, a
+watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The button is
+pressed anyway, so that a guest with a full OS can shut down cleanly.
+
+Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket pairs with no
+file name, and the initramfs is handed over as a memfd, a file that lives only in memory while some
+process holds it open.
 """
 import asyncio
 import ctypes
@@ -32,6 +40,7 @@ BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's firs
 POWEROFF_WATCHDOG = 30.0    # seconds from the app's end to QEMU's exit; powering off takes 0.05 s
 QMP_TIMEOUT = 10.0          # qemu.qmp has no timeouts of its own: every call is bounded here
 GRACE = 1.0                 # seconds a guest gets to react to the power button before `quit`
+                            # (this one never does: see above)
 REPORT = "@minivm: "        # how the guest init's lines on the console start (guest-init.sh)
 PANIC = "Kernel panic - not syncing"
 PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our parent dies
