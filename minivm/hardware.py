@@ -52,7 +52,7 @@ class Hardware:
     accelerator: Accelerator
     kernel: Path                    # an uncompressed ELF vmlinux, booted through PVH
     name: str                       # shown by `ps` and in QMP
-    host_tsc: TscRate | None = None # the host's TSC rate, told to the guest under TCG
+    host_tsc: TscRate | None = None  # the host's TSC rate, told to the guest under TCG
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
