@@ -6,6 +6,7 @@ module that owns the mechanism: image, cgroups, rootfs, namespaces, network, sec
 chapters of docs/minirun.md follow the same order.
 """
 import os
+import select
 import signal
 import sys
 import time
@@ -13,15 +14,11 @@ from dataclasses import dataclass, field
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, namespaces, network, rootfs, security, state, terminal
+from minirun import cgroups, namespaces, network, rootfs, security, signals, state, terminal
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
-
-# What `minirun` passes on to the container, as `docker run` does: a Ctrl-C, a `kill`, a hangup.
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2)
 
 # Everything but the PID namespace, which the parent asks for on the child's behalf (see _start).
 # CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
@@ -104,36 +101,39 @@ def run(spec: ContainerSpec) -> int:
     _claim_name(record)
     state.save(record)
     bundle = cgroup = None
-    try:
-        # 3. A bundle directory on the host for the container's writes (overlayfs upper/work).
-        bundle = rootfs.create_bundle(store_root() / "containers", plan.id)
-        say("bundle", f"{bundle.path} holds the writable layer")
+    # From here to the end of the cleanup, signals sent to minirun wait, held, until step 6
+    # passes them on to the container: none can cut a step, or the cleanup, short.
+    with signals.held():
+        try:
+            # 3. A bundle directory on the host for the container's writes (overlayfs upper/work).
+            bundle = rootfs.create_bundle(store_root() / "containers", plan.id)
+            say("bundle", f"{bundle.path} holds the writable layer")
 
-        # 4. A cgroup with the container's limits, made before the fork: the child's first
-        #    step is to join it, so nothing of the container ever runs outside its limits.
-        cgroup = cgroups.create(plan.id, spec.limits)
-        say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
+            # 4. A cgroup with the container's limits, made before the fork: the child's first
+            #    step is to join it, so nothing of the container ever runs outside its limits.
+            cgroup = cgroups.create(plan.id, spec.limits)
+            say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
 
-        # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-        child, pty_master = _start(plan, bundle, cgroup, say)
-        record.pid, record.pid_start = child, state.start_time(child)
-        state.save(record)
+            # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
+            child, pty_master = _start(plan, bundle, cgroup, say)
+            record.pid, record.pid_start = child, state.start_time(child)
+            state.save(record)
 
-        # 6. Stand by: pass signals on (or relay the terminal), and wait for PID 1 to exit.
-        status = _supervise(child, pty_master)
-        say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
+            # 6. Stand by: pass signals on (and with -t relay the terminal) until PID 1 exits.
+            status = _supervise(child, pty_master)
+            say("exit", f"PID 1 ended with status {status}; the kernel has killed the rest of its PID namespace")
 
-        # 7. What the kernel counted in the cgroup: an OOM kill, and with --stats the usage.
-        _report_usage(cgroup.usage(), spec)
-        return status
-    finally:
-        # 8. Leave nothing behind. The mounts went away with the mount namespace. The cgroup
-        #    goes too, after its last processes are killed (normally none: they died with PID 1).
-        if cgroup:
-            cgroup.remove()
-        if bundle:
-            rootfs.remove_bundle(bundle)
-        state.remove(plan.id)
+            # 7. What the kernel counted in the cgroup: an OOM kill, and with --stats the usage.
+            _report_usage(cgroup.usage(), spec)
+            return status
+        finally:
+            # 8. Leave nothing behind. The mounts went away with the mount namespace. The cgroup
+            #    goes too, after its last processes are killed (normally none: they died with PID 1).
+            if cgroup:
+                cgroup.remove()
+            if bundle:
+                rootfs.remove_bundle(bundle)
+            state.remove(plan.id)
 
 
 def _report_usage(usage: cgroups.Usage, spec: ContainerSpec) -> None:
@@ -195,8 +195,9 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     fork the parent goes back to its own PID namespace for any later children.
 
     Two pipes tie parent and child together:
-    - `go`: the child waits on it until the parent has done its part (its signal forwarders
-      are in place), so nothing of the container runs before the parent is ready for it;
+    - `go`: the child waits on it until the parent has done its part, so nothing of the
+      container runs before the parent is ready for it; end-of-file instead means the parent
+      died before the child's parent-death signal was armed, and the child gives up;
     - `errors`: close-on-exec, so it reaches end-of-file exactly when the command has been
       exec'd; if setup or exec fails instead, the child writes why into it first.
     """
@@ -205,9 +206,6 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     master, slave = os.openpty() if plan.spec.tty else (None, None)
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    # Signals wait (blocked) until each side has installed what it wants: the parent a forwarder
-    # that knows the child's PID, the child the default dispositions its command expects.
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     namespaces.unshare(namespaces.CLONE_NEWPID)
     say("unshare", "CLONE_NEWPID: the next child will be PID 1 of a new PID namespace")
     pid = os.fork()
@@ -226,8 +224,6 @@ def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     os.close(errors_write)
     if slave is not None:
         os.close(slave)
-    _install_forwarders(pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
 
     # (The parent's work between fork and go goes here: the child is paused, not yet confined.)
     os.write(go_write, b"g")
@@ -242,7 +238,6 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
                       errors: int, slave: int | None, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
     try:
-        _default_signals()
         security.die_with_parent()
         if os.read(go, 1) != b"g":               # the parent died before saying go
             os._exit(RUNTIME_FAILED)
@@ -305,7 +300,6 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     # 8. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
     if plan.spec.use_init:
         _run_init(plan, errors)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     _exec(plan.command, plan.env, errors)
 
 
@@ -327,6 +321,7 @@ def _attach_stdio(slave: int | None) -> None:
 
 def _exec(command: list[str], env: dict[str, str], errors: int) -> None:
     """execve the command, searching PATH inside the container; on failure report 126 or 127."""
+    signals.reset_for_exec()
     try:
         os.execvpe(command[0], command, env)
     except (FileNotFoundError, NotADirectoryError):
@@ -345,17 +340,11 @@ def _run_init(plan: Plan, errors: int) -> None:
     no handler for, so a plain `sleep` as PID 1 shrugs off Ctrl-C. This init forks the command,
     passes signals on to it, reaps everything, and exits with the command's status.
     """
-    command_pid = os.fork()
+    command_pid = os.fork()             # signals are still held: the mask was inherited from minirun
     if command_pid == 0:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
         _exec(plan.command, plan.env, errors)
     os.close(errors)                    # the parent's EOF must come from the command's exec
-    _install_forwarders(command_pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    while True:
-        pid, status = os.wait()         # any child: orphans are ours to reap too
-        if pid == command_pid:
-            os._exit(status_from_wait(status))
+    os._exit(_supervise(command_pid))
 
 
 def _fail(errors: int, code: int, message: str) -> None:
@@ -363,37 +352,51 @@ def _fail(errors: int, code: int, message: str) -> None:
     os._exit(code)
 
 
-def _install_forwarders(pid: int) -> None:
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+def _supervise(pid: int, pty_master: int | None = None) -> int:
+    """Until `pid` exits, pass on each signal sent to us, reap every child (orphans too, when we
+    are an init) and, with -t, relay the terminal until its container side is closed, so that
+    the last of the output is copied too. Return `pid`'s exit status.
 
-
-def _default_signals() -> None:
-    """In a child about to become a command: the dispositions a fresh process has. (Python
-    ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve.)"""
-    for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _restore_signals() -> None:
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
-
-
-def _supervise(pid: int, pty_master: int | None) -> int:
-    """Wait for PID 1; meanwhile relay the terminal, if there is one. Return its exit status."""
+    The signals have been held since before the fork; they arrive here through a signalfd, as
+    events of the same select() loop as the terminal's bytes (see signals.py for why).
+    """
+    watched = signals.SignalFd()
+    relay = terminal.Relay(pty_master) if pty_master is not None else None
+    status = None
     try:
-        if pty_master is not None:
-            terminal.relay(pty_master)
-        _, status = os.waitpid(pid, 0)
+        while status is None or (relay and relay.container_side_open):
+            readers, writers = [watched], []
+            if relay:
+                readers, writers = readers + relay.readers(), relay.writers()
+            readable, writable, _ = select.select(readers, writers, [])
+            if relay:
+                relay.pump(readable, writable)
+            for sig in watched.read():
+                if sig == signal.SIGCHLD:
+                    status = _reap_children(pid, status)
+                elif sig == signal.SIGWINCH:
+                    if relay:
+                        relay.copy_window_size()
+                elif status is None:    # until reaped, `pid` cannot be another process's
+                    os.kill(pid, sig)
+        return status_from_wait(status)
     finally:
-        _restore_signals()
-    return status_from_wait(status)
+        watched.close()
+        if relay:
+            relay.close()
+
+
+def _reap_children(pid: int, status: int | None) -> int | None:
+    """Reap every child that has exited; return `pid`'s wait status once it is one of them."""
+    while True:
+        try:
+            reaped, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:       # no children left
+            return status
+        if reaped == 0:
+            return status
+        if reaped == pid:
+            status = wait_status
 
 
 def _wait_for_exec(pid: int, errors_read: int) -> None:
@@ -406,7 +409,6 @@ def _wait_for_exec(pid: int, errors_read: int) -> None:
     if chunks:
         code, _, message = b"".join(chunks).decode(errors="replace").partition("\n")
         os.waitpid(pid, 0)
-        _restore_signals()
         raise RuntimeFailure(message, int(code))
 
 
@@ -441,41 +443,37 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     master, slave = os.openpty() if tty else (None, None)
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
-    say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _default_signals()
-            os.close(errors_read)
-            security.die_with_parent()
-            cgroup.join()
-            say("cgroup", f"joined {cgroup}")
-            for name in JOINED_NAMESPACES:
-                namespaces.setns(joined[name])
-            say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
-            os.makedirs(workdir or record.workdir, exist_ok=True)
-            os.chdir(workdir or record.workdir)
-            _attach_stdio(slave)
-            _give_up_privileges(record.user if user is None else user, say)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-            _exec(command, environment, errors_write)
-        except RuntimeFailure as error:
-            _fail(errors_write, error.exit_code, str(error))
-        except Exception as error:
-            _fail(errors_write, RUNTIME_FAILED, f"joining the container failed: {error}")
-        finally:
-            os._exit(RUNTIME_FAILED)
-    namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
-    for fd in (own_pid_namespace, errors_write, *joined.values()):
-        os.close(fd)
-    if slave is not None:
-        os.close(slave)
-    _install_forwarders(pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    _wait_for_exec(pid, errors_read)
-    return _supervise(pid, master)
+    with signals.held():                 # as in `run`: see _start and _supervise
+        namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
+        say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(errors_read)
+                security.die_with_parent()
+                cgroup.join()
+                say("cgroup", f"joined {cgroup}")
+                for name in JOINED_NAMESPACES:
+                    namespaces.setns(joined[name])
+                say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
+                os.makedirs(workdir or record.workdir, exist_ok=True)
+                os.chdir(workdir or record.workdir)
+                _attach_stdio(slave)
+                _give_up_privileges(record.user if user is None else user, say)
+                _exec(command, environment, errors_write)
+            except RuntimeFailure as error:
+                _fail(errors_write, error.exit_code, str(error))
+            except Exception as error:
+                _fail(errors_write, RUNTIME_FAILED, f"joining the container failed: {error}")
+            finally:
+                os._exit(RUNTIME_FAILED)
+        namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
+        for fd in (own_pid_namespace, errors_write, *joined.values()):
+            os.close(fd)
+        if slave is not None:
+            os.close(slave)
+        _wait_for_exec(pid, errors_read)
+        return _supervise(pid, master)
 
 
 def stop(target: str, grace: float = 10.0) -> str:
