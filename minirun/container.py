@@ -369,9 +369,7 @@ def _supervise(pid: int, pty_master: int | None = None) -> int:
             if relay:
                 readers, writers = readers + relay.readers(), relay.writers()
             readable, writable, _ = select.select(readers, writers, [])
-            if relay:
-                relay.pump(readable, writable)
-            for sig in watched.read():
+            for sig in watched.read():  # first, so a signal acts before bytes typed after it
                 if sig == signal.SIGCHLD:
                     status = _reap_children(pid, status)
                 elif sig == signal.SIGWINCH:
@@ -379,6 +377,8 @@ def _supervise(pid: int, pty_master: int | None = None) -> int:
                         relay.copy_window_size()
                 elif status is None:    # until reaped, `pid` cannot be another process's
                     os.kill(pid, sig)
+            if relay:
+                relay.pump(readable, writable)
         return status_from_wait(status)
     finally:
         watched.close()

@@ -1,11 +1,16 @@
 """`minirun run -it hello sh` is a usable interactive shell, and the terminal is restored after."""
+import fcntl
 import os
 import pty
 import select
+import signal
+import struct
 import subprocess
 import sys
 import termios
 import time
+
+from conftest import read_line
 
 
 def read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
@@ -58,11 +63,40 @@ def test_tty_without_a_terminal_on_stdin(minirun):
     assert "tty" in lines and lines[-1] == "got-abc"
 
 
-def test_large_input_through_a_tty_does_not_deadlock(minirun):
+def test_large_input_through_a_tty_does_not_deadlock(start_minirun):
     # 60000 lines is far more than the pty's buffers hold: the relay has to keep draining the
-    # container's output while the container is still consuming its input.
+    # container's output while the container is still consuming its input. The input is sent
+    # once echo is off: before that, the pty itself would echo it back.
     lines = [str(number) for number in range(1, 60001)]
-    result = minirun("run", "-t", "hello", "sh", "-c", "stty -echo; cat",
-                     input="\n".join(lines) + "\n", timeout=120)
-    assert result.returncode == 0
-    assert result.stdout.splitlines() == lines
+    process = start_minirun("run", "-t", "hello", "sh", "-c", "stty -echo; echo ready; cat",
+                            stdin=subprocess.PIPE)
+    assert read_line(process) == "ready\n"
+    out, _ = process.communicate(input="\n".join(lines) + "\n", timeout=120)
+    assert process.returncode == 0
+    assert out.splitlines() == lines
+
+
+def test_the_container_terminal_takes_our_window_size_and_its_changes(minirun_env):
+    master, slave = pty.openpty()
+    set_size = lambda rows, columns: fcntl.ioctl(slave, termios.TIOCSWINSZ,  # noqa: E731
+                                                 struct.pack("HHHH", rows, columns, 0, 0))
+    set_size(33, 101)
+    process = subprocess.Popen([sys.executable, "-m", "minirun", "run", "-it", "hello", "sh"],
+                               stdin=slave, stdout=slave, stderr=slave, env=minirun_env,
+                               start_new_session=True)
+    try:
+        read_until(master, b"# ")
+        os.write(master, b"stty size\r")
+        read_until(master, b"33 101")            # copied once at the start
+        set_size(44, 120)
+        process.send_signal(signal.SIGWINCH)     # what the kernel sends our terminal's owner
+        os.write(master, b"stty size\r")
+        read_until(master, b"44 120")
+        os.write(master, b"exit\r")
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+        os.close(slave)
