@@ -7,14 +7,16 @@
 #          and, at the end, the app's exit status to the host;
 #   ttyS1  the app's own terminal: its stdin, stdout and stderr, nothing else.
 # Commands here are busybox applets (this busybox runs its applets before looking at PATH), so
-# the init works whatever userland the image has; the app itself runs the image's own programs.
+# the init works whatever userland the image has, busybox or none; the app itself runs the
+# image's own programs. Most applets run by re-executing busybox as /proc/self/exe, so /proc
+# is mounted first, by busybox's own path.
 
 report() { echo "@minivm: $*" >/dev/ttyS0; }
 
 # The kernel gives PID 1 the unpacked initramfs and nothing more: its views of processes, devices
 # and drivers are filesystems that userspace mounts where it wants them.
 mkdir -p /proc /sys /dev /tmp
-mount -t proc proc /proc
+/.minivm/busybox mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts

@@ -1,6 +1,5 @@
 """Why runtimes use pivot_root: root in a chroot can walk out; after pivot_root there is no out."""
 import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path

@@ -13,51 +13,12 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
-from minivm import kernel
+from conftest import BOOT_TIMEOUT, leftovers, minivm
 
 pytestmark = pytest.mark.vm
-BOOT_TIMEOUT = 300      # seconds; generous, the machine is shared and TCG is slow
-
-
-@pytest.fixture(scope="session")
-def guest(tmp_path_factory):
-    """The environment of a boot: the cached guest kernel linked into a private directory."""
-    try:
-        vmlinux = kernel.bootable_vmlinux(kernel.find_kernel())
-    except Exception as error:          # the set-up should have fetched one: say so
-        pytest.fail(f"no guest kernel: {error}")
-    home = tmp_path_factory.mktemp("minivm")
-    (home / "vmlinux").symlink_to(vmlinux)
-    (home / "tmp").mkdir()
-    env = dict(os.environ, MINIVM_KERNEL=str(home / "vmlinux"), MINIVM_CACHE=str(home / "cache"),
-               TMPDIR=str(home / "tmp"))
-    return home, env
-
-
-def minivm(guest, *args, **popen):
-    home, env = guest
-    command = [sys.executable, "-m", "minivm", "boot", *args]
-    if popen:
-        return subprocess.Popen(command, env=env, text=True, **popen)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
-
-
-def leftovers(guest):
-    """QEMU processes booted from this test's kernel link, and files in this test's TMPDIR."""
-    home, _ = guest
-    qemus = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:                 # the process ended while we looked
-            continue
-        if b"qemu-system" in argv[0] and str(home).encode() in b" ".join(argv):
-            qemus.append(cmdline.parent.name)
-    return qemus, sorted(os.listdir(home / "tmp"))
 
 
 def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
