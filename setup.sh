@@ -18,6 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # busybox-static  the userland of the built-in image `hello`
 # libcap-dev, gcc, python3-dev  python-prctl is built from source against libcap
+# gcc, libc6-dev  minivm builds its static user-switching helper (minivm/become.c) with them
 # qemu-system-x86  minivm's hypervisor; iproute2 for inspecting what minirun sets up
 # runc, crun, hyperfine  peers and timer for the benchmarks in tests/bench
 # umoci, skopeo  real tools that write OCI images, used by the image-import tests

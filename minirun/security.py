@@ -46,13 +46,24 @@ def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
     """Become `spec` -- "name", "uid", "name:group" or "uid:gid" -- as `docker run -u` does.
 
     Names are looked up in the container's own /etc/passwd and /etc/group (the root has already
-    changed: the host's users mean nothing here). A UID the image does not list is used as is,
-    with group 0, as Docker does. The order is forced: setgroups and setgid need CAP_SETGID,
-    which the setuid to a non-zero UID takes away along with every other capability
+    changed: the host's users mean nothing here). The order is forced: setgroups and setgid need
+    CAP_SETGID, which the setuid to a non-zero UID takes away along with every other capability
     (capabilities(7), "Effect of user ID changes on capabilities").
     """
+    uid, gid, supplementary = resolve_user(spec)
+    os.setgroups(list(supplementary))
+    os.setgid(gid)
+    os.setuid(uid)
+    return uid, gid, supplementary
+
+
+def resolve_user(spec: str, passwd: str | None = "/etc/passwd",
+                 group_file: str | None = "/etc/group") -> tuple[int, int, tuple[int, ...]]:
+    """The UID, GID and supplementary groups `spec` names, by the given passwd and group files
+    (None: the image has none). A UID the image does not list is used as is, with group 0, as
+    Docker does. minivm calls this on the host with the image's files, for its guest."""
     name, _, group = spec.partition(":")
-    users = _table("/etc/passwd")
+    users = _table(passwd)
     entry = users.get(name) or next((row for row in users.values() if row[1] == name), None)
     if entry is None and not name.isdigit():
         raise RuntimeFailure(f"no user {name!r} in the image's /etc/passwd: "
@@ -61,8 +72,8 @@ def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
         raise RuntimeFailure(f"the image's /etc/passwd line for {name!r} has no numeric UID and GID")
     uid = int(entry[1]) if entry else int(name)
     gid = int(entry[2]) if entry else 0
+    groups = _table(group_file)
     if group:
-        groups = _table("/etc/group")
         if group in groups and groups[group][1].isdigit():
             gid = int(groups[group][1])
         elif group.isdigit():
@@ -71,20 +82,19 @@ def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
             raise RuntimeFailure(f"no group {group!r} in the image's /etc/group: "
                                  "give a numeric GID, or a group the image has")
     login = entry[0] if entry else None
-    supplementary = tuple(sorted({gid} | {int(row[1]) for row in _table("/etc/group").values()
+    supplementary = tuple(sorted({gid} | {int(row[1]) for row in groups.values()
                                           if login and login in row[2].split(",")}))
-    os.setgroups(list(supplementary))
-    os.setgid(gid)
-    os.setuid(uid)
     return uid, gid, supplementary
 
 
-def _table(path: str) -> dict[str, list[str]]:
+def _table(path: str | None) -> dict[str, list[str]]:
     """/etc/passwd or /etc/group as {name: [name, id, third field...]} ({} if missing).
 
     passwd rows are name:password:uid:gid:..., group rows name:password:gid:members; the
     password field is dropped so that row[1] is the id either way.
     """
+    if path is None:
+        return {}
     try:
         with open(path) as table:
             rows = [line.rstrip("\n").split(":") for line in table

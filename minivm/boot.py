@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
-from minivm import accel, initramfs, kernel
+from minivm import accel, guest_user, initramfs, kernel
 from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate
 from minivm.machine import Machine
 
@@ -30,6 +30,7 @@ class BootOptions:
     interactive: bool = False
     verbose: bool = False
     explain: bool = False
+    user: str | None = None      # -u; None: the image's User
 
 
 def boot(options: BootOptions) -> int:
@@ -39,9 +40,7 @@ def boot(options: BootOptions) -> int:
     if not command:
         raise RuntimeFailure(f"image {image.name!r} has no default command: give one after the "
                              "image name")
-    if image.config.user not in ("", "root", "0", "0:0"):
-        raise RuntimeFailure(f"image {image.name!r} runs as user {image.config.user!r}, and minivm "
-                             "can only run apps as the guest's root so far: use `minirun run`")
+    identity = guest_user.resolve(image, image.config.user if options.user is None else options.user)
     hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
@@ -65,7 +64,9 @@ def boot(options: BootOptions) -> int:
     settings = initramfs.RunSettings(
         command=command, environment=image.config.environment(options.env),
         workdir=options.workdir or image.config.workdir, hostname=hostname,
-        interactive=options.interactive, rows=rows, columns=columns)
+        interactive=options.interactive, rows=rows, columns=columns,
+        become=identity.become_args() if identity else None,
+        become_binary=guest_user.become_binary() if identity else b"")
     image_initramfs = initramfs.build(image, settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.

@@ -22,6 +22,8 @@ def cli():
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE",
               help="Set an environment variable.")
 @click.option("--workdir", "-w", default="", help="Working directory of the app in the guest.")
+@click.option("--user", "-u", metavar="USER[:GROUP]",
+              help="Run the app as this user (name or UID), as minirun run -u [default: the image's].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM (exit 125) if it runs longer than this.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
@@ -34,8 +36,8 @@ def cli():
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def boot(memory, cpus, hostname, env, workdir, timeout, accel, kernel, interactive, tty, verbose,
-         explain, image, command):
+def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, interactive, tty,
+         verbose, explain, image, command):
     """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
     from minivm.boot import BootOptions, boot as boot_vm
     interactive = interactive or tty
@@ -44,7 +46,7 @@ def boot(memory, cpus, hostname, env, workdir, timeout, accel, kernel, interacti
     return boot_vm(BootOptions(
         image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
-        kernel=kernel, interactive=interactive, verbose=verbose, explain=explain))
+        kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user))
 
 
 @cli.group("kernel")

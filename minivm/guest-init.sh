@@ -27,12 +27,13 @@ report "init running"
 . /.minivm/run.sh
 hostname "$hostname"
 
-# The app runs in its working directory with exactly the environment the image and `-e` give it.
-# `env` execs the command: 127 if it does not exist, 126 if it cannot be executed, else the app's
-# own status, 128+N if signal N killed it.
+# The app runs in its working directory with exactly the environment the image and `-e` give it,
+# as the image's user: $become, if set, is /.minivm/become UID GID GROUPS (minivm/become.c).
+# `env` (or become) execs the command: 127 if it does not exist, 126 if it cannot be executed,
+# else the app's own status, 128+N if signal N killed it.
 run_app() {
     mkdir -p "$workdir" && cd "$workdir" || exit 126     # created if missing, as Docker does
-    eval "exec $session env -i $environment \"\$@\""
+    eval "exec $session env -i $environment $become \"\$@\""
 }
 
 if [ -n "$interactive" ]; then

@@ -39,6 +39,8 @@ class RunSettings:
     interactive: bool = False
     rows: int = 0
     columns: int = 0
+    become: list[str] | None = None   # UID GID GROUPS for /.minivm/become; None: stay root
+    become_binary: bytes = b""
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
@@ -46,6 +48,7 @@ class RunSettings:
         lines = [f"hostname={q(self.hostname)}", f"workdir={q(self.workdir)}",
                  f"interactive={'yes' if self.interactive else ''}",
                  f"rows={self.rows} columns={self.columns}",
+                 "become=" + q(" ".join(["/.minivm/become", *self.become]) if self.become else ""),
                  "set -- " + " ".join(q(arg) for arg in self.command),
                  "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
         return "\n".join(lines) + "\n"
@@ -84,6 +87,8 @@ def image_archive(image: Image) -> Path:
 def settings_archive(settings: RunSettings) -> bytes:
     archive = Cpio()
     archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
+    if settings.become:
+        archive.add_file(".minivm/become", settings.become_binary, 0o755)
     return archive.finish()
 
 
@@ -124,6 +129,29 @@ def merged_view(layers: list[Path]) -> list[tuple[str, Path]]:
             dirs[:] = [d for d in dirs if f"{base}/{d}".lstrip("/") in merges
                        or shown.get(f"{base}/{d}".lstrip("/")) == Path(top, d)]
     return sorted(shown.items(), key=lambda item: item[0].split("/"))
+
+
+def lookup(layers: list[Path], relative: str) -> Path | None:
+    """The regular file the merged view shows at `relative` (e.g. "etc/passwd"), or None, by the
+    rules of merged_view but without walking the whole image. Nothing is followed through a
+    symbolic link: the image is untrusted, and a link could point at the host's own files."""
+    parts = relative.split("/")
+    for layer in reversed(layers):                              # top layer first
+        hides_below = False
+        for depth in range(1, len(parts)):
+            parent = layer.joinpath(*parts[:depth])
+            if not os.path.lexists(parent):
+                break                                           # not in this layer
+            if not stat.S_ISDIR(parent.lstat().st_mode):        # a file, link or whiteout
+                return None
+            hides_below = hides_below or _is_opaque(parent)
+        else:
+            path = layer.joinpath(*parts)
+            if os.path.lexists(path):
+                return path if stat.S_ISREG(path.lstat().st_mode) else None
+        if hides_below:
+            return None
+    return None
 
 
 def _prune(dirs: list[str], name: str) -> None:

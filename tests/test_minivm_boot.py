@@ -195,3 +195,38 @@ def test_the_same_app_from_the_same_image_as_container_and_as_vm(guest, minirun,
     assert report(container.stdout).keys() == report(vm.stdout).keys()        # the same app ran
     assert report(container.stdout)["kernel"].strip() == os.uname().release  # the host's kernel
     assert report(vm.stdout)["kernel"].strip() != os.uname().release         # a kernel of its own
+
+
+@pytest.fixture
+def image_as_nobody(store_root):
+    """`id-as-nobody`: hello's layers, with `User: nobody` and `id` as the command."""
+    from minirun.image import ImageConfig, Store
+    store = Store(store_root)
+    hello = store.get("hello")
+    config = ImageConfig(cmd=["id"], env=hello.config.env, user="nobody")
+    store.save_image("id-as-nobody", [layer.name for layer in hello.layers], config)
+    return "id-as-nobody"
+
+
+@pytest.mark.parametrize("user_flag", [[], ["-u", "1234:5678"]])
+def test_the_app_runs_as_the_same_user_as_in_a_container(guest, minirun, minirun_env,
+                                                         image_as_nobody, user_flag):
+    # The image's User (or -u) in the guest: resolved on the host by the image's own
+    # /etc/passwd, switched to by minivm/become.c; the output is the container's, to the letter.
+    home, env = guest
+    container = minirun("run", *user_flag, image_as_nobody)
+    vm = minivm((home, {**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]}), *user_flag, image_as_nobody)
+    assert vm.returncode == 0, vm.stderr
+    assert vm.stdout == container.stdout
+    assert vm.stdout.startswith("uid=65534(nobody)" if not user_flag else "uid=1234 gid=5678")
+    assert leftovers(guest) == ([], [])
+
+
+def test_an_unknown_user_is_one_line_before_any_boot(guest, minirun_env, image_as_nobody):
+    home, env = guest
+    result = minivm((home, {**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]}), "-u", "ghost",
+                    image_as_nobody)
+    assert result.returncode == 125
+    assert result.stderr == ("minivm: no user 'ghost' in the image's /etc/passwd: give a numeric "
+                             "UID, or a user the image has\n")
+    assert leftovers(guest) == ([], [])

@@ -236,7 +236,9 @@ def test_image_archive_is_cached_per_layers_and_per_packing_code(tmp_path, monke
     assert initramfs.image_archive(image) != first
 
 
-def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
+def overlay_layers(tmp_path):
+    """Two layers where the upper one deletes a file and a tree, makes a directory opaque,
+    and turns a directory into a file."""
     lower, upper = tmp_path / "lower", tmp_path / "upper"
     for path, text in [("a/deleted", "x"), ("a/kept", "lower"), ("b/hidden", "x"),
                        ("c/replaced", "lower"), ("d/file", "lower"), ("e/sub/deep", "x")]:
@@ -249,13 +251,36 @@ def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
     os.mknod(upper / "a/deleted", stat.S_IFCHR | 0o600, os.makedev(0, 0))    # a whiteout
     os.mknod(upper / "e", stat.S_IFCHR | 0o600, os.makedev(0, 0))            # deletes a tree
     os.setxattr(upper / "b", initramfs.OPAQUE_XATTR, b"y")
+    return [lower, upper]
 
-    merged = dict(initramfs.merged_view([lower, upper]))
+
+def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
+    merged = dict(initramfs.merged_view(overlay_layers(tmp_path)))
 
     assert sorted(merged) == ["a", "a/kept", "b", "b/new", "c", "c/replaced", "d"]
     assert merged["c/replaced"].read_text() == "upper"
     assert merged["d"].read_text() == "a file now"
     assert merged["a/kept"].read_text() == "lower"
+
+
+def test_lookup_of_one_file_agrees_with_the_merged_view(tmp_path):
+    layers = overlay_layers(tmp_path)
+    merged = dict(initramfs.merged_view(layers))
+    for path in ["a/deleted", "a/kept", "b/hidden", "b/new", "c/replaced", "d", "d/file",
+                 "e/sub/deep", "nowhere/at/all"]:
+        shown = merged.get(path)
+        assert initramfs.lookup(layers, path) == (shown if shown and shown.is_file() else None), path
+
+
+def test_lookup_never_follows_a_link_out_of_the_image(tmp_path):
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "etc").symlink_to("/etc")                  # the host's /etc/passwd is behind it
+    assert initramfs.lookup([layer], "etc/passwd") is None
+    (layer / "etc").unlink()
+    (layer / "etc").mkdir()
+    (layer / "etc/passwd").symlink_to("/etc/passwd")
+    assert initramfs.lookup([layer], "etc/passwd") is None
 
 
 def test_run_settings_survive_any_characters(tmp_path):

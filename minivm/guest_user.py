@@ -1,0 +1,69 @@
+"""The app's user in the guest: the image's `User`, or -u, exactly as minirun would run it.
+
+A container runtime switches to the image's user from Python just before exec
+(minirun/security.py). A guest has no Python, only minivm's busybox, and Debian builds busybox
+with nothing that switches to numeric IDs (its setpriv has no --reuid; chpst and setuidgid are
+left out). So minivm carries become.c, thirty lines of C that call setgroups, setgid, setuid and
+exec. It is compiled once, statically (the guest has no libraries to link against), with the
+host's C compiler, and cached by its source; only images that do not run as root need it.
+
+The names are resolved here, on the host, with minirun's own code and the image's own
+/etc/passwd and /etc/group as the guest will see them.
+"""
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from minirun.errors import RuntimeFailure
+from minirun.image import Image
+from minirun.security import resolve_user
+from minivm import initramfs
+from minivm.cache import cache_dir, write_atomically
+
+SOURCE = Path(__file__).with_name("become.c")
+ROOT_SPECS = ("", "root", "0", "0:0")       # the guest init is root already: nothing to switch
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def become_args(self) -> list[str]:
+        """The arguments of /.minivm/become before the app's command."""
+        return [str(self.uid), str(self.gid), ",".join(map(str, self.groups))]
+
+
+def resolve(image: Image, spec: str) -> Identity | None:
+    """Who the app runs as; None for root."""
+    if spec in ROOT_SPECS:
+        return None
+    found = {name: initramfs.lookup(image.layers, f"etc/{name}") for name in ("passwd", "group")}
+    uid, gid, groups = resolve_user(spec, *(str(path) if path else None for path in found.values()))
+    return Identity(uid, gid, groups)
+
+
+def become_binary() -> bytes:
+    """The compiled helper, built on first use and cached by the digest of its source."""
+    source = SOURCE.read_bytes()
+    target = cache_dir() / "become" / hashlib.sha256(source).hexdigest()[:32]
+    if not target.is_file():
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise RuntimeFailure("running the app as a user other than root needs a C compiler once, "
+                                 "to build minivm's helper: apt-get install gcc libc6-dev")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch, "become")
+            result = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(built), str(SOURCE)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeFailure(f"building minivm's helper {SOURCE.name} failed ({last}): "
+                                     "apt-get install gcc libc6-dev")
+            write_atomically(target, built.read_bytes())
+    return target.read_bytes()
