@@ -57,8 +57,8 @@ def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
     return uid, gid, supplementary
 
 
-def resolve_user(spec: str, passwd: str | None = "/etc/passwd",
-                 group_file: str | None = "/etc/group") -> tuple[int, int, tuple[int, ...]]:
+def resolve_user(spec: str, passwd: str | os.PathLike | None = "/etc/passwd",
+                 group_file: str | os.PathLike | None = "/etc/group") -> tuple[int, int, tuple[int, ...]]:
     """The UID, GID and supplementary groups `spec` names, by the given passwd and group files
     (None: the image has none). A UID the image does not list is used as is, with group 0, as
     Docker does. minivm calls this on the host with the image's files, for its guest."""
@@ -87,7 +87,7 @@ def resolve_user(spec: str, passwd: str | None = "/etc/passwd",
     return uid, gid, supplementary
 
 
-def _table(path: str | None) -> dict[str, list[str]]:
+def _table(path: str | os.PathLike | None) -> dict[str, list[str]]:
     """/etc/passwd or /etc/group as {name: [name, id, third field...]} ({} if missing).
 
     passwd rows are name:password:uid:gid:..., group rows name:password:gid:members; the

@@ -42,9 +42,9 @@ def resolve(image: Image, spec: str) -> Identity | None:
     """Who the app runs as; None for root."""
     if spec in ROOT_SPECS:
         return None
-    found = {name: initramfs.lookup(image.layers, f"etc/{name}") for name in ("passwd", "group")}
-    uid, gid, groups = resolve_user(spec, *(str(path) if path else None for path in found.values()))
-    return Identity(uid, gid, groups)
+    passwd = initramfs.lookup(image.layers, "etc/passwd")
+    group = initramfs.lookup(image.layers, "etc/group")
+    return Identity(*resolve_user(spec, passwd, group))
 
 
 def become_binary() -> bytes:
