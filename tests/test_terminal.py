@@ -1,4 +1,5 @@
 """`minirun run -it hello sh` is a usable interactive shell, and the terminal is restored after."""
+import contextlib
 import fcntl
 import os
 import pty
@@ -27,14 +28,27 @@ def read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
     return seen
 
 
-def test_interactive_shell_through_a_pty(minirun_env):
-    master, slave = pty.openpty()
-    before = termios.tcgetattr(slave)
+@contextlib.contextmanager
+def shell_on(minirun_env, master: int, slave: int):
+    """`minirun run -it hello sh` with the pty `slave` as its terminal; both ends closed after."""
     process = subprocess.Popen([sys.executable, "-m", "minirun", "run", "-it", "hello", "sh"],
                                stdin=slave, stdout=slave, stderr=slave, env=minirun_env,
                                start_new_session=True)
     try:
         read_until(master, b"# ")                # the prompt: the shell is reading its terminal
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def test_interactive_shell_through_a_pty(minirun_env):
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    with shell_on(minirun_env, master, slave) as process:
         os.write(master, b"[ -t 0 ] && echo is-a-$((2*3))-tty\r")
         read_until(master, b"is-a-6-tty")
         os.write(master, b"sleep 300\r")
@@ -46,12 +60,6 @@ def test_interactive_shell_through_a_pty(minirun_env):
         os.write(master, b"exit 5\r")
         assert process.wait(timeout=20) == 5
         assert termios.tcgetattr(slave) == before   # raw mode undone
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-        os.close(slave)
 
 
 def test_tty_without_a_terminal_on_stdin(minirun):
@@ -81,11 +89,7 @@ def test_the_container_terminal_takes_our_window_size_and_its_changes(minirun_en
     set_size = lambda rows, columns: fcntl.ioctl(slave, termios.TIOCSWINSZ,  # noqa: E731
                                                  struct.pack("HHHH", rows, columns, 0, 0))
     set_size(33, 101)
-    process = subprocess.Popen([sys.executable, "-m", "minirun", "run", "-it", "hello", "sh"],
-                               stdin=slave, stdout=slave, stderr=slave, env=minirun_env,
-                               start_new_session=True)
-    try:
-        read_until(master, b"# ")
+    with shell_on(minirun_env, master, slave) as process:
         os.write(master, b"stty size\r")
         read_until(master, b"33 101")            # copied once at the start
         set_size(44, 120)
@@ -94,9 +98,3 @@ def test_the_container_terminal_takes_our_window_size_and_its_changes(minirun_en
         read_until(master, b"44 120")
         os.write(master, b"exit\r")
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-        os.close(slave)
