@@ -26,7 +26,8 @@ so there the v1 driver runs. Both drivers offer the same small interface:
     cgroup.remove()                  # kill what is left, rmdir
 
 minirun only ever makes, changes and removes directories under a parent named `minirun` in
-each tree. The one write above it is on v2, and only if missing: enabling the controllers in the
+each tree, and that parent itself, which goes with the last container's cgroup in it. The one
+write above it is on v2, and only if missing: enabling the controllers in the
 root's cgroup.subtree_control, without which no cgroup below could use them.
 """
 import errno
@@ -219,6 +220,7 @@ def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[s
             except (RuntimeFailure, FileNotFoundError):
                 continue                    # still has processes (not stale), or gone already
             removed.add(name)
+        _remove_if_unused(tree / PARENT)
     return sorted(removed)
 
 
@@ -256,19 +258,17 @@ class CgroupV2(Cgroup):
         offered = _read(root / "cgroup.controllers").split()
         _require_controllers(limits, offered)
         controllers = [name for name in V2_CONTROLLERS if name in offered]
-        parent = root / PARENT
-        _make_dir(parent, exist_ok=True)
         # A controller's files appear in a cgroup only if its parent lists the controller in
         # cgroup.subtree_control ("Enabling and Disabling", cgroup-v2.rst): enable them on the
         # way down, in the root (usually done already by systemd) and in minirun/.
         _enable_controllers(root, controllers)
-        _enable_controllers(parent, controllers)
         cgroup = cls.at(container_id, root)
-        _make_dir(cgroup.path)
+        _make_under_parent(cgroup.path, lambda parent: _enable_controllers(parent, controllers))
         try:
             cgroup._write_limits(limits)
         except BaseException:
             os.rmdir(cgroup.path)           # no process is in it yet
+            _remove_if_unused(cgroup.path.parent)
             raise
         return cgroup
 
@@ -307,8 +307,10 @@ class CgroupV2(Cgroup):
         )
 
     def remove(self) -> None:
-        """Kill whatever still runs in the cgroup, then remove it. Safe to call twice."""
+        """Kill whatever still runs in the cgroup, then remove it, and minirun/ if it was the
+        last. Safe to call twice."""
         _remove(self.path, kill=True)
+        _remove_if_unused(self.path.parent)
 
 
 def _enable_controllers(cgroup: Path, controllers: list[str]) -> None:
@@ -355,13 +357,13 @@ class CgroupV1(Cgroup):
         made = []
         try:
             for directory in cgroup._directories():
-                _make_dir(directory.parent, exist_ok=True)
-                _make_dir(directory)
+                _make_under_parent(directory)
                 made.append(directory)
             cgroup._write_limits(limits)
         except BaseException:
             for directory in made:          # only what we made: no process is in them yet
                 os.rmdir(directory)
+                _remove_if_unused(directory.parent)
             raise
         return cgroup
 
@@ -421,9 +423,11 @@ class CgroupV1(Cgroup):
         )
 
     def remove(self) -> None:
-        """Kill whatever still runs in the cgroups, then remove them. Safe to call twice."""
+        """Kill whatever still runs in the cgroups, then remove them, and each tree's minirun/
+        if they were the last. Safe to call twice."""
         for directory in self._directories():
             _remove(directory, kill=True)   # the first kills all: a process is in every tree
+            _remove_if_unused(directory.parent)
 
 
 # --- Small helpers shared by both drivers -----------------------------------------------------
@@ -435,6 +439,37 @@ def _require_controllers(limits: Limits, offered) -> None:
         if wanted is not None and controller not in offered:
             raise RuntimeFailure(f"this host offers no {controller} cgroup controller, so "
                                  f"minirun cannot limit {controller}")
+
+
+def _make_under_parent(cgroup: Path, prepare_parent=None) -> None:
+    """mkdir a container's cgroup, and minirun/ above it first if it is missing.
+
+    minirun/ goes when its last container's cgroup goes (_remove_if_unused), so another minirun
+    may remove it between our two mkdirs. Then the second fails, and we go round again.
+    `prepare_parent(parent)` runs in between, on each round (v2 enables controllers there).
+    """
+    for attempt in range(3):
+        _make_dir(cgroup.parent, exist_ok=True)
+        try:
+            if prepare_parent:
+                prepare_parent(cgroup.parent)
+            _make_dir(cgroup)
+            return
+        except RuntimeFailure:
+            if attempt == 2 or cgroup.parent.exists():
+                raise
+
+
+def _remove_if_unused(parent: Path) -> None:
+    """rmdir minirun/ once no container's cgroup is left in it, so that minirun leaves nothing
+    in the host's trees. While one is, the kernel refuses with EBUSY: that refusal is the
+    check, with no window between looking and removing. (ENOTEMPTY: a plain directory, as in
+    the tests' v2-shaped tree; ENOENT: gone already.)"""
+    try:
+        os.rmdir(parent)
+    except OSError as error:
+        if error.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+            raise RuntimeFailure(f"cannot remove {parent}: {error.strerror}") from None
 
 
 def _make_dir(path: Path, exist_ok: bool = False) -> None:

@@ -341,6 +341,7 @@ def test_v2_driver_reads_usage(v2_tree):
 
 
 def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
+    other = cgroups.CgroupV2.create("c3", cgroups.Limits(), v2_tree)
     cgroup = cgroups.CgroupV2.create("c4", cgroups.Limits(), v2_tree)
     writes = []
     real_write = cgroups._write
@@ -350,7 +351,23 @@ def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkey
     cgroup.remove()                                     # the second time: nothing to do
     assert writes[0] == ("cgroup.kill", 1)
     assert not cgroup.path.exists()
-    assert (v2_tree / "minirun").is_dir()               # the shared parent stays
+    assert (v2_tree / "minirun").is_dir()               # the shared parent stays while in use
+    other.remove()
+    assert not (v2_tree / "minirun").exists()           # and goes with its last cgroup
+
+
+def test_v2_create_makes_minirun_again_when_another_run_removed_it_meanwhile(v2_tree, monkeypatch):
+    real_enable, lost = cgroups._enable_controllers, []
+
+    def enable_then_lose_the_parent(cgroup, controllers):
+        real_enable(cgroup, controllers)
+        if cgroup.name == cgroups.PARENT and not lost:
+            cgroups._remove_if_unused(cgroup)   # another minirun's last container just ended
+            lost.append(cgroup)
+    monkeypatch.setattr(cgroups, "_enable_controllers", enable_then_lose_the_parent)
+    cgroup = cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+    assert lost and cgroup.path.is_dir()
+    assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
 
 
 def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
@@ -484,6 +501,14 @@ def assert_no_cgroup_left(identifier: str) -> None:
     assert own_cgroups(identifier) == []
 
 
+def minirun_parents() -> list[Path]:
+    """The `minirun` parent cgroups in the trees this host's containers use. (That none is left
+    assumes no other minirun runs a container on this machine during the tests.)"""
+    mounts = cgroups._mounts()
+    trees = {mounts.unified} if cgroups.host_uses_v2() else set(mounts.v1.values())
+    return sorted(tree / cgroups.PARENT for tree in trees if (tree / cgroups.PARENT).exists())
+
+
 def stats(stderr: str) -> str:
     return next(line for line in stderr.splitlines() if line.startswith("minirun: stats:"))
 
@@ -590,6 +615,7 @@ def test_no_cgroup_left_when_the_kernel_refuses_a_limit(minirun, minirun_env):
     assert result.returncode == 125
     assert "minirun: cannot set the pids limit: writing 1000000000 to" in result.stderr
     assert_no_cgroup_left(container_id(result.stderr))
+    assert minirun_parents() == []
     assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
     assert os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
 
@@ -615,6 +641,19 @@ def test_no_cgroup_left_after_minirun_is_killed_once_gc_runs(start_minirun, mini
     assert result.returncode == 0, result.stderr
     assert f"removed {identifier[:12]}" in result.stdout
     assert_no_cgroup_left(identifier)
+    assert minirun_parents() == []
+
+
+def test_the_minirun_parent_stays_while_a_container_runs_and_goes_with_the_last(start_minirun,
+                                                                                minirun):
+    first = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(first) == "ready\n"
+    assert minirun("run", "hello", "true").returncode == 0
+    assert minirun_parents() != []          # the first container's cgroups are still in it
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=20)
+    assert first.returncode == 143
+    assert minirun_parents() == []
 
 
 @pytest.mark.parametrize("flag, value, message", [
