@@ -443,7 +443,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     master, slave = os.openpty() if tty else (None, None)
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    with signals.held():                 # as in `run`: see _start and _supervise
+    with signals.held():                 # as in `run`: see signals.py and _supervise
         namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
         say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
         pid = os.fork()
