@@ -116,6 +116,12 @@ def guest(tmp_path_factory):
     return home, env
 
 
+def with_store(guest, store) -> tuple:
+    """The same guest environment, booting images from the store at `store` (MINIRUN_ROOT)."""
+    home, env = guest
+    return home, {**env, "MINIRUN_ROOT": str(store)}
+
+
 def minivm(guest, *args, **popen):
     home, env = guest
     command = [sys.executable, "-m", "minivm", "boot", *args]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOOT_TIMEOUT, leftovers, minivm
+from conftest import BOOT_TIMEOUT, leftovers, minivm, with_store
 
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parent.parent
@@ -85,9 +85,7 @@ def python_image(tmp_path_factory):
 
 def test_the_v2_driver_limits_counts_and_removes_on_a_real_v2_kernel(guest, python_image):
     store, python = python_image
-    home, env = guest
-    with_store = (home, dict(env, MINIRUN_ROOT=str(store)))
-    result = minivm(with_store, "--memory", "512M", "--timeout", str(BOOT_TIMEOUT), "pyguest",
+    result = minivm(with_store(guest, store), "--memory", "512M", "--timeout", str(BOOT_TIMEOUT), "pyguest",
                     str(python), "-S", f"/opt/check/{CHECK.name}")
     report = result.stdout + result.stderr
     assert result.returncode == 0, report

@@ -16,7 +16,7 @@ import termios
 
 import pytest
 
-from conftest import BOOT_TIMEOUT, leftovers, minivm
+from conftest import BOOT_TIMEOUT, leftovers, minivm, with_store
 
 pytestmark = pytest.mark.vm
 
@@ -183,11 +183,8 @@ def read_until(fd: int, wanted: bytes) -> bytes:
 
 def test_the_same_app_from_the_same_image_as_container_and_as_vm(guest, minirun, minirun_env):
     """The mission in one test: a container runs on the host's kernel, a VM on its own."""
-    _, env = guest
     container = minirun("run", "hello")
-    vm = subprocess.run([sys.executable, "-m", "minivm", "boot", "hello"],
-                        env={**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]},   # one store
-                        capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+    vm = minivm(with_store(guest, minirun_env["MINIRUN_ROOT"]), "hello")   # one store
     assert container.returncode == 0 and vm.returncode == 0, vm.stderr
 
     def report(output: str) -> dict:
@@ -213,9 +210,8 @@ def test_the_app_runs_as_the_same_user_as_in_a_container(guest, minirun, minirun
                                                          image_as_nobody, user_flag):
     # The image's User (or -u) in the guest: resolved on the host by the image's own
     # /etc/passwd, switched to by minivm/become.c; the output is the container's, to the letter.
-    home, env = guest
     container = minirun("run", *user_flag, image_as_nobody)
-    vm = minivm((home, {**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]}), *user_flag, image_as_nobody)
+    vm = minivm(with_store(guest, minirun_env["MINIRUN_ROOT"]), *user_flag, image_as_nobody)
     assert vm.returncode == 0, vm.stderr
     assert vm.stdout == container.stdout
     assert vm.stdout.startswith("uid=65534(nobody)" if not user_flag else "uid=1234 gid=5678")
@@ -223,9 +219,7 @@ def test_the_app_runs_as_the_same_user_as_in_a_container(guest, minirun, minirun
 
 
 def test_an_unknown_user_is_one_line_before_any_boot(guest, minirun_env, image_as_nobody):
-    home, env = guest
-    result = minivm((home, {**env, "MINIRUN_ROOT": minirun_env["MINIRUN_ROOT"]}), "-u", "ghost",
-                    image_as_nobody)
+    result = minivm(with_store(guest, minirun_env["MINIRUN_ROOT"]), "-u", "ghost", image_as_nobody)
     assert result.returncode == 125
     assert result.stderr == ("minivm: no user 'ghost' in the image's /etc/passwd: give a numeric "
                              "UID, or a user the image has\n")
