@@ -33,6 +33,13 @@ def cli() -> None:
 @click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M or 1G.")
 @click.option("--cpus", metavar="N", help="CPU limit in cores, e.g. 0.5.")
 @click.option("--pids-limit", metavar="N", help="Most processes the container may have at once.")
+@click.option("--cap-add", multiple=True, metavar="CAP",
+              help="Keep a capability beyond the default set (e.g. NET_ADMIN, or ALL).")
+@click.option("--cap-drop", multiple=True, metavar="CAP",
+              help="Drop a capability of the default set (e.g. NET_RAW, or ALL).")
+@click.option("--privileged", is_flag=True,
+              help="Turn off every protection: all capabilities and devices, no seccomp, no masks.")
+@click.option("--read-only", is_flag=True, help="Mount the container's root read-only.")
 @click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
 @click.option("--stats", is_flag=True,
               help="At the end, print the peak memory and CPU time the container used.")

@@ -5,9 +5,12 @@ forked child does to turn itself into the container's PID 1. Each step is one ca
 module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
 chapters of docs/minirun.md follow the same order.
 """
+import errno
 import os
 import select
 import signal
+import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFa
 from minirun.image import Image, Store, store_root
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
 
-# Everything but the PID namespace, which the parent asks for on the child's behalf (see _start).
+# Everything but the PID namespace, which the parent asks for on the child's behalf (_fork_child).
 # CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
 # the child unshares only after it has joined the container's cgroup.
 CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
@@ -43,6 +46,8 @@ class ContainerSpec:
     explain: bool = False
     stats: bool = False
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
+    privileges: security.Privileges = field(default_factory=security.Privileges)
+    read_only: bool = False
 
     @classmethod
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
@@ -58,7 +63,11 @@ class ContainerSpec:
                    stats=bool(options.get("stats")),
                    limits=cgroups.Limits(memory=parse_size(memory) if memory else None,
                                          cpus=parse_cpus(cpus) if cpus else None,
-                                         pids=parse_count(pids, "pids limit") if pids else None))
+                                         pids=parse_count(pids, "pids limit") if pids else None),
+                   privileges=security.Privileges.from_options(options.get("cap_add") or (),
+                                                               options.get("cap_drop") or (),
+                                                               bool(options.get("privileged"))),
+                   read_only=bool(options.get("read_only")))
 
 
 def check_env_and_workdir(env, workdir: str | None) -> None:
@@ -79,6 +88,8 @@ class Plan:
     workdir: str
     hostname: str
     user: str                   # "" for root, else as -u takes it: name, uid, name:group, uid:gid
+    privileges: security.Privileges
+    init_binary: str | None     # --init: the host path of the program bind-mounted as /dev/init
     spec: ContainerSpec
 
 
@@ -87,6 +98,13 @@ def run(spec: ContainerSpec) -> int:
     say = _narrator(spec.explain)
     _require_root()
     collect_garbage()                                       # what killed runs left behind
+    if spec.use_chroot:
+        print("minirun: warning: --chroot is escapable: a root process in the container can "
+              "get back to the host's files (see docs/minirun.md)", file=sys.stderr)
+    if spec.privileges.privileged:
+        print("minirun: warning: --privileged: every capability, no seccomp filter, every "
+              "device, /proc and /sys unmasked and writable: the container is root on this host",
+              file=sys.stderr)
 
     # 1. The image: its layers, and its defaults for command, environment and working directory.
     image = Store().get(spec.image)
@@ -97,7 +115,9 @@ def run(spec: ContainerSpec) -> int:
     record = state.ContainerRecord(id=plan.id, name=spec.name or plan.id[:12], image=image.name,
                                    command=plan.command, runtime_pid=os.getpid(),
                                    runtime_start=state.start_time(os.getpid()), created=time.time(),
-                                   workdir=plan.workdir, user=plan.user)
+                                   workdir=plan.workdir, user=plan.user,
+                                   capabilities=sorted(plan.privileges.capabilities),
+                                   privileged=plan.privileges.privileged)
     _claim_name(record)
     state.save(record)
     bundle = cgroup = None
@@ -115,7 +135,11 @@ def run(spec: ContainerSpec) -> int:
             say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
 
             # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-            child, pty_master = _start(plan, bundle, cgroup, say)
+            child, pty_master = _fork_child(
+                lambda: _new_pid_namespace(say),
+                lambda link: _become_container(plan, bundle, cgroup, link, say),
+                spec.tty, "setting up the container failed", plan.command, plan.env)
+            say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record.pid, record.pid_start = child, state.start_time(child)
             state.save(record)
 
@@ -176,7 +200,22 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     return Plan(id=container_id, image=image, command=command, env=env,
                 workdir=spec.workdir or image.config.workdir or "/", hostname=hostname,
-                user=spec.user if spec.user is not None else image.config.user, spec=spec)
+                user=spec.user if spec.user is not None else image.config.user,
+                privileges=spec.privileges, init_binary=_init_binary() if spec.use_init else None,
+                spec=spec)
+
+
+def _init_binary() -> str:
+    """--init's program (minirun/init.c), compiled on first use and kept in the store."""
+    from pathlib import Path
+    from minirun import static_build
+    return str(static_build.build(Path(__file__).with_name("init.c"), store_root() / "helpers",
+                                  "--init"))
+
+
+def _new_pid_namespace(say) -> None:
+    namespaces.unshare(namespaces.CLONE_NEWPID)
+    say("unshare", "CLONE_NEWPID: the next child will be PID 1 of a new PID namespace")
 
 
 def _claim_name(record: state.ContainerRecord) -> None:
@@ -186,165 +225,217 @@ def _claim_name(record: state.ContainerRecord) -> None:
                                  "choose another --name")
 
 
-def _start(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
-           say) -> tuple[int, int | None]:
-    """Fork the child that becomes the container; return its host PID and the pty master, if any.
+# -- The child: forked into a PID namespace, tied to the runtime until it execs ------------------
 
-    The child is forked straight into a new PID namespace: unshare(CLONE_NEWPID) does not move
-    the caller, it makes the caller's *next* child PID 1 of a new namespace. Right after the
-    fork the parent goes back to its own PID namespace for any later children.
+@dataclass
+class _Link:
+    """The child's ends of what ties it to the runtime that forked it (see _fork_child)."""
+    go: int                         # read end: "g" when the runtime is ready; hung up if it died
+    errors: int                     # write end, close-on-exec: why setup or exec failed
+    console: socket.socket | None   # with -t: where the child sends its pty's master end
 
-    Two pipes tie parent and child together:
-    - `go`: the child waits on it until the parent has done its part, so nothing of the
-      container runs before the parent is ready for it; end-of-file instead means the parent
-      died before the child's parent-death signal was armed, and the child gives up;
+    def runtime_is_gone(self) -> bool:
+        """The runtime keeps its end of `go` open until the exec: a hang-up means it died."""
+        poller = select.poll()
+        poller.register(self.go, select.POLLIN)
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
+                command: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+    """Fork a child into a PID namespace and let `become(link)` turn it into a container
+    process that execs `command`; return its host PID and, with `tty`, its pty's master end.
+    Used by `run` (a new PID namespace) and by `exec` (a running container's).
+
+    `enter_pid_namespace()` runs just before the fork: unshare(CLONE_NEWPID) or setns() into a
+    PID namespace does not move the caller, it decides where the caller's *next* child is born
+    (pid_namespaces(7)). Right after the fork the runtime goes back to its own.
+
+    Three channels tie runtime and child together until the exec:
+    - `go`: the child waits on it until the runtime is ready for it; end-of-file instead means
+      the runtime died before the child's parent-death signal was armed, and the child gives up.
+      The runtime holds its end open until the exec, so the child can ask again later whether
+      the runtime is still there (after a user switch, see _give_up_privileges);
     - `errors`: close-on-exec, so it reaches end-of-file exactly when the command has been
-      exec'd; if setup or exec fails instead, the child writes why into it first.
+      exec'd; if setup or exec fails instead, the child writes why into it first;
+    - with -t, `console`: a unix socket on which the child sends the master end of a pty that it
+      opened inside the container (SCM_RIGHTS, unix(7)), as runc's --console-socket does: the
+      pty then belongs to the container's own /dev/pts, where `tty` can name it.
     """
     go_read, go_write = os.pipe()
     errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
-    master, slave = os.openpty() if plan.spec.tty else (None, None)
+    console, console_child = socket.socketpair() if tty else (None, None)
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    namespaces.unshare(namespaces.CLONE_NEWPID)
-    say("unshare", "CLONE_NEWPID: the next child will be PID 1 of a new PID namespace")
+    enter_pid_namespace()
     pid = os.fork()
     if pid == 0:
-        os.close(go_write)
-        os.close(errors_read)
-        if master is not None:
-            os.close(master)
         try:
-            _become_container(plan, bundle, cgroup, go_read, errors_write, slave, say)  # no return
+            os.close(go_write)
+            os.close(errors_read)
+            if console:
+                console.close()
+            security.die_with_parent()
+            if os.read(go_read, 1) != b"g":           # the runtime died before saying go
+                os._exit(RUNTIME_FAILED)
+            become(_Link(go_read, errors_write, console_child))     # ends in exec
+        except OSError as error:
+            _fail(errors_write, RUNTIME_FAILED, f"{failed}: {error}")
+        except RuntimeFailure as error:
+            _fail(errors_write, error.exit_code, str(error))
+        except Exception as error:      # a bug: still one line, and the runtime cleans up
+            _fail(errors_write, RUNTIME_FAILED, f"internal error: {failed}: {error!r}")
         finally:
-            os._exit(RUNTIME_FAILED)    # never fall back into the parent's code
+            os._exit(RUNTIME_FAILED)    # never fall back into the runtime's code
     namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
-    os.close(own_pid_namespace)
-    os.close(go_read)
-    os.close(errors_write)
-    if slave is not None:
-        os.close(slave)
-
-    # (The parent's work between fork and go goes here: the child is paused, not yet confined.)
-    os.write(go_write, b"g")
-    os.close(go_write)
-
-    _wait_for_exec(pid, errors_read)
-    say("exec", f"container PID 1 is host PID {pid}, running {plan.command}")
+    for fd in (own_pid_namespace, go_read, errors_write):
+        os.close(fd)
+    if console_child:
+        console_child.close()
+    try:
+        os.write(go_write, b"g")
+        master = terminal.receive_master(console) if console else None
+        _wait_for_exec(pid, errors_read, command, env)
+    finally:
+        os.close(go_write)
     return pid, master
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup, go: int,
-                      errors: int, slave: int | None, say) -> None:
+def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup, link: _Link,
+                      say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
-    try:
-        security.die_with_parent()
-        if os.read(go, 1) != b"g":               # the parent died before saying go
-            os._exit(RUNTIME_FAILED)
-        os.close(go)
+    # 1. Resources: join the container's cgroup. Every process forked from here on is born in
+    #    it, counted and limited with the rest of the container.
+    cgroup.join()
+    say("cgroup", f"joined {cgroup}")
 
-        # 1. Resources: join the container's cgroup. Every process forked from here on is
-        #    born in it, counted and limited with the rest of the container.
-        cgroup.join()
-        say("cgroup", f"joined {cgroup}")
+    # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen are
+    #    the container's own.
+    namespaces.unshare(CONTAINER_NAMESPACES)
+    say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
+    namespaces.sethostname(plan.hostname)
+    say("sethostname", plan.hostname)
 
-        # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen
-        #    are the container's own.
-        namespaces.unshare(CONTAINER_NAMESPACES)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
-        namespaces.sethostname(plan.hostname)
-        say("sethostname", plan.hostname)
-
-        # 3. The root filesystem: the image's layers under a writable overlay, then the kernel's
-        #    pseudo-filesystems, a minimal /dev, and masks over what would reveal the host.
-        rootfs.make_mounts_private()
-        say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
-        rootfs.mount_overlay(plan.image.layers, bundle)
-        say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})")
-        root = bundle.merged
-        rootfs.mount_proc(root)
-        rootfs.mount_dev(root)
-        rootfs.mount_sys(root)
-        cgroups.mount_view(str(root / "sys/fs/cgroup"))
+    # 3. The root filesystem: the image's layers under a writable overlay, then the kernel's
+    #    pseudo-filesystems, a minimal /dev, and masks over what would reveal the host.
+    rootfs.make_mounts_private()
+    say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
+    privileged = plan.privileges.privileged
+    rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged)
+    say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
+        + ("" if privileged else ", nosuid and nodev"))
+    root = bundle.merged
+    rootfs.mount_proc(root)
+    rootfs.mount_dev(root)
+    rootfs.mount_sys(root, writable=privileged)
+    cgroups.mount_view(str(root / "sys/fs/cgroup"))
+    if not privileged:
         rootfs.mask_host_paths(root)
-        say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
-            "its own cgroups read-only on /sys/fs/cgroup, masks")
+    if plan.init_binary:
+        rootfs.mount_init(root, plan.init_binary)
+    say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
+        "its own cgroups read-only on /sys/fs/cgroup"
+        + (", masks" if not privileged else "; no masks (--privileged)")
+        + (", /dev/init" if plan.init_binary else ""))
+    if plan.spec.read_only:
+        rootfs.make_read_only(root)
+        say("mount", f"{root} remounted read-only (--read-only)")
 
-        # 4. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
-        if plan.spec.use_chroot:
-            rootfs.chroot_into(root)
-            say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
-        else:
-            rootfs.pivot_into(root)
-            say("pivot_root", f"{root} is now /; the old root is unmounted")
+    # 4. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
+    if plan.spec.use_chroot:
+        rootfs.chroot_into(root)
+        say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
+    else:
+        rootfs.pivot_into(root)
+        say("pivot_root", f"{root} is now /; the old root is unmounted")
 
-        # 5. The network namespace holds only `lo`; bring it up.
-        network.bring_up_loopback()
-        say("network", "lo up; no other device")
+    # 5. The network namespace holds only `lo`; bring it up.
+    network.bring_up_loopback()
+    say("network", "lo up; no other device")
 
-        # 6. Where the command starts, on which terminal.
-        os.makedirs(plan.workdir, exist_ok=True)
-        os.chdir(plan.workdir)
-        _attach_stdio(slave)
+    # 6. Where the command starts.
+    os.makedirs(plan.workdir, exist_ok=True)
+    os.chdir(plan.workdir)
 
-        # 7. Give up what the command must not have: most capabilities, any new privilege, and
-        #    root itself if the image or -u names another user.
-        _give_up_privileges(plan.user, say)
-    except OSError as error:
-        _fail(errors, RUNTIME_FAILED, f"setting up the container failed: {error}")
-    except RuntimeFailure as error:
-        _fail(errors, error.exit_code, str(error))
-    except Exception as error:   # a bug: still one line, and the parent cleans up
-        _fail(errors, RUNTIME_FAILED, f"internal error while setting up the container: {error!r}")
-
-    # 8. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
-    if plan.spec.use_init:
-        _run_init(plan, errors)
-    _exec(plan.command, plan.env, errors)
+    # 7-9. The terminal, privileges, descriptors, and exec: the same as for `minirun exec`.
+    _last_steps(link, plan.command, plan.env, plan.user, plan.privileges, plan.init_binary, say)
 
 
-def _give_up_privileges(user: str, say) -> None:
-    security.drop_privileges()
-    say("security", "capabilities cut to Docker's default set; no_new_privs set")
+def _last_steps(link: _Link, command: list[str], env: dict[str, str], user: str,
+                privileges: security.Privileges, init_binary: str | None, say) -> None:
+    """What every process entering a container does last, in `run` and in `exec` alike."""
+    # 7. Its own session, so the host terminal's Ctrl-C reaches minirun, which passes it on
+    #    once; with -t, a pty of the container's own as its controlling terminal.
+    os.setsid()
+    if link.console:
+        terminal.open_in_container(link.console)
+        say("terminal", f"{os.ttyname(0)} of the container's own /dev/pts; its master sent to the runtime")
+
+    # 8. Give up what the command must not have: capabilities, any new privilege, and root
+    #    itself if the image or -u names another user.
+    _give_up_privileges(user, privileges, link, say)
+    env = dict(env)
+    env.setdefault("HOME", security.home_directory(os.getuid()))   # as Docker: from passwd
+
+    # 9. Nothing of the runtime's crosses but stdin, stdout and stderr.
+    security.close_inherited_descriptors()
+    say("exec", "every descriptor above 2 is close-on-exec")
+
+    # 10. Become the command: exec it as PID 1, or exec the tiny init that runs it as PID 2.
+    if init_binary:
+        _exec_init(command, env, link)
+    _exec(command, env, link)
+
+
+def _give_up_privileges(user: str, privileges: security.Privileges, link: _Link, say) -> None:
+    security.drop_privileges(privileges)
+    say("security", privileges.describe())
     if user:
         uid, gid, groups = security.switch_user(user)
         say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
+        # A change of user clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG), which
+        # would let this container outlive a killed runtime unseen. Arm it again, then check
+        # that the runtime did not die in between.
+        security.die_with_parent()
+        if link.runtime_is_gone():
+            os._exit(RUNTIME_FAILED)
 
 
-def _attach_stdio(slave: int | None) -> None:
-    """Put the container in a session of its own, so the host terminal's Ctrl-C reaches
-    minirun, which forwards it once. With -t, the pty becomes its controlling terminal."""
-    os.setsid()
-    if slave is not None:
-        terminal.become_controlling_terminal(slave)
-
-
-def _exec(command: list[str], env: dict[str, str], errors: int) -> None:
-    """execve the command, searching PATH inside the container; on failure report 126 or 127."""
+def _exec(command: list[str], env: dict[str, str], link: _Link) -> None:
+    """execve the command, searching PATH inside the container; on failure report the errno."""
     signals.reset_for_exec()
     try:
         os.execvpe(command[0], command, env)
-    except (FileNotFoundError, NotADirectoryError):
-        _fail(errors, NOT_FOUND, f"{command[0]!r} not found in the container "
-              f"(PATH={env.get('PATH', '')}): check the command and the image")
     except OSError as error:
-        _fail(errors, CANNOT_EXECUTE, f"{command[0]!r} cannot be executed in the container: "
-              f"{error.strerror}")
+        os.write(link.errors, f"exec {error.errno}".encode())
+        os._exit(_exec_failure(command, env, error.errno).exit_code)
 
 
-def _run_init(plan: Plan, errors: int) -> None:
-    """--init: PID 1 is this tiny init, as with `docker run --init` (tini).
+def _exec_init(command: list[str], env: dict[str, str], link: _Link) -> None:
+    """--init: exec minirun/init.c's program as PID 1, as `docker run --init` runs tini.
 
-    A process that happens to be PID 1 has two jobs it may not know about: the kernel gives it
-    every orphaned process to reap (or they stay zombies), and it ignores every signal it has
-    no handler for, so a plain `sleep` as PID 1 shrugs off Ctrl-C. This init forks the command,
-    passes signals on to it, reaps everything, and exits with the command's status.
+    It forks the command, passes signals on, reaps orphans, and exits with the command's status
+    (see init.c for why PID 1 needs that, and why it is not Python). The signals minirun holds
+    stay blocked across this exec, so none sent meanwhile is lost: the init waits for them. Its
+    descriptor 3 is our report pipe, for an exec of the command that fails.
     """
-    command_pid = os.fork()             # signals are still held: the mask was inherited from minirun
-    if command_pid == 0:
-        _exec(plan.command, plan.env, errors)
-    os.close(errors)                    # the parent's EOF must come from the command's exec
-    os._exit(_supervise(command_pid))
+    if link.errors != 3:
+        os.dup2(link.errors, 3)
+    os.set_inheritable(3, True)
+    try:
+        os.execve(rootfs.INIT_PATH, [rootfs.INIT_PATH, "--", *command], env)
+    except OSError as error:
+        _fail(link.errors, RUNTIME_FAILED, f"cannot run {rootfs.INIT_PATH}: {error.strerror}")
+
+
+def _exec_failure(command: list[str], env: dict[str, str], error_number: int) -> RuntimeFailure:
+    """The one line for a command that could not be exec'd: 127 not found, 126 not executable."""
+    if error_number in (errno.ENOENT, errno.ENOTDIR):
+        return RuntimeFailure(f"{command[0]!r} not found in the container "
+                              f"(PATH={env.get('PATH', '')}): check the command and the image",
+                              NOT_FOUND)
+    return RuntimeFailure(f"{command[0]!r} cannot be executed in the container: "
+                          f"{os.strerror(error_number)}", CANNOT_EXECUTE)
 
 
 def _fail(errors: int, code: int, message: str) -> None:
@@ -352,23 +443,55 @@ def _fail(errors: int, code: int, message: str) -> None:
     os._exit(code)
 
 
+def _wait_for_exec(pid: int, errors_read: int, command: list[str], env: dict[str, str]) -> None:
+    """Block until the child has exec'd its command (the close-on-exec pipe reaches end of
+    file) or has written why it could not; in that case reap it and raise its one line."""
+    chunks = []
+    while chunk := os.read(errors_read, 4096):
+        chunks.append(chunk)
+    os.close(errors_read)
+    if not chunks:
+        return
+    os.waitpid(pid, 0)
+    report = b"".join(chunks).decode(errors="replace")
+    if report.startswith("exec "):
+        raise _exec_failure(command, env, int(report.split()[1]))
+    code, _, message = report.partition("\n")
+    raise RuntimeFailure(message, int(code))
+
+
+# -- Standing by: signals, the terminal, and the reader of our output --------------------------
+
 def _supervise(pid: int, pty_master: int | None = None) -> int:
-    """Until `pid` exits, pass on each signal sent to us, reap every child (orphans too, when we
-    are an init) and, with -t, relay the terminal until its container side is closed, so that
-    the last of the output is copied too. Return `pid`'s exit status.
+    """Until `pid` exits, pass on each signal sent to us, reap every child and, with -t, relay
+    the terminal until its container side is closed, so that the last of the output is copied
+    too. Return `pid`'s exit status.
 
     The signals have been held since before the fork; they arrive here through a signalfd, as
-    events of the same select() loop as the terminal's bytes (see signals.py for why).
+    events of the same poll() loop as the terminal's bytes (see signals.py for why).
+
+    One more event: the reader of our stdout going away (`... | head -1`). On the host the
+    writer would die of SIGPIPE, but a PID 1 ignores SIGPIPE like any signal it has no handler
+    for (pid_namespaces(7)), so `yes` would fail its writes forever, or exit 1. So the runtime
+    watches its stdout, when it is a pipe or socket, for the error poll(2) reports once the
+    last reader is gone (POLLERR), then ends the container with SIGKILL and exits 141 (128 +
+    SIGPIPE) as the pipeline on the host would.
     """
     watched = signals.SignalFd()
     relay = terminal.Relay(pty_master) if pty_master is not None else None
-    status = None
+    stdout_is_pipe = _is_pipe(STDOUT)
+    status, reader_gone = None, False
     try:
         while status is None or (relay and relay.container_side_open):
-            readers, writers = [watched], []
+            interest = {watched.fileno(): select.POLLIN}
             if relay:
-                readers, writers = readers + relay.readers(), relay.writers()
-            readable, writable, _ = select.select(readers, writers, [])
+                for fd in relay.readers():
+                    interest[fd] = interest.get(fd, 0) | select.POLLIN
+                for fd in relay.writers():
+                    interest[fd] = interest.get(fd, 0) | select.POLLOUT
+            if stdout_is_pipe and not reader_gone:
+                interest.setdefault(STDOUT, 0)      # no events asked: POLLERR comes anyway
+            ready = _poll(interest)
             for sig in watched.read():  # first, so a signal acts before bytes typed after it
                 if sig == signal.SIGCHLD:
                     status = _reap_children(pid, status)
@@ -378,12 +501,47 @@ def _supervise(pid: int, pty_master: int | None = None) -> int:
                 elif status is None:    # until reaped, `pid` cannot be another process's
                     os.kill(pid, sig)
             if relay:
-                relay.pump(readable, writable)
-        return status_from_wait(status)
+                try:
+                    relay.pump([fd for fd, ev in ready.items() if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)],
+                               [fd for fd, ev in ready.items() if ev & select.POLLOUT])
+                except BrokenPipeError:
+                    ready[STDOUT] = select.POLLERR
+            if stdout_is_pipe and not reader_gone and ready.get(STDOUT, 0) & select.POLLERR:
+                status = _reap_children(pid, status)    # it may have ended on its own already
+                if status is None:
+                    reader_gone = True
+                    os.kill(pid, signal.SIGKILL)
+                if relay:
+                    relay.discard_output()
+        code = status_from_wait(status)
+        # An app that met EPIPE and exited with an error of its own before we noticed (`yes`
+        # exits 1) ended because its reader went away: the same end.
+        if reader_gone or (0 < code < 128 and stdout_is_pipe and _poll({STDOUT: 0}, 0)):
+            return 128 + signal.SIGPIPE
+        return code
     finally:
         watched.close()
         if relay:
             relay.close()
+
+
+STDOUT = 1
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _poll(interest: dict[int, int], timeout: float | None = None) -> dict[int, int]:
+    """poll(2) the descriptors in `interest` (fd -> events); return fd -> events that happened."""
+    poller = select.poll()
+    for fd, events in interest.items():
+        poller.register(fd, events)
+    return dict(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def _reap_children(pid: int, status: int | None) -> int | None:
@@ -397,19 +555,6 @@ def _reap_children(pid: int, status: int | None) -> int | None:
             return status
         if reaped == pid:
             status = wait_status
-
-
-def _wait_for_exec(pid: int, errors_read: int) -> None:
-    """Block until the child has exec'd its command (the close-on-exec pipe reaches end of
-    file) or has written why it could not; in that case reap it and raise its one line."""
-    chunks = []
-    while chunk := os.read(errors_read, 4096):
-        chunks.append(chunk)
-    os.close(errors_read)
-    if chunks:
-        code, _, message = b"".join(chunks).decode(errors="replace").partition("\n")
-        os.waitpid(pid, 0)
-        raise RuntimeFailure(message, int(code))
 
 
 # -- Joining a running container: `minirun exec` and `minirun stop` -----------------------------
@@ -438,41 +583,33 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
               for name in (*JOINED_NAMESPACES, "pid")}
     _confirm_still_running(record)        # the fds are PID 1's own, not a later holder of its PID's
     environment = dict(_environment_of(pid1), **dict(item.split("=", 1) for item in env))
+    if tty:
+        environment.setdefault("TERM", os.environ.get("TERM", "xterm"))
     cgroup = cgroups.of_container(record.id)
-    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
-    master, slave = os.openpty() if tty else (None, None)
-    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    privileges = security.Privileges.from_record(record.capabilities, record.privileged)
 
-    with signals.held():                 # as in `run`: see signals.py and _supervise
+    def join(link: _Link) -> None:
+        cgroup.join()
+        say("cgroup", f"joined {cgroup}")
+        for name in JOINED_NAMESPACES:
+            namespaces.setns(joined[name])
+        say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
+        os.makedirs(workdir or record.workdir, exist_ok=True)
+        os.chdir(workdir or record.workdir)
+        _last_steps(link, command, environment, record.user if user is None else user,
+                    privileges, None, say)
+
+    def enter_pid_namespace() -> None:
         namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
         say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(errors_read)
-                security.die_with_parent()
-                cgroup.join()
-                say("cgroup", f"joined {cgroup}")
-                for name in JOINED_NAMESPACES:
-                    namespaces.setns(joined[name])
-                say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
-                os.makedirs(workdir or record.workdir, exist_ok=True)
-                os.chdir(workdir or record.workdir)
-                _attach_stdio(slave)
-                _give_up_privileges(record.user if user is None else user, say)
-                _exec(command, environment, errors_write)
-            except RuntimeFailure as error:
-                _fail(errors_write, error.exit_code, str(error))
-            except Exception as error:
-                _fail(errors_write, RUNTIME_FAILED, f"joining the container failed: {error}")
-            finally:
-                os._exit(RUNTIME_FAILED)
-        namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
-        for fd in (own_pid_namespace, errors_write, *joined.values()):
-            os.close(fd)
-        if slave is not None:
-            os.close(slave)
-        _wait_for_exec(pid, errors_read)
+
+    with signals.held():                 # as in `run`: see signals.py and _supervise
+        try:
+            pid, master = _fork_child(enter_pid_namespace, join, tty, "joining the container failed",
+                                      command, environment)
+        finally:
+            for fd in joined.values():
+                os.close(fd)
         return _supervise(pid, master)
 
 

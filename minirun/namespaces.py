@@ -14,7 +14,7 @@ A namespace gives a process its own view of one kind of global resource (namespa
 import ctypes
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)     # the one handle on the C library, for every module
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -50,24 +50,24 @@ def unshare(flags: int) -> None:
     CLONE_NEWPID is special: the caller stays where it is and its next child becomes PID 1 of
     the new PID namespace.
     """
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace that `fd` (an open /proc/PID/ns/* file) refers to (setns(2))."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
           data: str | None = None) -> None:
     """mount(2). With MS_BIND, MS_REMOUNT or MS_PRIVATE the same call binds, changes or re-types."""
     encode = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags),
+    _check(libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags),
                        encode(data)), f"mount {fstype or ''} {source or ''} on {target}", target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}", target)
+    _check(libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}", target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -77,11 +77,11 @@ def pivot_root(new_root: str, put_old: str) -> None:
     and 41 on arm64 (asm/unistd.h).
     """
     number = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
-    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()),
+    _check(libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()),
            "pivot_root", new_root)
 
 
 def sethostname(name: str) -> None:
     """sethostname(2): only this UTS namespace sees the change."""
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+    _check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")

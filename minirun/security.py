@@ -9,14 +9,22 @@ away what a container has no business doing before it starts the app (capabiliti
   (Documentation/userspace-api/no_new_privs.rst);
 - the user: an image (or -u) may name an unprivileged user to run as instead of root;
 - parent-death signal: if minirun itself dies, the kernel SIGKILLs the container's PID 1, and
-  with it the whole PID namespace, so a killed runtime cannot leave a container running.
+  with it the whole PID namespace, so a killed runtime cannot leave a container running;
+- descriptors: nothing the caller of minirun had open crosses into the container.
+
+`--cap-add` and `--cap-drop` change the kept set as Docker's do; `--privileged` keeps every
+capability and sets no no_new_privs (and the container turns off its other protections too).
 """
+import ctypes
+import errno
 import os
 import signal
+from dataclasses import dataclass
 
 import prctl
 
 from minirun.errors import RuntimeFailure
+from minirun.namespaces import libc
 
 # Docker's default capability set (moby's oci/caps/defaults.go lists the same fourteen).
 DEFAULT_CAPABILITIES = frozenset({
@@ -25,13 +33,59 @@ DEFAULT_CAPABILITIES = frozenset({
 })
 
 
+@dataclass(frozen=True)
+class Privileges:
+    """What root in the container keeps: its capabilities, and whether no_new_privs is set."""
+    capabilities: frozenset[str] = DEFAULT_CAPABILITIES
+    privileged: bool = False
+
+    @classmethod
+    def from_options(cls, add, drop, privileged: bool) -> "Privileges":
+        """--cap-add/--cap-drop take Docker's names (NET_ADMIN, CAP_NET_ADMIN, ALL), in any case.
+        ALL in --cap-drop starts from nothing, ALL in --cap-add from everything; then the named
+        ones are dropped, then added."""
+        added, dropped = _capability_names(add, "--cap-add"), _capability_names(drop, "--cap-drop")
+        if privileged:
+            return cls(frozenset(prctl.ALL_CAP_NAMES), privileged=True)
+        base = frozenset(prctl.ALL_CAP_NAMES) if "all" in added else \
+            frozenset() if "all" in dropped else DEFAULT_CAPABILITIES
+        return cls((base - dropped) | (added - {"all"}))
+
+    @classmethod
+    def from_record(cls, capabilities: list[str] | None, privileged: bool) -> "Privileges":
+        if capabilities is None:
+            return cls(privileged=privileged)
+        return cls(frozenset(capabilities), privileged)
+
+    def describe(self) -> str:
+        if self.privileged:
+            return "--privileged: every capability kept, no no_new_privs"
+        kept = "Docker's default set" if self.capabilities == DEFAULT_CAPABILITIES else \
+            (", ".join(sorted(self.capabilities)) or "none")
+        return f"capabilities cut to {kept}; no_new_privs set"
+
+
+def _capability_names(names, flag: str) -> frozenset[str]:
+    known = set(prctl.ALL_CAP_NAMES) | {"all"}
+    found = set()
+    for name in names:
+        short = name.lower().removeprefix("cap_")
+        if short not in known:
+            raise RuntimeFailure(f"{flag} {name}: no such capability; give a name from "
+                                 "capabilities(7), e.g. NET_ADMIN, or ALL")
+        found.add(short)
+    return frozenset(found)
+
+
 def die_with_parent() -> None:
     """PR_SET_PDEATHSIG: SIGKILL this process when the process that forked it exits."""
     prctl.set_pdeathsig(signal.SIGKILL)
 
 
-def drop_privileges(keep: frozenset[str] = DEFAULT_CAPABILITIES) -> None:
-    """Shrink the bounding, inheritable, permitted and effective sets to `keep`; set no_new_privs."""
+def drop_privileges(privileges: Privileges = Privileges()) -> None:
+    """Shrink the bounding, inheritable, permitted and effective sets to what `privileges`
+    keeps; set no_new_privs unless privileged."""
+    keep = privileges.capabilities
     for name in prctl.ALL_CAP_NAMES:                   # e.g. "sys_admin"
         if name not in keep:
             prctl.capbset.drop(name)
@@ -39,7 +93,35 @@ def drop_privileges(keep: frozenset[str] = DEFAULT_CAPABILITIES) -> None:
     prctl.cap_inheritable.limit()
     prctl.cap_effective.limit(*kept)        # effective must stay a subset of permitted: shrink it first
     prctl.cap_permitted.limit(*kept)
-    prctl.set_no_new_privs(1)
+    if not privileges.privileged:
+        prctl.set_no_new_privs(1)
+
+
+SYS_close_range = 436           # the same number on every architecture (asm-generic/unistd.h)
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def close_inherited_descriptors() -> None:
+    """Mark every descriptor above 2 close-on-exec, so that only stdin, stdout and stderr cross
+    into the container.
+
+    Whatever the caller of minirun had open is inherited by minirun and by every child it forks:
+    a directory of the host opened as descriptor 9 (`exec 9</`) would be, inside the container,
+    /proc/self/fd/9 — a way back to the host's root that no pivot_root can close. runc closes
+    every descriptor above 2 for the same reason. close_range(2) with CLOSE_RANGE_CLOEXEC
+    (Linux 5.11) marks them all in one call; they close at the exec itself, so the runtime's
+    report pipe still works until that moment. Older kernels: one fcntl a descriptor.
+    """
+    if libc.syscall(SYS_close_range, 3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC) == 0:
+        return
+    if ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL):
+        raise OSError(ctypes.get_errno(), "close_range")
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.set_inheritable(int(name), False)
+            except OSError:
+                pass                    # the listing's own descriptor, closed by now
 
 
 def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
@@ -85,6 +167,14 @@ def resolve_user(spec: str, passwd: str | os.PathLike | None = "/etc/passwd",
     supplementary = tuple(sorted({gid} | {int(row[1]) for row in groups.values()
                                           if login and login in row[2].split(",")}))
     return uid, gid, supplementary
+
+
+def home_directory(uid: int, passwd: str = "/etc/passwd") -> str:
+    """The home directory the container's passwd file gives `uid`, "/" if none: Docker's HOME."""
+    for row in _table(passwd).values():
+        if row[1] == str(uid) and len(row) >= 5 and row[4]:
+            return row[4]
+    return "/"
 
 
 def _table(path: str | os.PathLike | None) -> dict[str, list[str]]:

@@ -20,6 +20,8 @@ import os
 import signal
 import struct
 
+from minirun.namespaces import libc
+
 # What a runtime passes on to its container, as `docker run` does: a Ctrl-C, a `kill`, a hangup.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2)
@@ -27,7 +29,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 # What a supervisor reads from its signalfd: those, a child's exit and a terminal's new size.
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _SIGINFO_SIZE = 128     # struct signalfd_siginfo; its first field is ssi_signo, a u32
 
 
@@ -66,7 +67,7 @@ class SignalFd:
         mask = (ctypes.c_uint64 * 16)()                 # glibc's sigset_t: 1024 bits
         for sig in WATCHED:
             mask[(sig - 1) // 64] |= 1 << ((sig - 1) % 64)
-        fd = _libc.signalfd(-1, ctypes.byref(mask), os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = libc.signalfd(-1, ctypes.byref(mask), os.O_CLOEXEC | os.O_NONBLOCK)
         if fd < 0:
             error = ctypes.get_errno()
             raise OSError(error, f"signalfd: {os.strerror(error)}")

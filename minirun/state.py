@@ -23,6 +23,8 @@ class ContainerRecord:
     created: float = 0.0
     workdir: str = "/"          # where `minirun exec` starts, as `docker exec` does
     user: str = ""              # whom `minirun exec` runs as, unless -u says otherwise
+    capabilities: list[str] | None = None   # what it keeps (None: the default set), for exec
+    privileged: bool = False
 
 
 def state_dir() -> Path:

@@ -8,18 +8,40 @@ goes through untouched, passes on window-size changes, and restores the terminal
 import errno
 import fcntl
 import os
+import socket
 import termios
 import tty
 
 STDIN, STDOUT = 0, 1
 
 
-def become_controlling_terminal(slave: int) -> None:
-    """In the container (a new session): make the pty its terminal and its stdin, stdout, stderr."""
+def open_in_container(console: socket.socket) -> None:
+    """In the container (a new session): open a pty from the container's own /dev/ptmx, send its
+    master end to the runtime over `console`, and make the slave end the controlling terminal
+    and stdin, stdout, stderr.
+
+    The pty is opened here, after the root changed, so that it belongs to the container's own
+    devpts instance (mounted with `newinstance`): `tty` names it /dev/pts/0, and it is nothing
+    of the host's. File descriptors travel between processes over a unix socket as SCM_RIGHTS
+    ancillary data (unix(7)); runc's --console-socket hands a pty to an engine the same way.
+    """
+    master, slave = os.openpty()
+    socket.send_fds(console, [b"pty"], [master])
+    os.close(master)
+    console.close()
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
     os.close(slave)
+
+
+def receive_master(console: socket.socket) -> int | None:
+    """In the runtime: the master end the container sent, or None if it failed before."""
+    try:
+        _, fds, _, _ = socket.recv_fds(console, 16, 1)
+    finally:
+        console.close()
+    return fds[0] if fds else None
 
 
 class Relay:
@@ -42,6 +64,7 @@ class Relay:
             self.copy_window_size()
         os.set_blocking(master, False)
         self.pending, self.stdin_open, self.container_side_open = b"", True, True
+        self.stdout_open = True
 
     def readers(self) -> list[int]:
         if not self.container_side_open:
@@ -73,6 +96,10 @@ class Relay:
             size = fcntl.ioctl(STDIN, termios.TIOCGWINSZ, b"\0" * 8)
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
 
+    def discard_output(self) -> None:
+        """Our stdout has no reader any more: drain what the container writes, copy nothing."""
+        self.stdout_open = False
+
     def close(self) -> None:
         """The container side is closed, or minirun is failing: restore our terminal."""
         if self.saved:
@@ -90,7 +117,8 @@ class Relay:
                 raise
             data = b""
         if data:
-            _write_all(STDOUT, data)
+            if self.stdout_open:
+                _write_all(STDOUT, data)
         else:
             self.container_side_open = False
 

@@ -10,18 +10,14 @@ host's C compiler, and cached by its source; only images that do not run as root
 The names are resolved here, on the host, with minirun's own code and the image's own
 /etc/passwd and /etc/group as the guest will see them.
 """
-import hashlib
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from minirun.errors import RuntimeFailure
+from minirun import static_build
 from minirun.image import Image
 from minirun.security import resolve_user
 from minivm import initramfs
-from minivm.cache import cache_dir, write_atomically
+from minivm.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("become.c")
 ROOT_SPECS = ("", "root", "0", "0:0")       # the guest init is root already: nothing to switch
@@ -49,21 +45,5 @@ def resolve(image: Image, spec: str) -> Identity | None:
 
 def become_binary() -> bytes:
     """The compiled helper, built on first use and cached by the digest of its source."""
-    source = SOURCE.read_bytes()
-    target = cache_dir() / "become" / hashlib.sha256(source).hexdigest()[:32]
-    if not target.is_file():
-        compiler = shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            raise RuntimeFailure("running the app as a user other than root needs a C compiler once, "
-                                 "to build minivm's helper: apt-get install gcc libc6-dev")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = Path(scratch, "become")
-            result = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(built), str(SOURCE)],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-                raise RuntimeFailure(f"building minivm's helper {SOURCE.name} failed ({last}): "
-                                     "apt-get install gcc libc6-dev")
-            write_atomically(target, built.read_bytes())
-    return target.read_bytes()
+    return static_build.build(SOURCE, cache_dir() / "become",
+                              "running the app as a user other than root").read_bytes()

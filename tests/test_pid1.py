@@ -2,6 +2,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -129,3 +130,87 @@ def test_container_dies_when_minirun_is_killed(start_minirun, minirun, minirun_e
         time.sleep(0.05)
     assert _processes_with(marker) == []
     assert minirun("gc").returncode == 0        # its bundle, record and cgroup (tested elsewhere)
+
+
+def _wait_gone(marker: str) -> list[int]:
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _processes_with(marker)
+
+
+def test_a_container_of_a_non_root_user_dies_with_its_killed_runtime(start_minirun, minirun):
+    # Switching to the image's user clears the parent-death signal (prctl(2)); minirun arms it
+    # again after the switch. Without that, this container would outlive its runtime unseen.
+    marker = f"sleep 4244.{os.getpid()}"
+    process = start_minirun("run", "-u", "nobody", "hello", "sh", "-c", f"echo ready; exec {marker}")
+    assert read_line(process) == "ready\n"
+    assert _processes_with(marker)
+    process.kill()
+    process.wait(timeout=10)
+    assert _wait_gone(marker) == []
+    assert minirun("gc").returncode == 0
+
+
+def test_a_command_exec_d_as_another_user_dies_with_its_killed_exec(start_minirun, minirun,
+                                                                     minirun_env):
+    process = start_minirun("run", "--name", "host4exec", "hello", "sleep", "60")
+    wait_for_container(minirun_env)
+    marker = f"sleep 4245.{os.getpid()}"
+    joined = start_minirun("exec", "-u", "nobody", "host4exec", "sh", "-c", f"echo ready; exec {marker}")
+    assert read_line(joined) == "ready\n"
+    joined.kill()
+    joined.wait(timeout=10)
+    assert _wait_gone(marker) == []
+    assert minirun("stop", "-t", "0", "host4exec").returncode == 0
+    process.communicate(timeout=20)
+
+
+# --- --init: a small static program, and nothing of the host -----------------------------------
+
+def test_init_is_the_containers_own_program_with_the_containers_environment(start_minirun, minirun,
+                                                                           minirun_env):
+    process = start_minirun("run", "--init", "--name", "initial", "-e", "MARK=inside", "hello",
+                            "sh", "-c", "echo ready; sleep 60")
+    assert read_line(process) == "ready\n"
+    pid1 = wait_for_container(minirun_env)["pid"]
+    # Seen from the host (root may look): an executable inside the container, a command line
+    # that names the container's command, and the container's environment, not minirun's.
+    assert os.readlink(f"/proc/{pid1}/exe") == "/dev/init"
+    assert open(f"/proc/{pid1}/cmdline").read().split("\0")[:3] == ["/dev/init", "--", "sh"]
+    environ = dict(item.split("=", 1) for item in open(f"/proc/{pid1}/environ").read().split("\0") if item)
+    assert environ["MARK"] == "inside" and "MINIRUN_STATE" not in environ
+    assert sorted(os.listdir(f"/proc/{pid1}/fd")) == ["0", "1", "2"]
+    # From inside: PID 1 is not dumpable, so no process of the container may read its
+    # environment or attach to it, root or not.
+    inside = minirun("exec", "initial", "sh", "-c", "cat /proc/1/environ; echo status=$?")
+    assert "Permission denied" in inside.stderr and "status=1" in inside.stdout
+    # `exec` starts from the container's environment, not the host's.
+    seen = minirun("exec", "initial", "env").stdout
+    assert "MARK=inside" in seen and "MINIRUN_STATE" not in seen
+    assert minirun("stop", "initial").returncode == 0
+    assert process.wait(timeout=20) == 143          # init passed SIGTERM on; sh died of it
+
+
+def test_a_command_init_cannot_run_is_one_line(minirun):
+    result = minirun("run", "--init", "hello", "no-such-command")
+    assert result.returncode == 127
+    assert result.stderr.startswith("minirun: 'no-such-command' not found in the container")
+    assert minirun("run", "--init", "hello", "/etc/passwd").returncode == 126
+
+
+# --- The reader of the container's output goes away --------------------------------------------
+
+@pytest.mark.parametrize("flags, command", [
+    ([], "yes"),
+    ([], "sh -c 'while :; do echo x; done'"),      # its writes fail; as PID 1 it never dies of it
+    (["--init"], "yes"),
+])
+def test_a_pipeline_whose_reader_exits_ends_with_141(minirun_env, flags, command):
+    # As on the host, where `yes | head -1` ends `yes` with SIGPIPE: 128 + 13.
+    pipeline = f"{sys.executable} -m minirun run {' '.join(flags)} hello {command} | head -1; " \
+               "echo status=${PIPESTATUS[0]}"
+    result = subprocess.run(["bash", "-c", pipeline], env=minirun_env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "status=141", result.stderr
+    assert "Traceback" not in result.stderr

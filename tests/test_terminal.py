@@ -98,3 +98,18 @@ def test_the_container_terminal_takes_our_window_size_and_its_changes(minirun_en
         read_until(master, b"44 120")
         os.write(master, b"exit\r")
         assert process.wait(timeout=20) == 0
+
+
+def test_the_pty_is_the_containers_own(minirun, start_minirun, minirun_env):
+    # Opened from the container's own devpts instance, so the container can name it, and
+    # `exec -t` gets one there too, with a TERM as `run -t` has.
+    result = minirun("run", "-t", "hello", "sh", "-c", "tty; ls /dev/pts", input="")
+    assert result.stdout.split()[:2] == ["/dev/pts/0", "0"]
+    process = start_minirun("run", "--name", "ttyhost", "hello", "sleep", "60")
+    from conftest import wait_for_container
+    wait_for_container(minirun_env)
+    joined = minirun("exec", "-t", "ttyhost", "sh", "-c", "tty; echo TERM=$TERM", input="")
+    assert joined.stdout.split()[0] == "/dev/pts/0"
+    assert "TERM=" in joined.stdout and "TERM=dumb" not in joined.stdout and "TERM=\r" not in joined.stdout
+    assert minirun("stop", "-t", "0", "ttyhost").returncode == 0
+    process.communicate(timeout=20)

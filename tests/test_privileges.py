@@ -1,0 +1,101 @@
+"""What root in the container may still do: capabilities, --privileged, --read-only, and what
+crosses from the runtime into the container (descriptors, HOME)."""
+import os
+
+import pytest
+
+
+def status_field(minirun, name: str, *flags: str) -> str:
+    result = minirun("run", *flags, "hello", "grep", f"^{name}:", "/proc/self/status")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
+def capability_bits(minirun, *flags: str) -> int:
+    return int(status_field(minirun, "CapEff", *flags), 16)
+
+
+CAP_CHOWN, CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN = 0, 13, 12, 21
+
+
+def test_the_default_set_is_dockers(minirun):
+    bits = capability_bits(minirun)
+    assert bits & (1 << CAP_CHOWN) and bits & (1 << CAP_NET_RAW)
+    assert not bits & (1 << CAP_SYS_ADMIN) and not bits & (1 << CAP_NET_ADMIN)
+    assert bin(bits).count("1") == 14
+    assert status_field(minirun, "NoNewPrivs") == "1"
+
+
+def test_cap_add_and_cap_drop_take_dockers_names(minirun):
+    assert capability_bits(minirun, "--cap-drop", "ALL") == 0
+    assert capability_bits(minirun, "--cap-drop", "ALL", "--cap-add", "net_admin") == 1 << CAP_NET_ADMIN
+    bits = capability_bits(minirun, "--cap-drop", "CAP_CHOWN", "--cap-add", "SYS_ADMIN")
+    assert not bits & (1 << CAP_CHOWN) and bits & (1 << CAP_SYS_ADMIN)
+
+
+@pytest.mark.parametrize("flag", ["--cap-add", "--cap-drop"])
+def test_an_unknown_capability_is_one_line(minirun, flag):
+    result = minirun("run", flag, "FLY", "hello", "true")
+    assert result.returncode == 125
+    assert result.stderr == f"minirun: {flag} FLY: no such capability; give a name from " \
+                            "capabilities(7), e.g. NET_ADMIN, or ALL\n"
+
+
+def test_privileged_turns_the_protections_off_and_says_so(minirun):
+    result = minirun("run", "--privileged", "hello", "sh", "-c",
+                     "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; mount")
+    assert result.returncode == 0
+    assert "minirun: warning: --privileged" in result.stderr
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines() if ":\t" in line)
+    assert int(fields["CapEff"], 16) & (1 << CAP_SYS_ADMIN)
+    assert fields["NoNewPrivs"] == "0"
+    assert "/proc/keys" not in result.stdout            # nothing masked
+    assert "sysfs on /sys type sysfs (rw" in result.stdout
+    # ...and the default masks /proc/keys and keeps /sys read-only.
+    default = minirun("run", "hello", "mount").stdout
+    assert "/proc/keys" in default and "sysfs on /sys type sysfs (ro" in default
+
+
+def test_read_only_root(minirun):
+    result = minirun("run", "--read-only", "hello", "sh", "-c",
+                     "touch /file; echo root=$?; touch /dev/shm/file; echo shm=$?")
+    assert "root=1" in result.stdout and "shm=0" in result.stdout
+    assert "Read-only file system" in result.stderr
+    assert "root=0" in minirun("run", "hello", "sh", "-c", "touch /file; echo root=$?").stdout
+
+
+def test_the_writable_layer_is_nosuid_and_nodev(minirun):
+    mounts = minirun("run", "hello", "mount").stdout.splitlines()
+    root = next(line for line in mounts if line.startswith("overlay on / "))
+    assert "nosuid" in root and "nodev" in root
+
+
+def test_no_descriptor_of_the_caller_crosses_into_the_container(minirun_env, tmp_path):
+    # A directory of the host held open by whoever starts minirun (`exec 9</`): inside, it would
+    # be /proc/self/fd/9, a path back to the host's root. (Here: whichever number it gets.)
+    import subprocess
+    import sys
+    held = os.open(tmp_path, os.O_RDONLY)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "minirun", "run", "hello", "sh", "-c",
+             f"ls /proc/$$/fd; echo x > /proc/self/fd/{held}/escaped"],
+            env=minirun_env, capture_output=True, text=True, timeout=60, pass_fds=(held,))
+    finally:
+        os.close(held)
+    assert result.stdout.split() == ["0", "1", "2"]
+    assert not (tmp_path / "escaped").exists()
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("user, home", [("", "/root"), ("nobody", "/nonexistent"), ("4321", "/")])
+def test_home_comes_from_the_users_passwd_entry(minirun, user, home):
+    flags = ["-u", user] if user else []
+    assert minirun("run", *flags, "hello", "sh", "-c", "echo $HOME").stdout == f"{home}\n"
+    assert minirun("run", *flags, "-e", "HOME=/x", "hello", "sh", "-c", "echo $HOME").stdout == "/x\n"
+
+
+def test_chroot_warns_that_it_is_escapable(minirun):
+    result = minirun("run", "--chroot", "hello", "true")
+    assert result.returncode == 0
+    assert result.stderr.startswith("minirun: warning: --chroot is escapable")
