@@ -8,7 +8,7 @@ in the same busybox root filesystem (the `hello` image's layer plus the probe); 
 config `runc spec` writes (its defaults), minirun with none of its flags. From inside each: the
 process's capabilities, seccomp and no_new_privs (/proc/self/status), its mounts (masked and
 read-only paths, from /proc/self/mountinfo), its /dev, the descriptors it inherited (a host
-directory is passed as fd 9 to both), and every escape route of docs/security.md. From outside:
+directory is left open for both), and every escape route of docs/security.md. From outside:
 which cgroup the container's process is in, in every hierarchy of the host.
 
 Printed: a Markdown table, one row per property or route, one column per runtime; `--also FLAGS`
@@ -240,13 +240,11 @@ def measure(runtime: Runtime, hostdir: Path, secret: str) -> dict[str, str]:
     rows["/proc/self/cgroup (inside)"] = " ".join(
         sorted({line.split(":", 2)[2] for line in runtime.run(["cat", "/proc/self/cgroup"]).split()
                 if line.count(":") >= 2}))[:60]
-    fd = os.open(hostdir, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(hostdir, os.O_RDONLY | os.O_DIRECTORY)     # as a shell's `exec 9</dir`
     try:
-        os.dup2(fd, 9, inheritable=True)
-        rows["route: fds (a host dir passed as fd 9)"] = \
-            runtime.run(["escape_probe", "fds"], pass_fd=9).strip()
+        rows["route: fds (a host directory left open)"] = \
+            runtime.run(["escape_probe", "fds"], pass_fd=fd).strip()
     finally:
-        os.close(9)
         os.close(fd)
     rows.update(probe_rows(runtime.run(["escape_probe", "all"])))
     if isinstance(runtime, Minirun) and not runtime.flags:
