@@ -12,7 +12,8 @@ directory is left open for both), and every escape route of docs/security.md. Fr
 which cgroup the container's process is in, in every hierarchy of the host.
 
 Printed: a Markdown table, one row per property or route, one column per runtime; `--also FLAGS`
-adds a column of minirun run with those flags (e.g. --privileged, --init). Nothing is left
+adds a column of minirun run with those flags (e.g. --privileged, --init), `--minivm` one of the
+probe in a minivm guest, where every route meets the guest's kernel instead of the host's. Nothing is left
 behind: a private image store and state directory in a temporary directory, runc's containers
 deleted, and runc's cgroups under an absolute parent of our own (never a relative cgroupsPath,
 which runc would resolve under the caller's own cgroup) removed.
@@ -120,6 +121,23 @@ class Minirun(Runtime):
         return rows
 
 
+class Minivm(Runtime):
+    """The same probe in a minivm guest: every route is tried against the guest's kernel."""
+    name = "minivm (a guest kernel)"
+
+    def __init__(self, env: dict):
+        self.env = env
+
+    def run(self, command, pass_fd=None):
+        result = subprocess.run([sys.executable, "-m", "minivm", "boot", "-e", "ESCAPE_PROBE_IN_A_VM=1",
+                                 "probe", *command], env=self.env, capture_output=True, text=True,
+                                timeout=600, pass_fds=(pass_fd,) if pass_fd else ())
+        return result.stdout
+
+    def host_cgroup(self):
+        return ""       # the guest's processes are not the host's: only QEMU's threads are
+
+
 class Runc(Runtime):
     name = "runc (`runc spec`)"
 
@@ -200,6 +218,8 @@ def mount_rows(mountinfo: str, dev_listing: str) -> dict[str, str]:
     read_only = [path for path in READ_ONLY if path in mounts and "ro" in mounts[path][0].split(",")]
     dev = mounts.get("/dev", ("?", "?"))
     devices = sorted(name for name in dev_listing.split() if name not in ("pts", "shm", "mqueue"))
+    if len(devices) > 16:
+        devices = devices[:12] + [f"... ({len(devices)} in all)"]
     return {"masked paths (of those this kernel has)":
             f"{len(masked)}/{len(present)}: " + (" ".join(masked) or "none"),
             "read-only paths": " ".join(read_only) or "none",
@@ -224,19 +244,21 @@ def probe_rows(output: str) -> dict[str, str]:
     return rows
 
 
-def short(outcome: str) -> str:
-    """ESCAPED/BLOCKED with the errno and failing step: enough to tell which defence held."""
+def short(outcome: str, guest: bool = False) -> str:
+    """ESCAPED/BLOCKED with the errno and failing step: enough to tell which defence held.
+    In a VM guest a route that works reaches the guest's kernel, not the host's."""
     word, _, rest = outcome.partition(" ")
     if word == "BLOCKED":
         return "blocked: " + rest
-    return "**escaped**: " + rest
+    return ("reached, in the guest: " if guest else "**escaped**: ") + rest
 
 
 def measure(runtime: Runtime, hostdir: Path, secret: str) -> dict[str, str]:
     print(f"measuring {runtime.name}...", file=sys.stderr)
     rows = status_rows(runtime.run(["cat", "/proc/self/status"]))
     rows.update(mount_rows(runtime.run(["cat", "/proc/self/mountinfo"]), runtime.run(["ls", "/dev"])))
-    rows["cgroups (host's view of PID 1)"] = cgroup_row(runtime.host_cgroup())
+    host_view = runtime.host_cgroup()
+    rows["cgroups (host's view of PID 1)"] = cgroup_row(host_view) if host_view else "n/a"
     rows["/proc/self/cgroup (inside)"] = " ".join(
         sorted({line.split(":", 2)[2] for line in runtime.run(["cat", "/proc/self/cgroup"]).split()
                 if line.count(":") >= 2}))[:60]
@@ -296,7 +318,7 @@ def remove_runc_cgroup_parents(existed: set[Path]) -> None:
                 print(f"could not remove {parent}: {error}", file=sys.stderr)
 
 
-def table(columns: dict[str, dict[str, str]]) -> str:
+def table(columns: dict[str, dict[str, str]], runtimes: dict[str, Runtime]) -> str:
     names = list(columns)
     rows = list(dict.fromkeys(row for rows in columns.values() for row in rows))
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -304,7 +326,8 @@ def table(columns: dict[str, dict[str, str]]) -> str:
         cells = []
         for name in names:
             value = columns[name].get(row, "n/a")
-            value = short(value) if row.startswith("route:") and value != "n/a" else value
+            if row.startswith("route:") and value != "n/a":
+                value = short(value, guest=isinstance(runtimes[name], Minivm))
             cells.append(value.replace("|", "\\|").replace("\n", " "))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -315,6 +338,8 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], metavar="FLAGS",
                         help="another minirun column, run with these flags (quoted)")
     parser.add_argument("--no-runc", action="store_true", help="minirun's columns only")
+    parser.add_argument("--minivm", action="store_true",
+                        help="a column for the same probe in a minivm guest (slow: a boot per row)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("security_table.py: run as root")
@@ -325,7 +350,7 @@ def main() -> None:
     workdir.chmod(0o755)        # so that only the store's own mode keeps host users out of it
     hostdir = workdir / "hostdir"
     hostdir.mkdir(mode=0o777)
-    hostdir.chmod(0o777)                # writable through fd 9 by any user the container runs as
+    hostdir.chmod(0o777)                # writable through the descriptor by any user the container runs as
     secret = "MINIRUN_TABLE_HOST_ONLY"
     env = {**os.environ, "MINIRUN_ROOT": str(workdir / "store"),
            "MINIRUN_STATE": str(workdir / "state"), secret: "1"}
@@ -340,12 +365,15 @@ def main() -> None:
             runtimes.append(Runc(runc_rootfs(layer, binary, workdir), workdir))
         runtimes.append(Minirun(env, []))
         runtimes += [Minirun(env, shlex.split(flags)) for flags in args.also]
+        if args.minivm:
+            runtimes.append(Minivm(env))
         for runtime in runtimes:
             columns[runtime.name] = measure(runtime, hostdir, secret)
+        by_name = {runtime.name: runtime for runtime in runtimes}
     finally:
         remove_runc_cgroup_parents(existed)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(table(columns))
+    print(table(columns, by_name))
 
 
 if __name__ == "__main__":

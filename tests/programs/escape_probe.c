@@ -451,7 +451,9 @@ static const struct { const char *name; int (*probe)(void); } INIT[] = {
 };
 
 /* The host's own PID namespace has a fixed inode number (PROC_PID_INIT_INO, 0xEFFFFFFC): the
- * routes are for containers, where some of them would otherwise write to the host's cgroups. */
+ * routes are for containers, where some of them would otherwise write to the host's cgroups.
+ * A VM guest's first PID namespace has the same number, but its kernel is not the host's:
+ * ESCAPE_PROBE_IN_A_VM=1 says so (docs/security.md runs the probe in a minivm guest). */
 static int on_the_host(void) {
     char own[64] = "";
     readlink("/proc/self/ns/pid", own, sizeof own - 1);
@@ -463,7 +465,7 @@ int main(int argc, char **argv) {
     const char *command = argc > 1 ? argv[1] : "";
     if (strcmp(command, "ids") == 0)
         return probe_ids();
-    if (on_the_host()) {
+    if (on_the_host() && !getenv("ESCAPE_PROBE_IN_A_VM")) {     /* a guest's kernel is its own */
         fprintf(stderr, "escape_probe: this is the host's PID namespace: run me in a container\n");
         return 2;
     }
