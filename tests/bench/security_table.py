@@ -61,8 +61,15 @@ class Minirun(Runtime):
         self.env, self.flags = env, flags
         self.name = "minirun " + " ".join(flags) if flags else "minirun (defaults)"
 
-    def _command(self, command):
-        return [sys.executable, "-m", "minirun", "run", *self.flags, "probe", *command]
+    def _command(self, command, name=None):
+        named = ["--name", name] if name else []
+        return [sys.executable, "-m", "minirun", "run", *named, *self.flags, "probe", *command]
+
+    def _stop(self, name: str, process: subprocess.Popen) -> None:
+        """`minirun stop`, not a kill of minirun: so that it removes the cgroup and bundle."""
+        subprocess.run([sys.executable, "-m", "minirun", "stop", "-t", "0", name], env=self.env,
+                       capture_output=True, timeout=60)
+        process.communicate(timeout=60)
 
     def run(self, command, pass_fd=None):
         result = subprocess.run(self._command(command), env=self.env, capture_output=True,
@@ -71,7 +78,7 @@ class Minirun(Runtime):
 
     def host_cgroup(self):
         state = Path(self.env["MINIRUN_STATE"])
-        process = subprocess.Popen(self._command(["sleep", "30"]), env=self.env,
+        process = subprocess.Popen(self._command(["sleep", "30"], "table-cgroups"), env=self.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(1000):
@@ -82,8 +89,7 @@ class Minirun(Runtime):
                 time.sleep(0.01)
             return "(the container did not start)"
         finally:
-            process.kill()          # minirun's death takes PID 1 with it (parent-death signal)
-            process.wait()
+            self._stop("table-cgroups", process)
 
 
     def host_routes(self) -> dict[str, str]:
@@ -93,7 +99,7 @@ class Minirun(Runtime):
         rows = {"store root mode": oct(root.stat().st_mode & 0o7777)}
         planter = subprocess.Popen(self._command(
             ["sh", "-c", "cp /usr/local/bin/escape_probe /tmp/suid && chmod 4755 /tmp/suid && "
-             "echo ready && exec sleep 30"]), env=self.env, stdout=subprocess.PIPE,
+             "echo ready && exec sleep 30"], "table-planter"), env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
         try:
             planter.stdout.readline()
@@ -111,8 +117,7 @@ class Minirun(Runtime):
             rows["route: setuid file in an upper dir, run by host user nobody"] = \
                 f"BLOCKED EACCES {error.strerror}"
         finally:
-            planter.kill()
-            planter.wait()
+            self._stop("table-planter", planter)
         ran = subprocess.run([sys.executable, "-m", "minirun", "run", "../images/hello", "true"],
                              env=self.env, capture_output=True, text=True)
         rows["route: image name ../images/hello"] = (
