@@ -32,9 +32,9 @@ def new_id(what: str) -> str:
 
 
 def own_cgroups(pattern: str = f"{PREFIX}-*") -> list[Path]:
-    """This test run's cgroups (or those matching `pattern`), in every tree minirun uses."""
-    trees = set(cgroups._mounts().v1.values()) | {cgroups._mounts().unified}
-    return sorted(path for tree in trees for path in (tree / cgroups.PARENT).glob(pattern))
+    """This test run's cgroups (or those matching `pattern`), in every hierarchy of the host."""
+    return sorted(path for tree in cgroups._mounts().hierarchies()
+                  for path in (tree / cgroups.PARENT).glob(pattern))
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,9 @@ def test_create_writes_the_limits_and_remove_leaves_nothing(v1_host):
     assert (paths["cpu"] / "cpu.cfs_quota_us").read_text() == "50000\n"
     assert (paths["cpu"] / "cpu.cfs_period_us").read_text() == "100000\n"
     assert (paths["pids"] / "pids.max").read_text() == "20\n"
-    assert len(own_cgroups()) == len(set(paths.values()))
+    # One directory in every hierarchy the host mounts, limits or not: here 9 v1 trees + cgroup2.
+    assert own_cgroups() == sorted(cgroup.directories())
+    assert [path.parent.parent for path in cgroup.directories()] == cgroups._mounts().hierarchies()
     cgroup.remove()
     cgroup.remove()                                     # idempotent
     assert own_cgroups() == []
@@ -219,7 +221,7 @@ def test_remove_stale(v1_host):
         sleepers[name] = start_in(made[name], ["sleep", "300"])
     an_hour_ago = time.time() - 3600
     for name in (old, busy_old, live, dead):
-        for path in made[name].paths.values():
+        for path in made[name].directories():
             os.utime(path, (an_hour_ago, an_hour_ago))
     try:
         cgroups.remove_stale({live}, dead_ids={dead})
@@ -265,7 +267,7 @@ def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path
         os.waitpid(pid, 0)
     finally:
         cgroup.remove()
-    assert seen["trees"] == ["cpu", "cpuacct", "memory", "pids"]
+    assert seen["trees"] == sorted(tree.name for tree in cgroups._mounts().hierarchies())
     assert seen["limit"] == f"{48 * MiB}\n"            # its own cgroup is the root it sees
     assert all(line.endswith(":/") for line in seen["proc_self_cgroup"])
     assert "writable" not in seen and seen["errors"] == [errno.EROFS] * 3
@@ -279,6 +281,13 @@ V2_FILES = {"cgroup.procs": "", "cgroup.kill": "", "cgroup.subtree_control": "",
             "memory.peak": "0", "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
             "cpu.max": "max 100000", "cpu.stat": "usage_usec 0\nnr_periods 0\n",
             "pids.max": "max", "pids.events": "max 0\n"}
+
+
+def create_v2(root: Path, name: str, limits: cgroups.Limits) -> cgroups.CgroupV2:
+    """The v2 driver's create on a pure v2 host whose cgroup2 tree is at `root`. (The device
+    program needs a real cgroup2 directory: tests/test_devices.py and the v2 guest check it.)"""
+    mounts = cgroups._Mounts(unified=root, v1={}, v1_options={})
+    return cgroups.CgroupV2.create(name, limits, mounts, allow_all_devices=True)
 
 
 @pytest.fixture
@@ -308,8 +317,7 @@ def v2_tree(tmp_path, monkeypatch):
 
 
 def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c1", cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20),
-                                     v2_tree)
+    cgroup = create_v2(v2_tree, "c1", cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20))
     assert cgroup.path == v2_tree / "minirun" / "c1"
     assert (v2_tree / "cgroup.subtree_control").read_text() == "+cpu"    # only what was missing
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
@@ -322,13 +330,13 @@ def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
 
 
 def test_v2_driver_without_limits_writes_none(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c2", cgroups.Limits(), v2_tree)
+    cgroup = create_v2(v2_tree, "c2", cgroups.Limits())
     for name in ("memory.max", "memory.swap.max", "cpu.max", "pids.max"):
         assert (cgroup.path / name).read_text() == V2_FILES[name]
 
 
 def test_v2_driver_reads_usage(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c3", cgroups.Limits(memory=32 * MiB), v2_tree)
+    cgroup = create_v2(v2_tree, "c3", cgroups.Limits(memory=32 * MiB))
     (cgroup.path / "memory.peak").write_text(f"{32 * MiB}\n")
     (cgroup.path / "memory.events").write_text("low 0\nhigh 0\nmax 77\noom 1\noom_kill 1\n")
     (cgroup.path / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n"
@@ -341,8 +349,8 @@ def test_v2_driver_reads_usage(v2_tree):
 
 
 def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
-    other = cgroups.CgroupV2.create("c3", cgroups.Limits(), v2_tree)
-    cgroup = cgroups.CgroupV2.create("c4", cgroups.Limits(), v2_tree)
+    other = create_v2(v2_tree, "c3", cgroups.Limits())
+    cgroup = create_v2(v2_tree, "c4", cgroups.Limits())
     writes = []
     real_write = cgroups._write
     monkeypatch.setattr(cgroups, "_write", lambda path, value, *rest, **named: (
@@ -365,7 +373,7 @@ def test_v2_create_makes_minirun_again_when_another_run_removed_it_meanwhile(v2_
             cgroups._remove_if_unused(cgroup)   # another minirun's last container just ended
             lost.append(cgroup)
     monkeypatch.setattr(cgroups, "_enable_controllers", enable_then_lose_the_parent)
-    cgroup = cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+    cgroup = create_v2(v2_tree, "c7", cgroups.Limits(memory=32 * MiB))
     assert lost and cgroup.path.is_dir()
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
 
@@ -373,9 +381,9 @@ def test_v2_create_makes_minirun_again_when_another_run_removed_it_meanwhile(v2_
 def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
     (v2_tree / "cgroup.controllers").write_text("cpuset io memory pids\n")   # no cpu
     with pytest.raises(RuntimeFailure, match="offers no cpu cgroup controller"):
-        cgroups.CgroupV2.create("c6", cgroups.Limits(cpus=0.5), v2_tree)
+        create_v2(v2_tree, "c6", cgroups.Limits(cpus=0.5))
     assert not (v2_tree / "minirun").exists()
-    cgroups.CgroupV2.create("c6", cgroups.Limits(memory=32 * MiB), v2_tree)
+    create_v2(v2_tree, "c6", cgroups.Limits(memory=32 * MiB))
     assert (v2_tree / "cgroup.subtree_control").read_text() == "memory pids\n"   # untouched
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +pids"
 
@@ -383,7 +391,7 @@ def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
 def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
     monkeypatch.delitem(V2_FILES, "pids.max")           # a kernel without the pids controller
     with pytest.raises(RuntimeFailure, match="cannot set the pids limit"):
-        cgroups.CgroupV2.create("c5", cgroups.Limits(memory=32 * MiB, pids=20), v2_tree)
+        create_v2(v2_tree, "c5", cgroups.Limits(memory=32 * MiB, pids=20))
     assert not (v2_tree / "minirun" / "c5").exists()
 
 
@@ -397,7 +405,7 @@ def real_v2_cgroup():
     if root is None:
         pytest.skip("no cgroup2 tree on this host")
     (root / cgroups.PARENT).mkdir(exist_ok=True)
-    cgroup = cgroups.CgroupV2(root / cgroups.PARENT / new_id("v2"))
+    cgroup = cgroups.CgroupV2({}, root / cgroups.PARENT / new_id("v2"))
     cgroup.path.mkdir()
     yield cgroup
     cgroup.remove()
@@ -456,6 +464,7 @@ HYBRID = """\
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 22 0:32 / /mnt/memory-again rw,relatime - cgroup cgroup rw,memory,hugetlb
 """
 PURE_V2 = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
@@ -468,18 +477,27 @@ PURE_V2 = """\
 def test_mountinfo_of_a_hybrid_host():
     mounts = cgroups.parse_mountinfo(HYBRID, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup/unified")
-    cpu_tree, memory_tree = Path("/sys/fs/cgroup/cpu,cpuacct"), Path("/sys/fs/cgroup/memory")
-    assert mounts.v1 == {"cpu": cpu_tree, "cpuacct": cpu_tree, "memory": memory_tree,
-                         "pids": Path("/sys/fs/cgroup/pids")}
-    # Only the trees minirun uses, each with all its controllers and none of its other options.
-    assert mounts.v1_options == {cpu_tree: "cpu,cpuacct", memory_tree: "memory,hugetlb",
-                                 Path("/sys/fs/cgroup/pids"): "pids"}
+    tree = {name: Path("/sys/fs/cgroup") / name for name in
+            ("cpu,cpuacct", "net_cls,net_prio", "cpuset", "memory", "pids", "systemd")}
+    assert mounts.v1 == {"cpu": tree["cpu,cpuacct"], "cpuacct": tree["cpu,cpuacct"],
+                         "net_cls": tree["net_cls,net_prio"], "net_prio": tree["net_cls,net_prio"],
+                         "cpuset": tree["cpuset"], "memory": tree["memory"],
+                         "hugetlb": tree["memory"], "pids": tree["pids"],
+                         "name=systemd": tree["systemd"]}
+    # Every tree, each with all its controllers (or its name) and none of its other options;
+    # the memory tree mounted a second time counts once.
+    assert mounts.v1_options == {tree["cpu,cpuacct"]: "cpu,cpuacct",
+                                 tree["net_cls,net_prio"]: "net_cls,net_prio",
+                                 tree["cpuset"]: "cpuset", tree["memory"]: "memory,hugetlb",
+                                 tree["pids"]: "pids", tree["systemd"]: "name=systemd"}
+    assert mounts.hierarchies() == [*tree.values(), Path("/sys/fs/cgroup/unified")]
 
 
 def test_mountinfo_of_a_pure_v2_host():
     mounts = cgroups.parse_mountinfo(PURE_V2, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup")
     assert mounts.v1 == {} and mounts.v1_options == {}
+    assert mounts.hierarchies() == [Path("/sys/fs/cgroup")]
     assert cgroups._unescape("/mnt/with\\040space") == "/mnt/with space"
 
 
@@ -502,11 +520,10 @@ def assert_no_cgroup_left(identifier: str) -> None:
 
 
 def minirun_parents() -> list[Path]:
-    """The `minirun` parent cgroups in the trees this host's containers use. (That none is left
-    assumes no other minirun runs a container on this machine during the tests.)"""
-    mounts = cgroups._mounts()
-    trees = {mounts.unified} if cgroups.host_uses_v2() else set(mounts.v1.values())
-    return sorted(tree / cgroups.PARENT for tree in trees if (tree / cgroups.PARENT).exists())
+    """The `minirun` parent cgroups, in every hierarchy. (That none is left assumes no other
+    minirun runs a container on this machine during the tests.)"""
+    return sorted(tree / cgroups.PARENT for tree in cgroups._mounts().hierarchies()
+                  if (tree / cgroups.PARENT).exists())
 
 
 def stats(stderr: str) -> str:
@@ -596,7 +613,8 @@ def test_container_sees_its_own_cgroup_as_root_read_only(minirun):
     lines = result.stdout.splitlines()
     cgroup_lines = [line for line in lines if re.match(r"\d+:", line)]
     assert cgroup_lines and all(line.endswith(":/") for line in cgroup_lines)
-    assert lines[len(cgroup_lines):] == ["cpu", "cpuacct", "memory", "pids", str(48 * MiB)]
+    trees = sorted(tree.name for tree in cgroups._mounts().hierarchies())
+    assert lines[len(cgroup_lines):] == [*trees, str(48 * MiB)]
     assert result.stderr.count("Read-only file system") == 2
     assert result.returncode != 0
 
@@ -681,9 +699,9 @@ def test_v2_root_with_processes_that_is_not_the_real_root_is_a_clear_error(v2_tr
     (v2_tree / "cgroup.type").write_text("domain\n")          # only non-root cgroups have it
     (v2_tree / "cgroup.procs").write_text("1\n42\n")
     with pytest.raises(RuntimeFailure, match="allows controllers only in cgroups without processes"):
-        cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+        create_v2(v2_tree, "c7", cgroups.Limits(memory=32 * MiB))
 
 
 def test_v2_real_root_may_hold_processes(v2_tree):
     (v2_tree / "cgroup.procs").write_text("1\n42\n")         # the true root is exempt
-    cgroups.CgroupV2.create("c8", cgroups.Limits(memory=32 * MiB), v2_tree).remove()
+    create_v2(v2_tree, "c8", cgroups.Limits(memory=32 * MiB)).remove()
