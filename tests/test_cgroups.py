@@ -273,6 +273,121 @@ def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path
     assert "writable" not in seen and seen["errors"] == [errno.EROFS] * 3
 
 
+# --- Every hierarchy, and removal through cgroups made below ----------------------------------
+
+def in_child_after_join(cgroup, look) -> dict:
+    """Fork a child that joins `cgroup`, unshares the mount and cgroup namespaces, makes its
+    mounts private and reports what look() returns, as JSON."""
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            cgroup.join()
+            namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWCGROUP)
+            namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_PRIVATE)
+            os.write(report_write, json.dumps(look()).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    seen = json.loads(os.read(report_read, 1 << 20) or b"{}")
+    os.close(report_read)
+    os.waitpid(pid, 0)
+    return seen
+
+
+def test_a_fresh_writable_cgroup_mount_inside_reaches_only_the_container(v1_host, tmp_path):
+    """What a container with CAP_SYS_ADMIN in a user namespace of its own could do: mount a new,
+    writable cgroup filesystem of any hierarchy. Its root is the container's own cgroup, in
+    every hierarchy: the host's cgroups (its freezer, its devices rules, process_api, other
+    containers) cannot even be named."""
+    cgroup = cgroups.create(new_id("fresh"), cgroups.Limits())
+    mounts = cgroups._mounts()
+
+    def look():
+        seen = {}
+        for tree in mounts.hierarchies():
+            target = tmp_path / tree.name
+            target.mkdir()
+            fstype, names = ("cgroup2", None) if tree == mounts.unified else \
+                ("cgroup", mounts.v1_options[tree])
+            namespaces.mount(fstype, str(target), fstype, 0, names)     # writable
+            seen[tree.name] = {"procs": (target / "cgroup.procs").read_text().split(),
+                               "below": sorted(p.name for p in target.iterdir() if p.is_dir())}
+        return seen
+
+    try:
+        seen = in_child_after_join(cgroup, look)
+    finally:
+        cgroup.remove()
+    assert sorted(seen) == sorted(tree.name for tree in mounts.hierarchies())
+    for tree, what in seen.items():
+        assert len(what["procs"]) == 1, (tree, what)    # only the child: its cgroup is the root
+        assert what["below"] == [], (tree, what)        # no minirun/, no process_api/
+
+
+def make_below(directory: Path, *names: str) -> Path:
+    """Make nested sub-cgroups below `directory`, as a nested runtime would; the deepest."""
+    for name in names:
+        directory = directory / name
+        directory.mkdir()
+        if (directory / "cpuset.cpus").exists():
+            cgroups._inherit_cpuset(directory)
+    return directory
+
+
+def move_into(pid: int, directory: Path) -> None:
+    (directory / "cgroup.procs").write_text(str(pid))
+
+
+def test_remove_goes_depth_first_through_cgroups_made_below(v1_host):
+    cgroup = cgroups.create(new_id("below"), cgroups.Limits(pids=10))
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    made = []
+    for directory in cgroup.directories():
+        made.append(make_below(directory, "nested", "deeper"))
+        move_into(sleeper.pid, made[-1])
+        make_below(directory, "empty")
+    assert all(f"/{cgroups.PARENT}/{cgroup.directories()[0].name}/nested/deeper\n" in line
+               for line in Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines(True))
+    cgroup.remove()
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert own_cgroups() == []
+    assert not any(path.exists() for path in made)
+
+
+def test_gc_removes_a_dead_run_s_cgroups_with_what_was_made_below(v1_host):
+    identifier = new_id("deadbelow")
+    cgroup = cgroups.create(identifier, cgroups.Limits())
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    for directory in cgroup.directories():
+        move_into(sleeper.pid, make_below(directory, "x"))
+    assert identifier in cgroups.remove_stale(set(), dead_ids={identifier})
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert own_cgroups() == []
+
+
+def test_join_puts_the_process_in_its_own_cgroup_of_every_hierarchy(v1_host):
+    cgroup = cgroups.create(new_id("every"), cgroups.Limits())
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    try:
+        lines = Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines()
+    finally:
+        cgroup.remove()
+    expected = f"/{cgroups.PARENT}/{cgroup.directories()[0].name}"
+    assert len(lines) == len(cgroups._mounts().hierarchies())
+    assert all(line.split(":", 2)[2] == expected for line in lines), lines
+
+
+def test_cpuset_cgroups_get_their_parent_s_cpus_and_memory_nodes(v1_host):
+    cgroup = cgroups.create(new_id("cpuset"), cgroups.Limits())
+    try:
+        root = cgroups._mounts().v1["cpuset"]
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            assert (cgroup.paths["cpuset"] / name).read_text() == (root / name).read_text() != "\n"
+    finally:
+        cgroup.remove()
+
+
 # --- The v2 driver, against a v2-shaped tree --------------------------------------------------
 
 # The files the kernel makes in a new v2 cgroup whose parent enables memory, cpu and pids.
@@ -526,6 +641,12 @@ def minirun_parents() -> list[Path]:
                   if (tree / cgroups.PARENT).exists())
 
 
+def leftover_parents() -> list[Path]:
+    """`minirun` parents with no cgroup in them, which should have gone with their last one.
+    (Another helper's container on this machine keeps its parents, rightly.)"""
+    return [parent for parent in minirun_parents() if not cgroups._cgroups_below(parent)]
+
+
 def stats(stderr: str) -> str:
     return next(line for line in stderr.splitlines() if line.startswith("minirun: stats:"))
 
@@ -633,7 +754,7 @@ def test_no_cgroup_left_when_the_kernel_refuses_a_limit(minirun, minirun_env):
     assert result.returncode == 125
     assert "minirun: cannot set the pids limit: writing 1000000000 to" in result.stderr
     assert_no_cgroup_left(container_id(result.stderr))
-    assert minirun_parents() == []
+    assert leftover_parents() == []
     assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
     assert os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
 
@@ -659,7 +780,7 @@ def test_no_cgroup_left_after_minirun_is_killed_once_gc_runs(start_minirun, mini
     assert result.returncode == 0, result.stderr
     assert f"removed {identifier[:12]}" in result.stdout
     assert_no_cgroup_left(identifier)
-    assert minirun_parents() == []
+    assert leftover_parents() == []
 
 
 def test_the_minirun_parent_stays_while_a_container_runs_and_goes_with_the_last(start_minirun,
@@ -671,7 +792,7 @@ def test_the_minirun_parent_stays_while_a_container_runs_and_goes_with_the_last(
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=20)
     assert first.returncode == 143
-    assert minirun_parents() == []
+    assert leftover_parents() == []
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -705,3 +826,67 @@ def test_v2_root_with_processes_that_is_not_the_real_root_is_a_clear_error(v2_tr
 def test_v2_real_root_may_hold_processes(v2_tree):
     (v2_tree / "cgroup.procs").write_text("1\n42\n")         # the true root is exempt
     create_v2(v2_tree, "c8", cgroups.Limits(memory=32 * MiB)).remove()
+
+
+# --- Real containers: every hierarchy, and cgroups made below theirs ---------------------------
+
+def dirs_under_process_api(*names: str) -> list[str]:
+    """Directories named `names` below any hierarchy's process_api (where this machine's shells
+    run): a runtime that resolved a cgroup path against its own cgroup would make them there."""
+    found = []
+    for tree in cgroups._mounts().hierarchies():
+        for directory, subdirs, _ in os.walk(tree / "process_api"):
+            found += [os.path.join(directory, name) for name in subdirs if name in names]
+    return found
+
+
+def test_the_container_is_in_its_own_cgroup_of_every_hierarchy(start_minirun, minirun_env):
+    script = ("cat /proc/self/cgroup; echo views $(ls -d /sys/fs/cgroup/freezer/*/ "
+              "/sys/fs/cgroup/devices/*/ 2>/dev/null | wc -l); "
+              "echo FROZEN > /sys/fs/cgroup/freezer/freezer.state; echo a > /sys/fs/cgroup/devices/devices.allow; "
+              "echo ready; exec sleep 60")
+    process = start_minirun("run", "--init", "hello", "sh", "-c", script)
+    inside = [line.strip() for line in iter(process.stdout.readline, "ready\n")]
+    record = wait_for_container(minirun_env)
+    identifier = record["id"]
+    on_the_host = Path(f"/proc/{record['pid']}/cgroup").read_text().splitlines()
+    ours = Path("/proc/self/cgroup").read_text().splitlines()
+    assert len(own_cgroups(identifier)) == len(cgroups._mounts().hierarchies())
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 143, stderr
+
+    hierarchy = lambda line: line.split(":", 2)[:2]                 # "4", "memory"
+    # Inside: / in every hierarchy the host has, so no host path can be named from there ...
+    assert [hierarchy(line) for line in inside[:-1]] == [hierarchy(line) for line in ours]
+    assert all(line.endswith(":/") for line in inside[:-1]), inside
+    # ... because on the host, it is in minirun/<id> of every one of them.
+    assert [line.split(":", 2)[2] for line in on_the_host] == \
+        [f"/{cgroups.PARENT}/{identifier}"] * len(ours)
+    # Its views of the freezer and devices trees hold no cgroup of the host, and are read-only.
+    assert inside[-1] == "views 0"
+    assert stderr.count("Read-only file system") == 2, stderr
+    assert_no_cgroup_left(identifier)
+    assert leftover_parents() == []
+    assert dirs_under_process_api(identifier, cgroups.PARENT) == []
+
+
+def test_cgroups_made_below_the_container_s_go_with_it(start_minirun, minirun_env):
+    """As a nested runtime (or the container, with a cgroup filesystem of its own) would: cgroups
+    below the container's, in every hierarchy, one of them holding its process."""
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    record = wait_for_container(minirun_env)
+    identifier, pid1 = record["id"], record["pid"]
+    sleeper = int(Path(f"/proc/{pid1}/task/{pid1}/children").read_text().split()[0])
+    for directory in cgroups.of_container(identifier).directories():
+        move_into(sleeper, make_below(directory, "nested", "deeper"))
+        make_below(directory, "empty")
+    # Its cgroup, nested, nested/deeper and empty, in each hierarchy.
+    assert len(own_cgroups(f"{identifier}/**")) == 4 * len(cgroups._mounts().hierarchies())
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 143, stderr
+    assert "cannot remove" not in stderr
+    assert_no_cgroup_left(identifier)
+    assert leftover_parents() == []
