@@ -169,15 +169,18 @@ def attach_program(cgroup: Path, rules=DEFAULT_RULES) -> None:
     try:
         program_fd = _bpf(BPF_PROG_LOAD, load(0, None))
     except OSError as error:
-        # Load it again with the verifier's log, whose last line says what it refused and why.
+        # Load it again with the verifier's log: before its closing statistics ("processed N
+        # insns ..."), its last line says what the verifier refused and why.
         log = ctypes.create_string_buffer(65536)
         try:
             _bpf(BPF_PROG_LOAD, load(1, log))
         except OSError:
             pass
-        last = log.value.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        reasons = [line for line in log.value.decode(errors="replace").splitlines()
+                   if line.strip() and not line.startswith("processed ")]
         raise RuntimeFailure(f"the kernel refused the device filter (a BPF program): "
-                             f"{error.strerror} {last[0]}".strip()) from None
+                             f"{error.strerror}; {reasons[-1] if reasons else 'no reason given'}"
+                             ) from None
     try:
         cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
