@@ -273,6 +273,8 @@ class Cgroup:
             for directory in cgroup.directories():
                 cgroup._make(directory)
                 made.append(directory)
+            if "cpuset" in cgroup.paths:                # v1 cpuset: no task may join it empty
+                _inherit_cpuset(cgroup.paths["cpuset"])
             cgroup._write_limits(limits)
             if not allow_all_devices:
                 cgroup._allow_only_default_devices()
@@ -284,12 +286,9 @@ class Cgroup:
         return cgroup
 
     def _make(self, directory: Path) -> None:
-        """mkdir the container's cgroup in one hierarchy, ready to take a process."""
-        if directory == self.paths.get("cpuset"):
-            _make_under_parent(directory, _inherit_cpuset)
-            _inherit_cpuset(directory)
-        else:
-            _make_under_parent(directory)
+        """mkdir the container's cgroup in one hierarchy (and minirun/ above it if missing)."""
+        cpuset = directory == self.paths.get("cpuset")
+        _make_under_parent(directory, _inherit_cpuset if cpuset else None)
 
     def _allow_only_default_devices(self) -> None:
         """The device allow-list (devices.py): in the v1 devices controller if the host mounts
