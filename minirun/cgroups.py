@@ -25,6 +25,14 @@ so there the v1 driver runs. Both drivers offer the same small interface:
     usage = cgroup.usage()           # after the container exited: peak memory, CPU time, OOM
     cgroup.remove()                  # kill what is left, rmdir
 
+The container gets its own cgroup in EVERY hierarchy the host mounts, not only in those whose
+controllers limit it: freezer, devices, cpuset, blkio, named ones like name=systemd, and the
+cgroup2 tree of a hybrid host too. A cgroup namespace (cgroup_namespaces(7)) makes the cgroup a
+process is in the root of what it can name and mount, in each hierarchy separately: one left in
+the host's root cgroup would let a process that makes a new cgroup namespace mount a writable
+view of the host's whole tree there and freeze or kill anything in it. The container's cgroups
+also carry its device allow-list (devices.py).
+
 minirun only ever makes, changes and removes directories under a parent named `minirun` in
 each tree, and that parent itself, which goes with the last container's cgroup in it. The one
 write above it is on v2, and only if missing: enabling the controllers in the
@@ -38,7 +46,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from minirun import namespaces
+from minirun import devices, namespaces
 from minirun.errors import RuntimeFailure
 
 PARENT = "minirun"          # every cgroup minirun creates lives in <hierarchy>/minirun/<id>
@@ -46,9 +54,7 @@ CPU_PERIOD_US = 100_000     # the kernel's default CFS period: quotas are counte
 MIN_CPU_QUOTA_US = 1_000    # the smallest quota the kernel accepts (sched-bwc.rst): 0.01 CPU
 STALE_GRACE_SECONDS = 10    # an unowned empty cgroup younger than this may be one being set up
 
-# The v1 controllers minirun uses: memory, cpu and pids limit; cpuacct counts CPU time.
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
-V2_CONTROLLERS = ("memory", "cpu", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")      # the v2 controllers minirun enables, to limit
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,13 @@ class Usage:
 @dataclass(frozen=True)
 class _Mounts:
     unified: Path | None            # where cgroup2 is mounted, if it is
-    v1: dict[str, Path]             # v1 controller -> the mount point of the tree carrying it
-    v1_options: dict[Path, str]     # v1 mount point -> all its controllers: "cpu,cpuacct"
+    v1: dict[str, Path]             # v1 controller or name ("name=systemd") -> its tree's mount
+    v1_options: dict[Path, str]     # each v1 tree's mount point -> what picks the tree when
+                                    # mounting it: its controllers and name, "cpu,cpuacct"
+
+    def hierarchies(self) -> list[Path]:
+        """The mount point of every cgroup hierarchy: each v1 tree once, then cgroup2."""
+        return list(self.v1_options) + ([self.unified] if self.unified else [])
 
 
 def _unescape(field: str) -> str:
@@ -98,7 +109,8 @@ def _unescape(field: str) -> str:
 def parse_mountinfo(text: str, known_controllers: set[str]) -> _Mounts:
     """Find the cgroup trees in /proc/self/mountinfo: the filesystem type says v1 or v2, the
     super options of a v1 mount say which controllers it carries ('rw,cpu,cpuacct'), among
-    other options ('xattr', 'name=systemd'): the controllers are the names the kernel knows."""
+    other options ('xattr'): the controllers are the names the kernel knows. A tree without a
+    controller has a name instead ('name=systemd'). A tree mounted twice counts once."""
     unified, v1, v1_options = None, {}, {}
     for line in text.splitlines():
         fields, _, fs_fields = line.partition(" - ")
@@ -107,12 +119,11 @@ def parse_mountinfo(text: str, known_controllers: set[str]) -> _Mounts:
         if fstype == "cgroup2" and unified is None:
             unified = mount_point
         elif fstype == "cgroup":
-            controllers = [c for c in super_options.split(",") if c in known_controllers]
-            ours = [c for c in controllers if c in V1_CONTROLLERS and c not in v1]
-            for controller in ours:
-                v1[controller] = mount_point
-            if ours:
-                v1_options[mount_point] = ",".join(controllers)
+            names = [option for option in super_options.split(",")
+                     if option in known_controllers or option.startswith("name=")]
+            if names and names[0] not in v1:
+                v1.update(dict.fromkeys(names, mount_point))
+                v1_options[mount_point] = ",".join(names)
     return _Mounts(unified, v1, v1_options)
 
 
@@ -141,23 +152,21 @@ def host_uses_v2() -> bool:
 
 # --- The interface ----------------------------------------------------------------------------
 
-def create(container_id: str, limits: Limits) -> "Cgroup":
-    """Make the container's cgroup and write its limits, on whichever version the host uses.
-    On failure, raise RuntimeFailure and leave nothing behind."""
-    if host_uses_v2():
-        return CgroupV2.create(container_id, limits, _mounts().unified)
-    return CgroupV1.create(container_id, limits, _mounts().v1)
+def create(container_id: str, limits: Limits, allow_all_devices: bool = False) -> "Cgroup":
+    """Make the container's cgroups, one in every hierarchy, and write its limits (on whichever
+    version holds the controllers) and its device allow-list, unless allow_all_devices (for a
+    privileged container). On failure, raise RuntimeFailure and leave nothing behind."""
+    driver = CgroupV2 if host_uses_v2() else CgroupV1
+    return driver.create(container_id, limits, _mounts(), allow_all_devices)
 
 
 def of_container(container_id: str) -> "Cgroup":
-    """The cgroup `create` made for a running container, for `minirun exec` to join."""
-    if host_uses_v2():
-        return CgroupV2.at(container_id, _mounts().unified)
-    return CgroupV1.at(container_id, _mounts().v1)
+    """The cgroups `create` made for a running container, for `minirun exec` to join."""
+    return (CgroupV2 if host_uses_v2() else CgroupV1).at(container_id, _mounts())
 
 
 def mount_view(target_dir: str) -> None:
-    """In the container: mount its own cgroup tree, read-only, at target_dir.
+    """In the container: mount its own cgroups, of every hierarchy, read-only at target_dir.
 
     Called after unshare(CLONE_NEWCGROUP), so a cgroup filesystem mounted now has the
     container's cgroup as its root (cgroup_namespaces(7)): the container sees its own limits
@@ -166,21 +175,26 @@ def mount_view(target_dir: str) -> None:
     """
     hardened = namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC
     read_only = hardened | namespaces.MS_RDONLY
+    mounts = _mounts()
     if host_uses_v2():
         namespaces.mount("cgroup2", target_dir, "cgroup2", read_only)
         return
-    # v1 has one tree per controller: a small tmpfs holds a mount point for each tree minirun
-    # uses, named as hosts name them (memory/, cpu/, ... or cpu,cpuacct/ with two links).
+    # v1 has one tree per controller: a small tmpfs holds a mount point for each tree, named as
+    # the host names them (memory/, systemd/, cpu,cpuacct/ with links cpu and cpuacct, ...).
     namespaces.mount("tmpfs", target_dir, "tmpfs", hardened, "mode=755,size=64k")
-    for controllers in _mounts().v1_options.values():
-        directory = os.path.join(target_dir, controllers)
+    for tree, names in mounts.v1_options.items():
+        directory = os.path.join(target_dir, tree.name)
         os.mkdir(directory)
-        # The data names the tree's controllers, all of them: the kernel finds the existing
-        # tree by that set (and refuses with EBUSY a set that matches no tree).
-        namespaces.mount("cgroup", directory, "cgroup", read_only, controllers)
-        if "," in controllers:
-            for controller in controllers.split(","):
-                os.symlink(controllers, os.path.join(target_dir, controller))
+        # The data names the tree's controllers (or its name=), all of them: the kernel finds
+        # the existing tree by that set (and refuses with EBUSY a set that matches no tree).
+        namespaces.mount("cgroup", directory, "cgroup", read_only, names)
+        for controller in names.split(","):
+            if controller != tree.name and not controller.startswith("name="):
+                os.symlink(tree.name, os.path.join(target_dir, controller))
+    if mounts.unified:                              # a hybrid host's cgroup2 tree
+        directory = os.path.join(target_dir, mounts.unified.name)
+        os.mkdir(directory)
+        namespaces.mount("cgroup2", directory, "cgroup2", read_only)
     namespaces.mount(None, target_dir, None, namespaces.MS_REMOUNT | read_only)
 
 
@@ -196,12 +210,8 @@ def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[s
     owner may also find it gone between its container's exit and its own usage(): then the
     usage reads as zero, and remove() has nothing left to do.)
     """
-    if host_uses_v2():
-        trees = [_mounts().unified]
-    else:
-        trees = list(dict.fromkeys(_mounts().v1.values()))     # cpu,cpuacct: one tree, once
     removed = set()
-    for tree in trees:
+    for tree in _mounts().hierarchies():
         try:
             entries = list(os.scandir(tree / PARENT))   # minirun/'s own files, and its cgroups
         except FileNotFoundError:
@@ -225,15 +235,101 @@ def remove_stale(live_ids: set[str], dead_ids: set[str] = frozenset()) -> list[s
 
 
 class Cgroup:
-    """A container's cgroup, on either version: join() it, read its usage(), remove() it.
-    Both drivers also record which limits they wrote, for --explain and for the tests."""
+    """A container's cgroups: the directory minirun/<id> in every hierarchy the host mounts.
+    join() them all, remove() them all; the two drivers below write the limits and read the
+    usage, each in the hierarchies that hold the controllers on its version of cgroups."""
 
-    def __init__(self):
-        self.written: list[str] = []        # "memory.max=33554432", in the order written
+    def __init__(self, paths: dict[str, Path], unified: Path | None):
+        self.paths = paths          # v1 controller or name -> the container's directory there
+        self.unified = unified      # its directory in the cgroup2 tree, if one is mounted
+        self.written: list[str] = []    # "memory.max=33554432", in the order written
+
+    @classmethod
+    def at(cls, container_id: str, mounts: _Mounts) -> "Cgroup":
+        return cls({name: tree / PARENT / container_id for name, tree in mounts.v1.items()},
+                   mounts.unified / PARENT / container_id if mounts.unified else None)
+
+    def directories(self) -> list[Path]:
+        """One directory per hierarchy: each v1 tree's (cpu and cpuacct may share a tree), then
+        the cgroup2 tree's."""
+        v1 = list(dict.fromkeys(self.paths.values()))
+        return v1 + [self.unified] if self.unified else v1
+
+    def __str__(self) -> str:       # /sys/fs/cgroup/{cpu,...,unified}/minirun/ID, as a shell would
+        directories = self.directories()
+        if len(directories) == 1:
+            return str(directories[0])
+        trees = [directory.parent.parent for directory in directories]
+        return f"{trees[0].parent}/{{{','.join(tree.name for tree in trees)}}}/{PARENT}/" \
+               f"{directories[0].name}"
+
+    @classmethod
+    def create(cls, container_id: str, limits: Limits, mounts: _Mounts,
+               allow_all_devices: bool = False) -> "Cgroup":
+        cls._require_controllers(limits, mounts)
+        cgroup = cls.at(container_id, mounts)
+        made = []
+        try:
+            for directory in cgroup.directories():
+                cgroup._make(directory)
+                made.append(directory)
+            if "cpuset" in cgroup.paths:                # v1 cpuset: no task may join it empty
+                _inherit_cpuset(cgroup.paths["cpuset"])
+            cgroup._write_limits(limits)
+            if not allow_all_devices:
+                cgroup._allow_only_default_devices()
+        except BaseException:
+            for directory in made:          # only what we made: no process is in them yet
+                os.rmdir(directory)
+                _remove_if_unused(directory.parent)
+            raise
+        return cgroup
+
+    def _make(self, directory: Path) -> None:
+        """mkdir the container's cgroup in one hierarchy (and minirun/ above it if missing)."""
+        cpuset = directory == self.paths.get("cpuset")
+        _make_under_parent(directory, _inherit_cpuset if cpuset else None)
+
+    def _allow_only_default_devices(self) -> None:
+        """The device allow-list (devices.py): in the v1 devices controller if the host mounts
+        one, else as a BPF program on the cgroup2 directory (v2 has no devices controller)."""
+        if "devices" in self.paths:
+            for name, line in devices.v1_writes():
+                _write(self.paths["devices"] / name, line, f"restrict devices ({line})")
+            self.written.append("devices.allow=the default allow-list")
+        elif self.unified:
+            devices.attach_program(self.unified)
+            self.written.append("BPF_CGROUP_DEVICE=the default allow-list")
+        else:
+            raise RuntimeFailure("this host mounts neither the devices cgroup controller nor "
+                                 "cgroup2, so minirun cannot keep a container from its devices")
 
     def _limit(self, path: Path, value, what: str, missing_ok: bool = False) -> None:
         if _write(path, value, what, missing_ok):
             self.written.append(f"{path.name}={value}")
+
+    def join(self) -> None:
+        """Move the calling process, and so every child it forks from now on, into the
+        container's cgroup of every hierarchy.
+
+        In v1 trees it writes "0" (the writer itself) into `tasks`, which moves one thread,
+        rather than into cgroup.procs, which moves a whole process: for a process just forked,
+        with one thread, that is the same move. But a thread that moves only itself lets the
+        kernel skip a global lock that a cgroup.procs write takes, and whose taking waits for an
+        RCU grace period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.3 ms
+        instead of 5 to 15 ms, half of a whole run. cgroup2 refuses such thread moves between
+        ordinary cgroups, so there it is "0" into cgroup.procs, and that wait is paid once.
+        """
+        for directory in self.directories():
+            name = "cgroup.procs" if directory == self.unified else "tasks"
+            _write(directory / name, 0, "join the container's cgroup")
+
+    def remove(self) -> None:
+        """Kill whatever still runs in the cgroups, and in any cgroup made below them, then
+        remove them all, and each tree's minirun/ if they were the last. Safe to call twice."""
+        for directory in self.directories():
+            _remove(directory, kill=True)   # the first kills all: a process is in every tree
+            _remove_if_unused(directory.parent)
 
 
 # --- cgroup v2 --------------------------------------------------------------------------------
@@ -241,36 +337,26 @@ class Cgroup:
 class CgroupV2(Cgroup):
     """A container's cgroup in the unified tree: one directory holds every controller's files."""
 
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.path)
+    @property
+    def path(self) -> Path:
+        return self.unified
 
     @classmethod
-    def at(cls, container_id: str, root: Path) -> "CgroupV2":
-        return cls(root / PARENT / container_id)
-
-    @classmethod
-    def create(cls, container_id: str, limits: Limits, root: Path) -> "CgroupV2":
+    def _require_controllers(cls, limits: Limits, mounts: _Mounts) -> None:
         # The root's cgroup.controllers lists what this kernel offers.
+        _require_controllers(limits, _read(mounts.unified / "cgroup.controllers").split())
+
+    def _make(self, directory: Path) -> None:
+        if directory != self.unified:
+            return super()._make(directory)
+        root = directory.parent.parent
         offered = _read(root / "cgroup.controllers").split()
-        _require_controllers(limits, offered)
         controllers = [name for name in V2_CONTROLLERS if name in offered]
         # A controller's files appear in a cgroup only if its parent lists the controller in
         # cgroup.subtree_control ("Enabling and Disabling", cgroup-v2.rst): enable them on the
         # way down, in the root (usually done already by systemd) and in minirun/.
         _enable_controllers(root, controllers)
-        cgroup = cls.at(container_id, root)
-        _make_under_parent(cgroup.path, lambda parent: _enable_controllers(parent, controllers))
-        try:
-            cgroup._write_limits(limits)
-        except BaseException:
-            os.rmdir(cgroup.path)           # no process is in it yet
-            _remove_if_unused(cgroup.path.parent)
-            raise
-        return cgroup
+        _make_under_parent(directory, lambda parent: _enable_controllers(parent, controllers))
 
     def _write_limits(self, limits: Limits) -> None:
         if limits.memory is not None:
@@ -289,11 +375,6 @@ class CgroupV2(Cgroup):
             # fork() and clone() fail with EAGAIN once pids.max tasks exist ("PID", cgroup-v2.rst).
             self._limit(self.path / "pids.max", limits.pids, "set the pids limit")
 
-    def join(self) -> None:
-        """Move the calling process, and so every child it forks from now on, into the cgroup.
-        "0" names the writer itself ("cgroup.procs", cgroup-v2.rst)."""
-        _write(self.path / "cgroup.procs", 0, "join the container's cgroup")
-
     def usage(self) -> Usage:
         cpu = _read_keyed(self.path / "cpu.stat")       # usage_usec, nr_throttled, throttled_usec
         peak = _read(self.path / "memory.peak", missing_ok=True)    # since Linux 5.19
@@ -305,12 +386,6 @@ class CgroupV2(Cgroup):
             throttled_seconds=cpu.get("throttled_usec", 0) / 1e6,
             pids_refused=_read_keyed(self.path / "pids.events").get("max", 0),
         )
-
-    def remove(self) -> None:
-        """Kill whatever still runs in the cgroup, then remove it, and minirun/ if it was the
-        last. Safe to call twice."""
-        _remove(self.path, kill=True)
-        _remove_if_unused(self.path.parent)
 
 
 def _enable_controllers(cgroup: Path, controllers: list[str]) -> None:
@@ -335,40 +410,12 @@ def _enable_controllers(cgroup: Path, controllers: list[str]) -> None:
 # --- cgroup v1 --------------------------------------------------------------------------------
 
 class CgroupV1(Cgroup):
-    """A container's cgroups on a v1 host: a directory in each controller's own tree."""
-
-    def __init__(self, paths: dict[str, Path]):
-        super().__init__()
-        self.paths = paths          # controller -> this container's directory in its tree
-
-    def __str__(self) -> str:       # /sys/fs/cgroup/{memory,cpu,cpuacct,pids}/minirun/ID
-        trees = [directory.parent.parent for directory in self._directories()]
-        return f"{trees[0].parent}/{{{','.join(tree.name for tree in trees)}}}/{PARENT}/" \
-               f"{self._directories()[0].name}"
+    """A container's cgroups on a v1 host: memory, cpu, cpuacct and pids, each in its own tree,
+    hold the limits and the counts."""
 
     @classmethod
-    def at(cls, container_id: str, trees: dict[str, Path]) -> "CgroupV1":
-        return cls({c: trees[c] / PARENT / container_id for c in V1_CONTROLLERS if c in trees})
-
-    @classmethod
-    def create(cls, container_id: str, limits: Limits, trees: dict[str, Path]) -> "CgroupV1":
-        _require_controllers(limits, trees)
-        cgroup = cls.at(container_id, trees)
-        made = []
-        try:
-            for directory in cgroup._directories():
-                _make_under_parent(directory)
-                made.append(directory)
-            cgroup._write_limits(limits)
-        except BaseException:
-            for directory in made:          # only what we made: no process is in them yet
-                os.rmdir(directory)
-                _remove_if_unused(directory.parent)
-            raise
-        return cgroup
-
-    def _directories(self) -> list[Path]:
-        return list(dict.fromkeys(self.paths.values()))  # cpu and cpuacct may share a tree
+    def _require_controllers(cls, limits: Limits, mounts: _Mounts) -> None:
+        _require_controllers(limits, mounts.v1)
 
     def _write_limits(self, limits: Limits) -> None:
         if limits.memory is not None:
@@ -390,20 +437,6 @@ class CgroupV1(Cgroup):
             # fork() fails with EAGAIN once pids.max tasks exist (cgroup-v1/pids.rst).
             self._limit(self.paths["pids"] / "pids.max", limits.pids, "set the pids limit")
 
-    def join(self) -> None:
-        """Move the calling process, and so every child it forks from now on, into the
-        container's directory of every tree.
-
-        It writes "0" (the writer itself) into `tasks`, which moves one thread, rather than into
-        cgroup.procs, which moves a whole process: for a process just forked, with one thread,
-        that is the same move. But a thread that moves only itself lets the kernel skip a
-        global lock that a cgroup.procs write takes, and whose taking waits for an RCU grace
-        period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.3 ms instead of
-        5 to 15 ms, half of a whole run. (v2 refuses such thread moves between ordinary cgroups.)
-        """
-        for directory in self._directories():
-            _write(directory / "tasks", 0, "join the container's cgroup")
-
     def usage(self) -> Usage:
         memory, cpu = self.paths.get("memory"), self.paths.get("cpu")
         cpuacct = self.paths.get("cpuacct")
@@ -422,12 +455,19 @@ class CgroupV1(Cgroup):
             pids_refused=_read_keyed(pids / "pids.events").get("max", 0) if pids else 0,
         )
 
-    def remove(self) -> None:
-        """Kill whatever still runs in the cgroups, then remove them, and each tree's minirun/
-        if they were the last. Safe to call twice."""
-        for directory in self._directories():
-            _remove(directory, kill=True)   # the first kills all: a process is in every tree
-            _remove_if_unused(directory.parent)
+
+def _inherit_cpuset(cgroup: Path) -> None:
+    """Give a v1 cpuset cgroup its parent's CPUs and memory nodes, if it has none yet.
+
+    A new cpuset cgroup starts with both lists empty, and the kernel refuses to let a task join
+    it (ENOSPC) until both are set (cgroup-v1/cpusets.rst). v1 also has cgroup.clone_children:
+    set in a parent, the kernel copies both lists into each new child by itself. But minirun/
+    would still need its own copy from the host's root, whose flag is the host's to set; so we
+    copy at both levels, the same way. Copying into minirun/ only when it is empty also mends
+    the moment in which another minirun has just made it and not yet copied."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not _read(cgroup / name):
+            _write(cgroup / name, _read(cgroup.parent / name), "give the cgroup its cpuset")
 
 
 # --- Small helpers shared by both drivers -----------------------------------------------------
@@ -446,7 +486,8 @@ def _make_under_parent(cgroup: Path, prepare_parent=None) -> None:
 
     minirun/ goes when its last container's cgroup goes (_remove_if_unused), so another minirun
     may remove it between our two mkdirs. Then the second fails, and we go round again.
-    `prepare_parent(parent)` runs in between, on each round (v2 enables controllers there).
+    `prepare_parent(parent)` runs in between, on each round (v2 enables controllers there,
+    v1 cpuset gives it CPUs).
     """
     for attempt in range(3):
         _make_dir(cgroup.parent, exist_ok=True)
@@ -569,11 +610,16 @@ def _kill_all_in(cgroup: Path) -> None:
 
 
 def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
-    """rmdir a cgroup, first SIGKILLing what is in it if `kill`.
+    """rmdir a cgroup and every cgroup below it, deepest first, SIGKILLing what is in each
+    first if `kill`.
 
-    The kernel refuses the rmdir (EBUSY) while a process is in the cgroup, and a killed process
-    leaves only once it has finished exiting, so we retry for up to `patience` seconds, killing
-    again each time (a fork bomb's last children, bounded by pids.max).
+    The kernel refuses the rmdir (EBUSY) while a process is in the cgroup, or a cgroup below
+    it: one made by systemd or a nested runtime in the container, or by the container itself
+    through a cgroup filesystem of its own. Left there, it would keep the container's cgroup
+    and minirun/ forever. So on EBUSY we remove the cgroups below, each the same way, and try
+    again. A killed process leaves only once it has finished exiting, so we retry for up to
+    `patience` seconds, killing again each time (a fork bomb's last children, bounded by
+    pids.max).
     """
     deadline = time.monotonic() + patience
     pause = 0.0005
@@ -586,8 +632,24 @@ def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
         except FileNotFoundError:
             return                          # removed already: remove() may run twice
         except OSError as error:
-            if error.errno != errno.EBUSY or time.monotonic() >= deadline:
-                raise RuntimeFailure(f"cannot remove the cgroup {cgroup}: {error.strerror}; "
-                                     "`minirun gc` will try again") from None
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+            refusal = RuntimeFailure(f"cannot remove the cgroup {cgroup}: {error.strerror}; "
+                                     "`minirun gc` will try again")
+            if error.errno != errno.EBUSY:
+                raise refusal from None
+        below = _cgroups_below(cgroup)
+        for child in below:
+            _remove(child, kill, patience)
+        if not below:                       # only processes, still exiting (or not ours to kill)
+            if time.monotonic() >= deadline:
+                raise refusal
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+
+def _cgroups_below(cgroup: Path) -> list[Path]:
+    """The cgroups directly below `cgroup`: its subdirectories (its files are the kernel's)."""
+    try:
+        return [Path(entry.path) for entry in os.scandir(cgroup)
+                if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []

@@ -32,9 +32,9 @@ def new_id(what: str) -> str:
 
 
 def own_cgroups(pattern: str = f"{PREFIX}-*") -> list[Path]:
-    """This test run's cgroups (or those matching `pattern`), in every tree minirun uses."""
-    trees = set(cgroups._mounts().v1.values()) | {cgroups._mounts().unified}
-    return sorted(path for tree in trees for path in (tree / cgroups.PARENT).glob(pattern))
+    """This test run's cgroups (or those matching `pattern`), in every hierarchy of the host."""
+    return sorted(path for tree in cgroups._mounts().hierarchies()
+                  for path in (tree / cgroups.PARENT).glob(pattern))
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,9 @@ def test_create_writes_the_limits_and_remove_leaves_nothing(v1_host):
     assert (paths["cpu"] / "cpu.cfs_quota_us").read_text() == "50000\n"
     assert (paths["cpu"] / "cpu.cfs_period_us").read_text() == "100000\n"
     assert (paths["pids"] / "pids.max").read_text() == "20\n"
-    assert len(own_cgroups()) == len(set(paths.values()))
+    # One directory in every hierarchy the host mounts, limits or not: here 9 v1 trees + cgroup2.
+    assert own_cgroups() == sorted(cgroup.directories())
+    assert [path.parent.parent for path in cgroup.directories()] == cgroups._mounts().hierarchies()
     cgroup.remove()
     cgroup.remove()                                     # idempotent
     assert own_cgroups() == []
@@ -209,6 +211,14 @@ def test_failed_create_leaves_nothing_and_never_touches_an_existing_cgroup(v1_ho
     assert own_cgroups() == []
 
 
+def test_a_create_that_fails_last_leaves_nothing_in_any_hierarchy(v1_host, monkeypatch):
+    # The device list is written last, after a directory in every hierarchy and the limits.
+    monkeypatch.setattr(cgroups.devices, "v1_writes", lambda: [("devices.allow", "x 1:3 rwm")])
+    with pytest.raises(RuntimeFailure, match=r"cannot restrict devices \(x 1:3 rwm\)"):
+        cgroups.create(new_id("late"), cgroups.Limits(memory=32 * MiB, pids=10))
+    assert own_cgroups() == []
+
+
 def test_remove_stale(v1_host):
     live, dead, young, old, busy_old = (new_id(name) for name in
                                         ("live", "dead", "young", "old", "busyold"))
@@ -219,7 +229,7 @@ def test_remove_stale(v1_host):
         sleepers[name] = start_in(made[name], ["sleep", "300"])
     an_hour_ago = time.time() - 3600
     for name in (old, busy_old, live, dead):
-        for path in made[name].paths.values():
+        for path in made[name].directories():
             os.utime(path, (an_hour_ago, an_hour_ago))
     try:
         cgroups.remove_stale({live}, dead_ids={dead})
@@ -265,10 +275,125 @@ def test_mount_view_shows_the_container_its_own_tree_read_only(v1_host, tmp_path
         os.waitpid(pid, 0)
     finally:
         cgroup.remove()
-    assert seen["trees"] == ["cpu", "cpuacct", "memory", "pids"]
+    assert seen["trees"] == sorted(tree.name for tree in cgroups._mounts().hierarchies())
     assert seen["limit"] == f"{48 * MiB}\n"            # its own cgroup is the root it sees
     assert all(line.endswith(":/") for line in seen["proc_self_cgroup"])
     assert "writable" not in seen and seen["errors"] == [errno.EROFS] * 3
+
+
+# --- Every hierarchy, and removal through cgroups made below ----------------------------------
+
+def in_child_after_join(cgroup, look) -> dict:
+    """Fork a child that joins `cgroup`, unshares the mount and cgroup namespaces, makes its
+    mounts private and reports what look() returns, as JSON."""
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            cgroup.join()
+            namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWCGROUP)
+            namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_PRIVATE)
+            os.write(report_write, json.dumps(look()).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    seen = json.loads(os.read(report_read, 1 << 20) or b"{}")
+    os.close(report_read)
+    os.waitpid(pid, 0)
+    return seen
+
+
+def test_a_fresh_writable_cgroup_mount_inside_reaches_only_the_container(v1_host, tmp_path):
+    """What a container with CAP_SYS_ADMIN in a user namespace of its own could do: mount a new,
+    writable cgroup filesystem of any hierarchy. Its root is the container's own cgroup, in
+    every hierarchy: the host's cgroups (its freezer, its devices rules, process_api, other
+    containers) cannot even be named."""
+    cgroup = cgroups.create(new_id("fresh"), cgroups.Limits())
+    mounts = cgroups._mounts()
+
+    def look():
+        seen = {}
+        for tree in mounts.hierarchies():
+            target = tmp_path / tree.name
+            target.mkdir()
+            fstype, names = ("cgroup2", None) if tree == mounts.unified else \
+                ("cgroup", mounts.v1_options[tree])
+            namespaces.mount(fstype, str(target), fstype, 0, names)     # writable
+            seen[tree.name] = {"procs": (target / "cgroup.procs").read_text().split(),
+                               "below": sorted(p.name for p in target.iterdir() if p.is_dir())}
+        return seen
+
+    try:
+        seen = in_child_after_join(cgroup, look)
+    finally:
+        cgroup.remove()
+    assert sorted(seen) == sorted(tree.name for tree in mounts.hierarchies())
+    for tree, what in seen.items():
+        assert len(what["procs"]) == 1, (tree, what)    # only the child: its cgroup is the root
+        assert what["below"] == [], (tree, what)        # no minirun/, no process_api/
+
+
+def make_below(directory: Path, *names: str) -> Path:
+    """Make nested sub-cgroups below `directory`, as a nested runtime would; the deepest."""
+    for name in names:
+        directory = directory / name
+        directory.mkdir()
+        if (directory / "cpuset.cpus").exists():
+            cgroups._inherit_cpuset(directory)
+    return directory
+
+
+def move_into(pid: int, directory: Path) -> None:
+    (directory / "cgroup.procs").write_text(str(pid))
+
+
+def test_remove_goes_depth_first_through_cgroups_made_below(v1_host):
+    cgroup = cgroups.create(new_id("below"), cgroups.Limits(pids=10))
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    made = []
+    for directory in cgroup.directories():
+        made.append(make_below(directory, "nested", "deeper"))
+        move_into(sleeper.pid, made[-1])
+        make_below(directory, "empty")
+    assert all(f"/{cgroups.PARENT}/{cgroup.directories()[0].name}/nested/deeper\n" in line
+               for line in Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines(True))
+    cgroup.remove()
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert own_cgroups() == []
+    assert not any(path.exists() for path in made)
+
+
+def test_gc_removes_a_dead_run_s_cgroups_with_what_was_made_below(v1_host):
+    identifier = new_id("deadbelow")
+    cgroup = cgroups.create(identifier, cgroups.Limits())
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    for directory in cgroup.directories():
+        move_into(sleeper.pid, make_below(directory, "x"))
+    assert identifier in cgroups.remove_stale(set(), dead_ids={identifier})
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert own_cgroups() == []
+
+
+def test_join_puts_the_process_in_its_own_cgroup_of_every_hierarchy(v1_host):
+    cgroup = cgroups.create(new_id("every"), cgroups.Limits())
+    sleeper = start_in(cgroup, ["sleep", "300"])
+    try:
+        lines = Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines()
+    finally:
+        cgroup.remove()
+    expected = f"/{cgroups.PARENT}/{cgroup.directories()[0].name}"
+    assert len(lines) == len(cgroups._mounts().hierarchies())
+    assert all(line.split(":", 2)[2] == expected for line in lines), lines
+
+
+def test_cpuset_cgroups_get_their_parent_s_cpus_and_memory_nodes(v1_host):
+    cgroup = cgroups.create(new_id("cpuset"), cgroups.Limits())
+    try:
+        root = cgroups._mounts().v1["cpuset"]
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            assert (cgroup.paths["cpuset"] / name).read_text() == (root / name).read_text() != "\n"
+    finally:
+        cgroup.remove()
 
 
 # --- The v2 driver, against a v2-shaped tree --------------------------------------------------
@@ -279,6 +404,13 @@ V2_FILES = {"cgroup.procs": "", "cgroup.kill": "", "cgroup.subtree_control": "",
             "memory.peak": "0", "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
             "cpu.max": "max 100000", "cpu.stat": "usage_usec 0\nnr_periods 0\n",
             "pids.max": "max", "pids.events": "max 0\n"}
+
+
+def create_v2(root: Path, name: str, limits: cgroups.Limits) -> cgroups.CgroupV2:
+    """The v2 driver's create on a pure v2 host whose cgroup2 tree is at `root`. (The device
+    program needs a real cgroup2 directory: tests/test_devices.py and the v2 guest check it.)"""
+    mounts = cgroups._Mounts(unified=root, v1={}, v1_options={})
+    return cgroups.CgroupV2.create(name, limits, mounts, allow_all_devices=True)
 
 
 @pytest.fixture
@@ -308,8 +440,7 @@ def v2_tree(tmp_path, monkeypatch):
 
 
 def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c1", cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20),
-                                     v2_tree)
+    cgroup = create_v2(v2_tree, "c1", cgroups.Limits(memory=32 * MiB, cpus=0.5, pids=20))
     assert cgroup.path == v2_tree / "minirun" / "c1"
     assert (v2_tree / "cgroup.subtree_control").read_text() == "+cpu"    # only what was missing
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
@@ -322,13 +453,13 @@ def test_v2_driver_enables_controllers_and_writes_limits(v2_tree):
 
 
 def test_v2_driver_without_limits_writes_none(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c2", cgroups.Limits(), v2_tree)
+    cgroup = create_v2(v2_tree, "c2", cgroups.Limits())
     for name in ("memory.max", "memory.swap.max", "cpu.max", "pids.max"):
         assert (cgroup.path / name).read_text() == V2_FILES[name]
 
 
 def test_v2_driver_reads_usage(v2_tree):
-    cgroup = cgroups.CgroupV2.create("c3", cgroups.Limits(memory=32 * MiB), v2_tree)
+    cgroup = create_v2(v2_tree, "c3", cgroups.Limits(memory=32 * MiB))
     (cgroup.path / "memory.peak").write_text(f"{32 * MiB}\n")
     (cgroup.path / "memory.events").write_text("low 0\nhigh 0\nmax 77\noom 1\noom_kill 1\n")
     (cgroup.path / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n"
@@ -341,8 +472,8 @@ def test_v2_driver_reads_usage(v2_tree):
 
 
 def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
-    other = cgroups.CgroupV2.create("c3", cgroups.Limits(), v2_tree)
-    cgroup = cgroups.CgroupV2.create("c4", cgroups.Limits(), v2_tree)
+    other = create_v2(v2_tree, "c3", cgroups.Limits())
+    cgroup = create_v2(v2_tree, "c4", cgroups.Limits())
     writes = []
     real_write = cgroups._write
     monkeypatch.setattr(cgroups, "_write", lambda path, value, *rest, **named: (
@@ -365,7 +496,7 @@ def test_v2_create_makes_minirun_again_when_another_run_removed_it_meanwhile(v2_
             cgroups._remove_if_unused(cgroup)   # another minirun's last container just ended
             lost.append(cgroup)
     monkeypatch.setattr(cgroups, "_enable_controllers", enable_then_lose_the_parent)
-    cgroup = cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+    cgroup = create_v2(v2_tree, "c7", cgroups.Limits(memory=32 * MiB))
     assert lost and cgroup.path.is_dir()
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
 
@@ -373,9 +504,9 @@ def test_v2_create_makes_minirun_again_when_another_run_removed_it_meanwhile(v2_
 def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
     (v2_tree / "cgroup.controllers").write_text("cpuset io memory pids\n")   # no cpu
     with pytest.raises(RuntimeFailure, match="offers no cpu cgroup controller"):
-        cgroups.CgroupV2.create("c6", cgroups.Limits(cpus=0.5), v2_tree)
+        create_v2(v2_tree, "c6", cgroups.Limits(cpus=0.5))
     assert not (v2_tree / "minirun").exists()
-    cgroups.CgroupV2.create("c6", cgroups.Limits(memory=32 * MiB), v2_tree)
+    create_v2(v2_tree, "c6", cgroups.Limits(memory=32 * MiB))
     assert (v2_tree / "cgroup.subtree_control").read_text() == "memory pids\n"   # untouched
     assert (v2_tree / "minirun" / "cgroup.subtree_control").read_text() == "+memory +pids"
 
@@ -383,7 +514,7 @@ def test_v2_driver_enables_only_what_the_kernel_offers(v2_tree):
 def test_v2_driver_failure_leaves_nothing(v2_tree, monkeypatch):
     monkeypatch.delitem(V2_FILES, "pids.max")           # a kernel without the pids controller
     with pytest.raises(RuntimeFailure, match="cannot set the pids limit"):
-        cgroups.CgroupV2.create("c5", cgroups.Limits(memory=32 * MiB, pids=20), v2_tree)
+        create_v2(v2_tree, "c5", cgroups.Limits(memory=32 * MiB, pids=20))
     assert not (v2_tree / "minirun" / "c5").exists()
 
 
@@ -397,7 +528,7 @@ def real_v2_cgroup():
     if root is None:
         pytest.skip("no cgroup2 tree on this host")
     (root / cgroups.PARENT).mkdir(exist_ok=True)
-    cgroup = cgroups.CgroupV2(root / cgroups.PARENT / new_id("v2"))
+    cgroup = cgroups.CgroupV2({}, root / cgroups.PARENT / new_id("v2"))
     cgroup.path.mkdir()
     yield cgroup
     cgroup.remove()
@@ -456,6 +587,7 @@ HYBRID = """\
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 22 0:32 / /mnt/memory-again rw,relatime - cgroup cgroup rw,memory,hugetlb
 """
 PURE_V2 = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
@@ -468,18 +600,27 @@ PURE_V2 = """\
 def test_mountinfo_of_a_hybrid_host():
     mounts = cgroups.parse_mountinfo(HYBRID, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup/unified")
-    cpu_tree, memory_tree = Path("/sys/fs/cgroup/cpu,cpuacct"), Path("/sys/fs/cgroup/memory")
-    assert mounts.v1 == {"cpu": cpu_tree, "cpuacct": cpu_tree, "memory": memory_tree,
-                         "pids": Path("/sys/fs/cgroup/pids")}
-    # Only the trees minirun uses, each with all its controllers and none of its other options.
-    assert mounts.v1_options == {cpu_tree: "cpu,cpuacct", memory_tree: "memory,hugetlb",
-                                 Path("/sys/fs/cgroup/pids"): "pids"}
+    tree = {name: Path("/sys/fs/cgroup") / name for name in
+            ("cpu,cpuacct", "net_cls,net_prio", "cpuset", "memory", "pids", "systemd")}
+    assert mounts.v1 == {"cpu": tree["cpu,cpuacct"], "cpuacct": tree["cpu,cpuacct"],
+                         "net_cls": tree["net_cls,net_prio"], "net_prio": tree["net_cls,net_prio"],
+                         "cpuset": tree["cpuset"], "memory": tree["memory"],
+                         "hugetlb": tree["memory"], "pids": tree["pids"],
+                         "name=systemd": tree["systemd"]}
+    # Every tree, each with all its controllers (or its name) and none of its other options;
+    # the memory tree mounted a second time counts once.
+    assert mounts.v1_options == {tree["cpu,cpuacct"]: "cpu,cpuacct",
+                                 tree["net_cls,net_prio"]: "net_cls,net_prio",
+                                 tree["cpuset"]: "cpuset", tree["memory"]: "memory,hugetlb",
+                                 tree["pids"]: "pids", tree["systemd"]: "name=systemd"}
+    assert mounts.hierarchies() == [*tree.values(), Path("/sys/fs/cgroup/unified")]
 
 
 def test_mountinfo_of_a_pure_v2_host():
     mounts = cgroups.parse_mountinfo(PURE_V2, KNOWN_CONTROLLERS)
     assert mounts.unified == Path("/sys/fs/cgroup")
     assert mounts.v1 == {} and mounts.v1_options == {}
+    assert mounts.hierarchies() == [Path("/sys/fs/cgroup")]
     assert cgroups._unescape("/mnt/with\\040space") == "/mnt/with space"
 
 
@@ -502,11 +643,16 @@ def assert_no_cgroup_left(identifier: str) -> None:
 
 
 def minirun_parents() -> list[Path]:
-    """The `minirun` parent cgroups in the trees this host's containers use. (That none is left
-    assumes no other minirun runs a container on this machine during the tests.)"""
-    mounts = cgroups._mounts()
-    trees = {mounts.unified} if cgroups.host_uses_v2() else set(mounts.v1.values())
-    return sorted(tree / cgroups.PARENT for tree in trees if (tree / cgroups.PARENT).exists())
+    """The `minirun` parent cgroups, in every hierarchy. (That none is left assumes no other
+    minirun runs a container on this machine during the tests.)"""
+    return sorted(tree / cgroups.PARENT for tree in cgroups._mounts().hierarchies()
+                  if (tree / cgroups.PARENT).exists())
+
+
+def leftover_parents() -> list[Path]:
+    """`minirun` parents with no cgroup in them, which should have gone with their last one.
+    (Another helper's container on this machine keeps its parents, rightly.)"""
+    return [parent for parent in minirun_parents() if not cgroups._cgroups_below(parent)]
 
 
 def stats(stderr: str) -> str:
@@ -596,7 +742,8 @@ def test_container_sees_its_own_cgroup_as_root_read_only(minirun):
     lines = result.stdout.splitlines()
     cgroup_lines = [line for line in lines if re.match(r"\d+:", line)]
     assert cgroup_lines and all(line.endswith(":/") for line in cgroup_lines)
-    assert lines[len(cgroup_lines):] == ["cpu", "cpuacct", "memory", "pids", str(48 * MiB)]
+    trees = sorted(tree.name for tree in cgroups._mounts().hierarchies())
+    assert lines[len(cgroup_lines):] == [*trees, str(48 * MiB)]
     assert result.stderr.count("Read-only file system") == 2
     assert result.returncode != 0
 
@@ -615,7 +762,7 @@ def test_no_cgroup_left_when_the_kernel_refuses_a_limit(minirun, minirun_env):
     assert result.returncode == 125
     assert "minirun: cannot set the pids limit: writing 1000000000 to" in result.stderr
     assert_no_cgroup_left(container_id(result.stderr))
-    assert minirun_parents() == []
+    assert leftover_parents() == []
     assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
     assert os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == []
 
@@ -641,7 +788,7 @@ def test_no_cgroup_left_after_minirun_is_killed_once_gc_runs(start_minirun, mini
     assert result.returncode == 0, result.stderr
     assert f"removed {identifier[:12]}" in result.stdout
     assert_no_cgroup_left(identifier)
-    assert minirun_parents() == []
+    assert leftover_parents() == []
 
 
 def test_the_minirun_parent_stays_while_a_container_runs_and_goes_with_the_last(start_minirun,
@@ -653,7 +800,7 @@ def test_the_minirun_parent_stays_while_a_container_runs_and_goes_with_the_last(
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=20)
     assert first.returncode == 143
-    assert minirun_parents() == []
+    assert leftover_parents() == []
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -681,9 +828,73 @@ def test_v2_root_with_processes_that_is_not_the_real_root_is_a_clear_error(v2_tr
     (v2_tree / "cgroup.type").write_text("domain\n")          # only non-root cgroups have it
     (v2_tree / "cgroup.procs").write_text("1\n42\n")
     with pytest.raises(RuntimeFailure, match="allows controllers only in cgroups without processes"):
-        cgroups.CgroupV2.create("c7", cgroups.Limits(memory=32 * MiB), v2_tree)
+        create_v2(v2_tree, "c7", cgroups.Limits(memory=32 * MiB))
 
 
 def test_v2_real_root_may_hold_processes(v2_tree):
     (v2_tree / "cgroup.procs").write_text("1\n42\n")         # the true root is exempt
-    cgroups.CgroupV2.create("c8", cgroups.Limits(memory=32 * MiB), v2_tree).remove()
+    create_v2(v2_tree, "c8", cgroups.Limits(memory=32 * MiB)).remove()
+
+
+# --- Real containers: every hierarchy, and cgroups made below theirs ---------------------------
+
+def dirs_under_process_api(*names: str) -> list[str]:
+    """Directories named `names` below any hierarchy's process_api (where this machine's shells
+    run): a runtime that resolved a cgroup path against its own cgroup would make them there."""
+    found = []
+    for tree in cgroups._mounts().hierarchies():
+        for directory, subdirs, _ in os.walk(tree / "process_api"):
+            found += [os.path.join(directory, name) for name in subdirs if name in names]
+    return found
+
+
+def test_the_container_is_in_its_own_cgroup_of_every_hierarchy(start_minirun, minirun_env):
+    script = ("cat /proc/self/cgroup; echo views $(ls -d /sys/fs/cgroup/freezer/*/ "
+              "/sys/fs/cgroup/devices/*/ 2>/dev/null | wc -l); "
+              "echo FROZEN > /sys/fs/cgroup/freezer/freezer.state; echo a > /sys/fs/cgroup/devices/devices.allow; "
+              "echo ready; exec sleep 60")
+    process = start_minirun("run", "--init", "hello", "sh", "-c", script)
+    inside = [line.strip() for line in iter(process.stdout.readline, "ready\n")]
+    record = wait_for_container(minirun_env)
+    identifier = record["id"]
+    on_the_host = Path(f"/proc/{record['pid']}/cgroup").read_text().splitlines()
+    ours = Path("/proc/self/cgroup").read_text().splitlines()
+    assert len(own_cgroups(identifier)) == len(cgroups._mounts().hierarchies())
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 143, stderr
+
+    hierarchy = lambda line: line.split(":", 2)[:2]                 # "4", "memory"
+    # Inside: / in every hierarchy the host has, so no host path can be named from there ...
+    assert [hierarchy(line) for line in inside[:-1]] == [hierarchy(line) for line in ours]
+    assert all(line.endswith(":/") for line in inside[:-1]), inside
+    # ... because on the host, it is in minirun/<id> of every one of them.
+    assert [line.split(":", 2)[2] for line in on_the_host] == \
+        [f"/{cgroups.PARENT}/{identifier}"] * len(ours)
+    # Its views of the freezer and devices trees hold no cgroup of the host, and are read-only.
+    assert inside[-1] == "views 0"
+    assert stderr.count("Read-only file system") == 2, stderr
+    assert_no_cgroup_left(identifier)
+    assert leftover_parents() == []
+    assert dirs_under_process_api(identifier, cgroups.PARENT) == []
+
+
+def test_cgroups_made_below_the_container_s_go_with_it(start_minirun, minirun_env):
+    """As a nested runtime (or the container, with a cgroup filesystem of its own) would: cgroups
+    below the container's, in every hierarchy, one of them holding its process."""
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    record = wait_for_container(minirun_env)
+    identifier, pid1 = record["id"], record["pid"]
+    sleeper = int(Path(f"/proc/{pid1}/task/{pid1}/children").read_text().split()[0])
+    for directory in cgroups.of_container(identifier).directories():
+        move_into(sleeper, make_below(directory, "nested", "deeper"))
+        make_below(directory, "empty")
+    # Its cgroup, nested, nested/deeper and empty, in each hierarchy.
+    assert len(own_cgroups(f"{identifier}/**")) == 4 * len(cgroups._mounts().hierarchies())
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 143, stderr
+    assert "cannot remove" not in stderr
+    assert_no_cgroup_left(identifier)
+    assert leftover_parents() == []

@@ -4,7 +4,7 @@ This host is hybrid (its controllers live on v1), so here the v2 driver only mee
 tree of plain files (test_cgroups.py). A minivm guest is a whole v2 host of its own: its init
 mounts cgroup2 with every controller in it. So this test makes an image of this Python (the
 interpreter, the libraries it links, its standard library as compiled bytecode) plus minirun's
-cgroups module, imports it into a private store, boots it, and runs
+cgroups and devices modules, imports it into a private store, boots it, and runs
 tests/programs/cgroup_v2_check.py in the guest: the same driver code, the kernel's own cgroup
 files, limits the kernel really enforces. (The image has no busybox and no shell: it also
 shows that minivm's guest init needs nothing from the image.)
@@ -73,7 +73,7 @@ def python_image(tmp_path_factory):
     copy_stdlib(stdlib, rootfs / stdlib.relative_to("/"))
     package = rootfs / "opt/check/minirun"
     package.mkdir(parents=True)
-    for module in ("__init__", "cgroups", "namespaces", "errors"):
+    for module in ("__init__", "cgroups", "devices", "namespaces", "errors"):
         shutil.copy2(REPO / "minirun" / f"{module}.py", package)
     shutil.copy2(CHECK, rootfs / "opt/check")
     env = dict(os.environ, MINIRUN_ROOT=str(store))
@@ -91,6 +91,7 @@ def test_the_v2_driver_limits_counts_and_removes_on_a_real_v2_kernel(guest, pyth
     assert result.returncode == 0, report
     for check in ("driver: v2", "memory: 8M ran, 64M OOM-killed at 32M", "pids: 19 children, then EAGAIN",
                   "pids: 19 leftover children killed", "cpu: throttled", "view: / in /proc/self/cgroup",
+                  "devices: made kmsg and loop0 nodes refused (EPERM) by the BPF program",
                   "gc: a dead run's cgroup", "nothing left: /sys/fs/cgroup/minirun went with its last cgroup"):
         assert f"ok {check}" in result.stdout, report
     assert leftovers(guest) == ([], [])

@@ -7,6 +7,7 @@ Each container is played by a forked child that joins the cgroup first, as minir
 import errno
 import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -126,6 +127,32 @@ def check_the_container_sees_only_its_own_tree():
     print("ok view: / in /proc/self/cgroup, its own limits, read-only")
 
 
+def check_devices():
+    """The device allow-list: on v2, a BPF program that create() attached to the cgroup."""
+    cgroup = cgroups.create("devices", cgroups.Limits())
+    nodes = {"null": (stat.S_IFCHR, 1, 3), "kmsg": (stat.S_IFCHR, 1, 11),
+             "loop0": (stat.S_IFBLK, 7, 0)}
+    os.makedirs("/tmp/nodes", exist_ok=True)
+    for name, (kind, major, minor) in nodes.items():
+        os.mknod(f"/tmp/nodes/{name}", 0o600 | kind, os.makedev(major, minor))
+
+    def try_opening() -> int:
+        seen = {}
+        for name in nodes:
+            try:
+                os.close(os.open(f"/tmp/nodes/{name}", os.O_RDONLY | os.O_NONBLOCK))
+                seen[name] = "opened"
+            except OSError as error:
+                seen[name] = errno.errorcode[error.errno]
+        assert seen == {"null": "opened", "kmsg": "EPERM", "loop0": "EPERM"}, seen
+        return 0
+
+    assert os.waitstatus_to_exitcode(in_child(cgroup, try_opening)) == 0
+    os.close(os.open("/tmp/nodes/kmsg", os.O_RDONLY | os.O_NONBLOCK))    # outside, it opens
+    cgroup.remove()
+    print("ok devices: made kmsg and loop0 nodes refused (EPERM) by the BPF program, null opens")
+
+
 def check_stale_cgroups_are_collected():
     cgroup = cgroups.create("stale", cgroups.Limits())
     pid = os.fork()
@@ -146,6 +173,7 @@ if __name__ == "__main__":
     check_pids_limit()
     check_cpu_limit()
     check_the_container_sees_only_its_own_tree()
+    check_devices()
     check_stale_cgroups_are_collected()
     assert not os.path.exists(PARENT), os.listdir(PARENT)
     print(f"ok nothing left: {PARENT} went with its last cgroup")
