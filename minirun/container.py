@@ -131,7 +131,8 @@ def run(spec: ContainerSpec) -> int:
 
             # 4. A cgroup with the container's limits, made before the fork: the child's first
             #    step is to join it, so nothing of the container ever runs outside its limits.
-            cgroup = cgroups.create(plan.id, spec.limits)
+            cgroup = cgroups.create(plan.id, spec.limits,
+                                    allow_all_devices=spec.privileges.privileged)
             say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
 
             # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
