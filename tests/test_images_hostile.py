@@ -15,6 +15,7 @@ from image_helpers import layer_blobs, oci_layout, tar_of, tree_listing, write_b
 from minirun.errors import RuntimeFailure
 
 SECRET = b"the host's secret\n"
+STORE_SKELETON = {"store", "store/lock", "store/layers", "store/images", "store/tmp"}
 
 
 @pytest.fixture
@@ -38,8 +39,9 @@ def refused(store, tmp_path, outside, source, *expected) -> str:
     assert (outside / "secret").read_bytes() == SECRET
     assert os.listdir(outside) == ["secret"]
     assert store.records() == []
-    assert not store.layers_dir.exists() or os.listdir(store.layers_dir) == []  # nor scratch
-    assert tree_listing(tmp_path) - before <= {"store", "store/lock", "store/layers", "store/images"}
+    assert not store.layers_dir.exists() or os.listdir(store.layers_dir) == []
+    assert not store.tmp_dir.exists() or os.listdir(store.tmp_dir) == []        # nor scratch
+    assert tree_listing(tmp_path) - before <= STORE_SKELETON
     return message
 
 
@@ -49,7 +51,7 @@ def rootfs_tar(tmp_path, entries):
     return path
 
 
-# Where the layer is unpacked: store/layers/.new-PID-XXXX/1/; four levels up is tmp_path.
+# Where the layer is unpacked: store/tmp/PID-START-XXXX/1/; four levels up is tmp_path.
 UP = "../../../../"
 
 
