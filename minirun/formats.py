@@ -58,7 +58,8 @@ def open_source(spec: str) -> Iterator[Source]:
     path, ref = split_source(spec)
     if path.is_dir():
         folder = _Folder(path)
-        yield _read_bundle(folder, ref) or Source("directory", [Layer(partial(_tar_of, path), None)])
+        yield _read_bundle(folder, ref) or _single(Source("directory", [Layer(partial(_tar_of, path),
+                                                                              None)]), ref)
         return
     with open(path, "rb") as file:
         compressed = _compression(file.read(6)) is not None
@@ -72,7 +73,15 @@ def open_source(spec: str) -> Iterator[Source]:
             if found:
                 yield found
                 return
-    yield Source("rootfs tarball", [Layer(partial(open, path, "rb"), path.stat().st_size)])
+    yield _single(Source("rootfs tarball", [Layer(partial(open, path, "rb"), path.stat().st_size)]), ref)
+
+
+def _single(source: Source, ref: str | None) -> Source:
+    """A directory or rootfs tarball holds one image, with no tags to pick it by."""
+    if ref:
+        raise RuntimeFailure(f"it is a {source.kind}, which holds one untagged image, but the tag "
+                             f"{ref!r} was asked for: give the path alone")
+    return source
 
 
 def split_source(spec: str) -> tuple[Path, str | None]:

@@ -258,4 +258,9 @@ def test_import_path_tag_where_the_tag_holds_a_colon(store, tmp_path):
     with pytest.raises(RuntimeFailure, match="no tag after the ':'"):
         store.import_image(f"{folder}/saved.tar:", "x")
     with pytest.raises(RuntimeFailure, match="no such file or directory"):
-        store.import_image(f"{folder}/nothing.tar:app:1.0", "x")
+        store.import_image(f"{tmp_path}/none/nothing.tar:app:1.0", "x")
+    with pytest.raises(RuntimeFailure, match="a rootfs tarball, which holds one untagged image, "
+                                             "but the tag 'latest' was asked for"):
+        store.import_image(f"{tmp_path}/odd:latest", "x")
+    with pytest.raises(RuntimeFailure, match="a directory, which holds one untagged image"):
+        store.import_image(f"{tmp_path}:latest", "x")
