@@ -199,8 +199,8 @@ class Store:
         return record
 
     def _record_path(self, name: str) -> Path:
-        """images/<name>.json, one file whatever the name: '/' (never in a file name here) is
-        written '+' (never in an image name), so no name makes a subdirectory."""
+        """images/<name>.json, one file whatever the name: a '/' of the name is written '+',
+        which no name holds, so no name makes a subdirectory and no two names share a file."""
         return self.images_dir / (check_name(name).replace("/", "+") + ".json")
 
     def _record(self, name: str) -> dict:
@@ -312,7 +312,8 @@ class Store:
         # Written whole in tmp/, then renamed: readers see the old record or the new, never half.
         with self._scratch() as scratch:
             (scratch / "record").write_text(json.dumps(record, indent=2))
-            os.rename(scratch / "record", self._directory(self.images_dir) / self._record_path(name).name)
+            self._directory(self.images_dir)
+            os.rename(scratch / "record", self._record_path(name))
         return self._image(name, layer_ids, config)
 
     # -- scratch space -------------------------------------------------------------------------
