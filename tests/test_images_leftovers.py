@@ -28,38 +28,48 @@ def cli(root: Path, *args, state_dir=None, **popen):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-def killed_import(root: Path) -> Path:
-    """Start importing /usr/share (680M, 54,000 files here: seconds of work), SIGKILL it once
-    its scratch directory holds files, and return that directory, as the kill left it."""
-    importing = cli(root, "import", "/usr/share", "big", stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+# What to kill, and the sign in tmp/ that it is half-way through its work.
+VICTIMS = {
+    # importing /usr/share (680M, 54,000 files here) takes seconds
+    "import": (["import", "/usr/share", "big"], "*/1/*"),
+    # building the built-in image takes about half a second: busybox, then 400 links
+    "build": (["run", "hello", "true"], "*/layer/bin/busybox"),
+}
+
+
+def killed(root: Path, victim: str) -> Path:
+    """Start `minirun` on the victim's work, SIGKILL it half-way, and return the scratch
+    directory that the kill left."""
+    args, sign = VICTIMS[victim]
+    working = cli(root, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:
-            scratch = list((root / "tmp").glob("*/1/*")) if (root / "tmp").is_dir() else []
-            if scratch:
-                break
-            assert importing.poll() is None, "the import ended before it could be killed"
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the import did not start unpacking in time")
+        while not ((root / "tmp").is_dir() and list((root / "tmp").glob(sign))):
+            assert working.poll() is None, f"the {victim} ended before it could be killed"
+            assert time.monotonic() < deadline, f"the {victim} did not start in time"
+            time.sleep(0.002)
     finally:
-        importing.send_signal(signal.SIGKILL)
-        importing.wait()
+        working.send_signal(signal.SIGKILL)
+        working.wait()
     (left,) = (root / "tmp").iterdir()
     return left
 
 
-@pytest.mark.parametrize("cleaner", [["gc"], ["run", "hello", "true"], ["import", "LAYOUT", "app"]])
-def test_a_killed_import_leaves_scratch_that_is_removed(tmp_path, cleaner):
+@pytest.mark.parametrize("victim, cleaner", [
+    ("import", ["gc"]), ("import", ["run", "hello", "true"]), ("import", ["import", "LAYOUT", "app"]),
+    ("build", ["gc"]),
+])
+def test_a_killed_import_or_build_leaves_scratch_that_is_removed(tmp_path, victim, cleaner):
     root = tmp_path / "store"
-    left = killed_import(root)
-    assert left.is_dir() and any((left / "1").iterdir())      # the leftover is real
+    left = killed(root, victim)
+    assert left.is_dir() and any(left.iterdir())               # the leftover is real
     layout = oci_layout(tmp_path / "layout", [tar_of([("a", "file")])])
     done = cli(root, *[str(layout) if arg == "LAYOUT" else arg for arg in cleaner])
     assert done.returncode == 0, done.stderr
     assert not left.exists()
     assert os.listdir(root / "tmp") == []
+    assert not (root / "layers").exists() or all(len(layer.name) == 64
+                                                  for layer in (root / "layers").iterdir())
 
 
 def test_the_owner_of_scratch_is_a_pid_and_its_start_time(store):
