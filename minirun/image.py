@@ -322,7 +322,7 @@ class Store:
         rename), named after its owner: our PID and our start time (see state.start_time).
 
         A PID alone would not do: once its owner is killed, the number goes to another process,
-        and the leftover would look owned forever. A PID with its start time names one process
+        and the leftover would look owned for as long as that stranger runs. A PID with its start time names one process
         for good, and needs nothing held open, unlike an flock(2) per directory. tmp/ holds
         every scratch directory, so that one listdir finds the leftovers."""
         import tempfile
