@@ -38,6 +38,7 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."       # how tar's pax headers carry extended 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
+HEADER_MAX = 1 << 20        # bytes of one pax or GNU long-name header: names, xattrs, ACLs
 
 
 class UnsafeEntry(RuntimeFailure):
@@ -74,6 +75,27 @@ class Budget:
                                  "`minirun import --max-size SIZE`")
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax header (extended attributes, long names) or a GNU long name whole
+    into memory before it yields the entry it describes: a gzip'd run of zeros that claims to be
+    an 8 GB header would fill the memory, not the disk, out of reach of the Budget. Such headers
+    hold names and attributes: one larger than HEADER_MAX is refused before it is read.
+    (`_proc_member` is where tarfile dispatches on a header's type, TarFile(tarinfo=...) the
+    documented way to give it another TarInfo class.)"""
+
+    def _proc_member(self, archive):
+        if self.type in _HEADER_TYPES and self.size > HEADER_MAX:
+            from minirun.units import format_size
+            raise UnsafeEntry(self.name, f"is a tar header of {format_size(self.size)}: headers "
+                                         f"hold names and attributes, at most "
+                                         f"{format_size(HEADER_MAX)} here")
+        return super()._proc_member(archive)
+
+
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
 def unpack_layer(stream, dest: str, budget: Budget) -> None:
     """Apply the layer tar read from `stream` to the empty directory `dest`, within `budget`.
 
@@ -85,7 +107,7 @@ def unpack_layer(stream, dest: str, budget: Budget) -> None:
     root = os.open(dest, _DIR_FLAGS)
     directories = []        # (path parts, entry): their times are set last, as writing into a
     try:                    # directory changes its mtime
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as archive:
             for entry in archive:
                 budget.spend(entry)
                 try:

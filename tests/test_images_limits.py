@@ -123,3 +123,25 @@ def test_a_bad_limit_is_one_line(tmp_path, flag, value, message):
     assert done.returncode == 125 and done.stderr.startswith(f"minirun: {message}")
     assert done.stderr.count("\n") == 1 and not (tmp_path / "store").exists()
 
+
+
+@pytest.mark.parametrize("header_type", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME],
+                         ids=["pax", "gnu-longname"])
+def test_a_header_bomb_is_stopped_before_it_fills_the_memory(tmp_path, header_type):
+    """tarfile reads a pax or long-name header whole into memory: a gzip'd header of zeros
+    that claims 256M would cost 256M of RAM (an 8G one, the OOM killer) before any entry."""
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb") as out:
+        header = tarfile.TarInfo("././@Header")
+        header.type, header.size = header_type, CLAIMED
+        out.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        for _ in range(CLAIMED // MiB):
+            out.write(bytes(MiB))
+        out.write(tarfile.TarInfo("a").tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024))
+    assert bomb.stat().st_size < MiB
+    before = tree_listing(tmp_path)
+    done = cli(tmp_path, "import", str(bomb), "bomb")
+    assert done.returncode == 125 and done.stderr.count("\n") == 1
+    assert "entry '././@Header' is a tar header of 256M: headers hold names and attributes, " \
+           "at most 1M here" in done.stderr
+    nothing_left(tmp_path, before)
