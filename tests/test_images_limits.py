@@ -145,3 +145,35 @@ def test_a_header_bomb_is_stopped_before_it_fills_the_memory(tmp_path, header_ty
     assert "entry '././@Header' is a tar header of 256M: headers hold names and attributes, " \
            "at most 1M here" in done.stderr
     nothing_left(tmp_path, before)
+
+
+# How much the peak memory of an import grows, in KiB. VmHWM (proc(5)) is the peak of this
+# process's own memory; getrusage's ru_maxrss would not do, as it survives execve(2) and so
+# starts at the peak of the (big) pytest process that forked this one.
+PEAK_GROWTH = """
+import sys
+from minirun.image import Store
+def peak():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+before = peak()
+Store().import_image(sys.argv[1], "comments")
+print(peak() - before)
+"""
+
+
+def test_memory_does_not_grow_with_the_entries_read(store, tmp_path):
+    """tarfile keeps every entry it read, with its pax header: 200 entries, each with a 1M
+    comment (a pax field the importer ignores) gzip'd to almost nothing, would hold 200M."""
+    archive = tmp_path / "comments.tar.gz"
+    with gzip.open(archive, "wb") as out, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for number in range(200):
+            info = tarfile.TarInfo(f"f{number}")
+            info.pax_headers = {"comment": "a" * (MiB - 100)}
+            tar.addfile(info)
+    assert archive.stat().st_size < MiB
+    done = subprocess.run([sys.executable, "-c", PEAK_GROWTH, str(archive)], capture_output=True,
+                          text=True, check=True)
+    assert int(done.stdout) < 64 * 1024                      # KiB: far below 200M
+    assert len(os.listdir(store.get("comments").layers[0])) == 200
