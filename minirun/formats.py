@@ -58,8 +58,7 @@ def open_source(spec: str) -> Iterator[Source]:
     path, ref = split_source(spec)
     if path.is_dir():
         folder = _Folder(path)
-        yield _read_bundle(folder, ref) or _single(Source("directory", [Layer(partial(_tar_of, path),
-                                                                              None)]), ref)
+        yield _read_bundle(folder, ref) or _single("directory", Layer(partial(_tar_of, path), None), ref)
         return
     with open(path, "rb") as file:
         compressed = _compression(file.read(6)) is not None
@@ -73,15 +72,15 @@ def open_source(spec: str) -> Iterator[Source]:
             if found:
                 yield found
                 return
-    yield _single(Source("rootfs tarball", [Layer(partial(open, path, "rb"), path.stat().st_size)]), ref)
+    yield _single("rootfs tarball", Layer(partial(open, path, "rb"), path.stat().st_size), ref)
 
 
-def _single(source: Source, ref: str | None) -> Source:
-    """A directory or rootfs tarball holds one image, with no tags to pick it by."""
+def _single(kind: str, layer: Layer, ref: str | None) -> Source:
+    """A directory or rootfs tarball: one image of one layer, with no tags to pick it by."""
     if ref:
-        raise RuntimeFailure(f"it is a {source.kind}, which holds one untagged image, but the tag "
+        raise RuntimeFailure(f"it is a {kind}, which holds one untagged image, but the tag "
                              f"{ref!r} was asked for: give the path alone")
-    return source
+    return Source(kind, [layer])
 
 
 def split_source(spec: str) -> tuple[Path, str | None]:
@@ -94,7 +93,8 @@ def split_source(spec: str) -> tuple[Path, str | None]:
     for cut in reversed([at for at, char in enumerate(spec) if char == ":" and at > 0]):
         if Path(spec[:cut]).exists():
             if cut == len(spec) - 1:
-                raise RuntimeFailure("no tag after the ':': name one as PATH:TAG, or give the path alone")
+                raise RuntimeFailure("no tag after the ':': name one as PATH:TAG, or give the "
+                                     "path alone")
             return Path(spec[:cut]), spec[cut + 1:]
     raise RuntimeFailure("no such file or directory")
 
