@@ -100,14 +100,23 @@ def gc() -> None:
 
 
 @cli.command("import")
+@click.option("--max-size", metavar="SIZE",
+              help="Most bytes of file data the import may write, a sparse file counted in full "
+                   "(default 16G).")
+@click.option("--max-files", metavar="N",
+              help="Most entries (files, directories, links) the import may write (default 1000000).")
 @click.argument("source")
 @click.argument("name")
-def import_image(source, name) -> None:
+def import_image(source, name, max_size, max_files) -> None:
     """Import SOURCE as image NAME: a directory, a rootfs tarball (plain, gzip, zstd or xz), a
-    `docker save` tarball or an OCI image layout (directory or tar; PATH:TAG picks one image)."""
+    `docker save` tarball or an OCI image layout (directory or tar; PATH:TAG picks one image,
+    the path being the longest part before a ':' that exists, so the tag may hold ':')."""
     from minirun.image import Store
     from minirun.progress import Progress
-    image = Store().import_image(source, name, Progress(f"importing {name}"))
+    from minirun.units import parse_count, parse_size
+    limits = {**({"max_size": parse_size(max_size)} if max_size else {}),
+              **({"max_files": parse_count(max_files, "file count")} if max_files else {})}
+    image = Store().import_image(source, name, Progress(f"importing {name}"), **limits)
     click.echo(f"{name}: {len(image.layers)} layer(s)")
 
 

@@ -684,6 +684,7 @@ def collect_garbage() -> list[str]:
         rootfs.remove_bundle(rootfs.Bundle(store_root() / "containers" / container_id))
         state.remove(container_id)
     state.remove_stale_temporaries()
+    Store().remove_stale_scratch()                          # of killed imports and builds
     return sorted(dead)
 
 

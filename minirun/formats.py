@@ -55,15 +55,10 @@ class Source:
 def open_source(spec: str) -> Iterator[Source]:
     """Open what `minirun import SOURCE` names: a path, or PATH:REF to pick one tagged image out
     of an OCI layout or docker save archive that holds several."""
-    path, ref = Path(spec), None
-    if not path.exists() and ":" in spec:
-        head, _, ref = spec.rpartition(":")
-        path = Path(head)
-    if not path.exists():
-        raise RuntimeFailure("no such file or directory")
+    path, ref = split_source(spec)
     if path.is_dir():
         folder = _Folder(path)
-        yield _read_bundle(folder, ref) or Source("directory", [Layer(partial(_tar_of, path), None)])
+        yield _read_bundle(folder, ref) or _single("directory", Layer(partial(_tar_of, path), None), ref)
         return
     with open(path, "rb") as file:
         compressed = _compression(file.read(6)) is not None
@@ -77,7 +72,31 @@ def open_source(spec: str) -> Iterator[Source]:
             if found:
                 yield found
                 return
-    yield Source("rootfs tarball", [Layer(partial(open, path, "rb"), path.stat().st_size)])
+    yield _single("rootfs tarball", Layer(partial(open, path, "rb"), path.stat().st_size), ref)
+
+
+def _single(kind: str, layer: Layer, ref: str | None) -> Source:
+    """A directory or rootfs tarball: one image of one layer, with no tags to pick it by."""
+    if ref:
+        raise RuntimeFailure(f"it is a {kind}, which holds one untagged image, but the tag "
+                             f"{ref!r} was asked for: give the path alone")
+    return Source(kind, [layer])
+
+
+def split_source(spec: str) -> tuple[Path, str | None]:
+    """SOURCE as (path, tag or None). A tag may hold ':' (docker save names images like
+    `library/app:1.0`), and so may a path; the rule that makes it unambiguous: SOURCE is a path
+    if it exists; else the path is the longest part before a ':' that exists, and the tag is all
+    after that ':'. So `app.tar:library/app:1.0` is app.tar's image library/app:1.0."""
+    if Path(spec).exists():
+        return Path(spec), None
+    for cut in reversed([at for at, char in enumerate(spec) if char == ":" and at > 0]):
+        if Path(spec[:cut]).exists():
+            if cut == len(spec) - 1:
+                raise RuntimeFailure("no tag after the ':': name one as PATH:TAG, or give the "
+                                     "path alone")
+            return Path(spec[:cut]), spec[cut + 1:]
+    raise RuntimeFailure("no such file or directory")
 
 
 # -- the two files-of-files: an image as a directory, or as a tar read in place ------------------
@@ -197,7 +216,7 @@ def _choose(index: dict, ref: str | None) -> dict:
 # -- docker save ---------------------------------------------------------------------------------
 
 def _read_docker_save(bundle, ref: str | None) -> Source:
-    entries = _read_json(bundle, "manifest.json")
+    entries = _read_json(bundle, "manifest.json", shape=list)
     tags = [e.get("RepoTags") or [] for e in entries]
     if ref:         # Docker writes full names: `docker.io/library/app:1.0` matches `app:1.0`, `1.0`
         entries = [e for e, names in zip(entries, tags)
@@ -231,15 +250,24 @@ def _digest_in_name(name: str) -> str | None:
     return f"sha256:{found.group(1)}" if found else None
 
 
-def _read_json(bundle, name: str, digest: str | None = None):
+def _read_json(bundle, name: str, digest: str | None = None, shape: type = dict):
+    """A JSON document of the image, which must be an object (or, for docker's manifest.json,
+    a list): a config that is a list or a string is refused here, by name, not later by a
+    confusing TypeError."""
     with bundle.open(name) as file:
         data = file.read()
     if digest:
         verify(digest, "sha256:" + hashlib.sha256(data).hexdigest(), name)
     try:
-        return json.loads(data)
+        document = json.loads(data)
     except ValueError as error:
         raise RuntimeFailure(f"{name} in the image is not valid JSON: {error}") from None
+    if not isinstance(document, shape):
+        found = {dict: "an object", list: "a list", str: "a string"}.get(type(document), "a scalar")
+        wanted = "a JSON object" if shape is dict else "a JSON list"
+        raise RuntimeFailure(f"{name} in the image is {found}, not {wanted}: "
+                             "it is not a valid image description")
+    return document
 
 
 def verify(expected: str, actual: str, what: str) -> None:

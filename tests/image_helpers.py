@@ -132,3 +132,26 @@ def _blob_path(layout: Path, digest: str) -> Path:
 def tree_listing(root: Path) -> set[str]:
     """All paths under root, relative, for checking that nothing appeared or vanished."""
     return {str(p.relative_to(root)) for p in Path(root).rglob("*")}
+
+
+def docker_save(path: Path, layer_tars: list, config=None, tags=("example/app:1.0",),
+                document=None) -> Path:
+    """A `docker save` archive (manifest.json, a config named by its sha256, one tar per layer)
+    written by hand; `document` replaces the whole config file, to make a malformed one."""
+    if document is None:
+        document = {"architecture": "amd64", "os": "linux", "config": config or {},
+                    "rootfs": {"type": "layers", "diff_ids": [
+                        f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layer_tars]}}
+    config_bytes = json.dumps(document).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    files = {config_name: config_bytes}
+    for number, tar in enumerate(layer_tars):
+        files[f"{number}/layer.tar"] = tar
+    files["manifest.json"] = json.dumps([{"Config": config_name, "RepoTags": list(tags),
+                                          "Layers": [f"{n}/layer.tar" for n in range(len(layer_tars))]}]).encode()
+    with tarfile.open(path, "w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path

@@ -11,10 +11,11 @@ import tarfile
 
 import pytest
 
-from image_helpers import layer_blobs, oci_layout, tar_of, tree_listing, write_blob
+from image_helpers import docker_save, layer_blobs, oci_layout, tar_of, tree_listing, write_blob
 from minirun.errors import RuntimeFailure
 
 SECRET = b"the host's secret\n"
+STORE_SKELETON = {"store", "store/lock", "store/layers", "store/images", "store/tmp"}
 
 
 @pytest.fixture
@@ -38,8 +39,9 @@ def refused(store, tmp_path, outside, source, *expected) -> str:
     assert (outside / "secret").read_bytes() == SECRET
     assert os.listdir(outside) == ["secret"]
     assert store.records() == []
-    assert not store.layers_dir.exists() or os.listdir(store.layers_dir) == []  # nor scratch
-    assert tree_listing(tmp_path) - before <= {"store", "store/lock", "store/layers", "store/images"}
+    assert not store.layers_dir.exists() or os.listdir(store.layers_dir) == []
+    assert not store.tmp_dir.exists() or os.listdir(store.tmp_dir) == []        # nor scratch
+    assert tree_listing(tmp_path) - before <= STORE_SKELETON
     return message
 
 
@@ -49,7 +51,7 @@ def rootfs_tar(tmp_path, entries):
     return path
 
 
-# Where the layer is unpacked: store/layers/.new-PID-XXXX/1/; four levels up is tmp_path.
+# Where the layer is unpacked: store/tmp/PID-START-XXXX/1/; four levels up is tmp_path.
 UP = "../../../../"
 
 
@@ -212,3 +214,53 @@ def test_missing_blob_and_malformed_metadata(store, tmp_path, outside):
     refused(store, tmp_path, outside, layout, "names 'blobs/sha256/", "which is not in")
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{}]}))
     refused(store, tmp_path, outside, layout, "not a valid image description")
+
+
+@pytest.mark.parametrize("document, expected", [
+    ([{"config": {}}], "is a list, not a JSON object"),
+    ("just a string", "is a string, not a JSON object"),
+    ({"config": ["/bin/sh"], "rootfs": {"diff_ids": []}}, "the image's config is a list"),
+    ({"config": {"Cmd": "/bin/sh"}, "rootfs": {"diff_ids": []}},
+     'has Cmd "/bin/sh": the OCI image spec wants a list of strings'),
+    ({"config": {"Env": [1]}, "rootfs": {"diff_ids": []}}, "has Env [1]"),
+    ({"config": {"User": 1000}, "rootfs": {"diff_ids": []}},
+     'has User 1000, a number: the OCI image spec wants a string such as "1000"'),
+    ({"config": {"WorkingDir": {"a": 1}}, "rootfs": {"diff_ids": []}}, "has WorkingDir"),
+], ids=["config-list", "config-string", "config-config-list", "cmd-string", "env-number",
+        "user-number", "workdir-object"])
+def test_docker_save_with_a_malformed_config(store, tmp_path, outside, document, expected):
+    """Refused by name, in one line, before any layer is unpacked."""
+    archive = docker_save(tmp_path / "saved.tar", [], document=document)
+    refused(store, tmp_path, outside, archive, expected)
+
+
+def test_a_malformed_config_is_refused_before_a_layer_is_read(store, tmp_path, outside):
+    layer = tar_of([("big", "file", b"x" * 100_000)])
+    document = {"config": {"User": 0}, "rootfs": {"diff_ids": [
+        "sha256:" + hashlib.sha256(layer).hexdigest()]}}
+    archive = docker_save(tmp_path / "saved.tar", [layer], document=document)
+    message = refused(store, tmp_path, outside, archive, "has User 0, a number")
+    assert "layer" not in message
+
+
+def test_import_path_tag_where_the_tag_holds_a_colon(store, tmp_path):
+    """The path is the longest part before a ':' that exists; the tag, all after it."""
+    tars = [tar_of([("a", "file")])]
+    folder = tmp_path / "odd:dir"
+    folder.mkdir()
+    (tmp_path / "odd").write_text("a shorter path that exists too: not the one meant")
+    docker_save(folder / "saved.tar", tars, tags=["docker.io/library/app:1.0", "other:2"])
+    assert store.import_image(f"{folder}/saved.tar:library/app:1.0", "app").layers
+    assert store.import_image(f"{folder}/saved.tar:other:2", "other").layers
+    with pytest.raises(RuntimeFailure, match=r"no images tagged 'library/app:9' in it \(tags there: "
+                                             r"docker.io/library/app:1.0, other:2\)"):
+        store.import_image(f"{folder}/saved.tar:library/app:9", "x")
+    with pytest.raises(RuntimeFailure, match="no tag after the ':'"):
+        store.import_image(f"{folder}/saved.tar:", "x")
+    with pytest.raises(RuntimeFailure, match="no such file or directory"):
+        store.import_image(f"{tmp_path}/none/nothing.tar:app:1.0", "x")
+    with pytest.raises(RuntimeFailure, match="a rootfs tarball, which holds one untagged image, "
+                                             "but the tag 'latest' was asked for"):
+        store.import_image(f"{tmp_path}/odd:latest", "x")
+    with pytest.raises(RuntimeFailure, match="a directory, which holds one untagged image"):
+        store.import_image(f"{tmp_path}:latest", "x")

@@ -65,13 +65,19 @@ def test_rmi_collects_only_the_layers_no_image_uses(store, tmp_path):
 
 def test_rmi_clears_leftovers_of_a_crashed_import(store, tmp_path):
     two_images(store, tmp_path)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    crashed = store.layers_dir / f".new-{dead.pid}-abcd"
+    crashed = store.tmp_dir / f"{dead_pid()}-{state.start_time(os.getpid())}-abcd"
     running = store.scratch_dir()                              # ours: an import in progress
     (crashed / "1").mkdir(parents=True)
+    old_version = store.layers_dir / ".new-1234-abcd"          # where older versions unpacked
+    (old_version / "1").mkdir(parents=True)
     store.remove("two")
-    assert not crashed.exists() and running.is_dir()
+    assert not crashed.exists() and not old_version.exists() and running.is_dir()
+
+
+def dead_pid() -> int:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
 
 
 def test_cli_images_inspect_rmi(store, tmp_path):
