@@ -33,6 +33,8 @@ def cli() -> None:
 @click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M or 1G.")
 @click.option("--cpus", metavar="N", help="CPU limit in cores, e.g. 0.5.")
 @click.option("--pids-limit", metavar="N", help="Most processes the container may have at once.")
+@click.option("--security-opt", "security_opt", multiple=True, metavar="OPT",
+              help="seccomp=unconfined turns off the default system call filter.")
 @click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
 @click.option("--stats", is_flag=True,
               help="At the end, print the peak memory and CPU time the container used.")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, namespaces, network, rootfs, security, signals, state, terminal
+from minirun import (cgroups, namespaces, network, rootfs, seccomp, security, signals, state,
+                     terminal)
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
@@ -42,6 +43,7 @@ class ContainerSpec:
     use_chroot: bool = False
     explain: bool = False
     stats: bool = False
+    seccomp: bool = True        # the default system call filter (seccomp.py); off: seccomp=unconfined
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
 
     @classmethod
@@ -56,6 +58,7 @@ class ContainerSpec:
                    tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
                    use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
                    stats=bool(options.get("stats")),
+                   seccomp=seccomp.wanted(options.get("security_opt") or ()),
                    limits=cgroups.Limits(memory=parse_size(memory) if memory else None,
                                          cpus=parse_cpus(cpus) if cpus else None,
                                          pids=parse_count(pids, "pids limit") if pids else None))
@@ -97,7 +100,7 @@ def run(spec: ContainerSpec) -> int:
     record = state.ContainerRecord(id=plan.id, name=spec.name or plan.id[:12], image=image.name,
                                    command=plan.command, runtime_pid=os.getpid(),
                                    runtime_start=state.start_time(os.getpid()), created=time.time(),
-                                   workdir=plan.workdir, user=plan.user)
+                                   workdir=plan.workdir, user=plan.user, seccomp=spec.seccomp)
     _claim_name(record)
     state.save(record)
     bundle = cgroup = None
@@ -290,6 +293,11 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         # 7. Give up what the command must not have: most capabilities, any new privilege, and
         #    root itself if the image or -u names another user.
         _give_up_privileges(plan.user, say)
+
+        # 8. The last step before exec: a filter on the system calls themselves. Put on last,
+        #    the runtime's own set-up above is not filtered; with --init, the init is.
+        if plan.spec.seccomp:
+            _filter_system_calls(say)
     except OSError as error:
         _fail(errors, RUNTIME_FAILED, f"setting up the container failed: {error}")
     except RuntimeFailure as error:
@@ -297,7 +305,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     except Exception as error:   # a bug: still one line, and the parent cleans up
         _fail(errors, RUNTIME_FAILED, f"internal error while setting up the container: {error!r}")
 
-    # 8. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
+    # 9. Become the command: exec it as PID 1, or run a tiny init that execs it as PID 2.
     if plan.spec.use_init:
         _run_init(plan, errors)
     _exec(plan.command, plan.env, errors)
@@ -309,6 +317,15 @@ def _give_up_privileges(user: str, say) -> None:
     if user:
         uid, gid, groups = security.switch_user(user)
         say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
+
+
+def _filter_system_calls(say) -> None:
+    began = time.perf_counter()
+    length = seccomp.install_default()
+    say("seccomp", f"filter of {length} BPF instructions installed in "
+        f"{1000 * (time.perf_counter() - began):.2f} ms; it refuses:")
+    for line in seccomp.describe():
+        say("seccomp", line)
 
 
 def _attach_stdio(slave: int | None) -> None:
@@ -460,6 +477,8 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
                 os.chdir(workdir or record.workdir)
                 _attach_stdio(slave)
                 _give_up_privileges(record.user if user is None else user, say)
+                if record.seccomp:                # as `docker exec`: the container's filter
+                    _filter_system_calls(say)
                 _exec(command, environment, errors_write)
             except RuntimeFailure as error:
                 _fail(errors_write, error.exit_code, str(error))

@@ -23,6 +23,7 @@ class ContainerRecord:
     created: float = 0.0
     workdir: str = "/"          # where `minirun exec` starts, as `docker exec` does
     user: str = ""              # whom `minirun exec` runs as, unless -u says otherwise
+    seccomp: bool = True        # whether `minirun exec` installs the default seccomp filter too
 
 
 def state_dir() -> Path:
