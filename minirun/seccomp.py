@@ -25,7 +25,7 @@ the last step before exec (container._filter_system_calls).
 This filter, in order:
   1. an ABI other than the native one (see "Other ABIs" below) kills the process;
   2. the calls in REFUSED fail with EPERM, whatever their arguments;
-  3. four calls are judged by their first argument: clone, clone3, socket, personality;
+  3. clone, socket and personality are judged by their first argument; clone3 gets ENOSYS;
   4. everything else is allowed.
 
 Docker's default profile is written the other way round: an allow-list of about 370 calls, and
@@ -168,7 +168,7 @@ NUMBERS = {
     "vserver": (236, None),
 }
 
-# -- Classic BPF: the five instructions this filter needs (linux/filter.h, linux/bpf_common.h) --
+# -- Classic BPF: the four instructions this filter needs (linux/filter.h, linux/bpf_common.h) --
 LOAD = 0x20         # BPF_LD | BPF_W | BPF_ABS:  A = the 32-bit word at offset k of seccomp_data
 JEQ = 0x15          # BPF_JMP | BPF_JEQ | BPF_K: if A == k skip jt instructions, else skip jf
 JSET = 0x45         # BPF_JMP | BPF_JSET | BPF_K: if A & k skip jt, else skip jf
