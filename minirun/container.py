@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import (cgroups, namespaces, network, rootfs, seccomp, security, signals, state,
-                     terminal)
+from minirun import cgroups, namespaces, network, rootfs, seccomp, security, signals, state, terminal
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
@@ -43,7 +42,7 @@ class ContainerSpec:
     use_chroot: bool = False
     explain: bool = False
     stats: bool = False
-    seccomp: bool = True        # the default system call filter (seccomp.py); off: seccomp=unconfined
+    seccomp: bool = True        # the default system call filter (seccomp.py)
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
 
     @classmethod
