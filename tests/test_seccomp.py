@@ -200,6 +200,7 @@ def test_every_refused_number_is_refused_by_the_kernel(minirun, probe_image):
 def test_seccomp_mode_is_filter_by_default_and_off_when_unconfined(minirun):
     command = ("hello", "grep", "^Seccomp:", "/proc/self/status")
     assert minirun("run", *command).stdout == "Seccomp:\t2\n"           # SECCOMP_MODE_FILTER
+    assert minirun("run", "-u", "nobody", *command).stdout == "Seccomp:\t2\n"  # after setuid too
     assert minirun("run", *UNCONFINED, *command).stdout == "Seccomp:\t0\n"
 
 
