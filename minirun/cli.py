@@ -40,6 +40,8 @@ def cli() -> None:
 @click.option("--privileged", is_flag=True,
               help="Turn off every protection: all capabilities and devices, no seccomp, no masks.")
 @click.option("--read-only", is_flag=True, help="Mount the container's root read-only.")
+@click.option("--security-opt", "security_opt", multiple=True, metavar="OPT",
+              help="seccomp=unconfined turns off the default system call filter.")
 @click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
 @click.option("--stats", is_flag=True,
               help="At the end, print the peak memory and CPU time the container used.")

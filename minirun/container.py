@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, namespaces, network, rootfs, security, signals, state, terminal
+from minirun import cgroups, namespaces, network, rootfs, seccomp, security, signals, state, terminal
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
@@ -45,6 +45,7 @@ class ContainerSpec:
     use_chroot: bool = False
     explain: bool = False
     stats: bool = False
+    seccomp: bool = True        # the default system call filter (seccomp.py)
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
     privileges: security.Privileges = field(default_factory=security.Privileges)
     read_only: bool = False
@@ -61,6 +62,7 @@ class ContainerSpec:
                    tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
                    use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
                    stats=bool(options.get("stats")),
+                   seccomp=seccomp.wanted(options.get("security_opt") or ()),
                    limits=cgroups.Limits(memory=parse_size(memory) if memory else None,
                                          cpus=parse_cpus(cpus) if cpus else None,
                                          pids=parse_count(pids, "pids limit") if pids else None),
@@ -89,6 +91,7 @@ class Plan:
     hostname: str
     user: str                   # "" for root, else as -u takes it: name, uid, name:group, uid:gid
     privileges: security.Privileges
+    seccomp: bool               # the default system call filter (seccomp.py), off if privileged
     init_binary: str | None     # --init: the host path of the program bind-mounted as /dev/init
     spec: ContainerSpec
 
@@ -117,7 +120,8 @@ def run(spec: ContainerSpec) -> int:
                                    runtime_start=state.start_time(os.getpid()), created=time.time(),
                                    workdir=plan.workdir, user=plan.user,
                                    capabilities=sorted(plan.privileges.capabilities),
-                                   privileged=plan.privileges.privileged)
+                                   privileged=plan.privileges.privileged,
+                                   seccomp=plan.seccomp)
     _claim_name(record)
     state.save(record)
     bundle = cgroup = None
@@ -202,7 +206,8 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
     return Plan(id=container_id, image=image, command=command, env=env,
                 workdir=spec.workdir or image.config.workdir or "/", hostname=hostname,
                 user=spec.user if spec.user is not None else image.config.user,
-                privileges=spec.privileges, init_binary=_init_binary() if spec.use_init else None,
+                privileges=spec.privileges,
+                seccomp=spec.seccomp and not spec.privileges.privileged, init_binary=_init_binary() if spec.use_init else None,
                 spec=spec)
 
 
@@ -358,12 +363,15 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     os.makedirs(plan.workdir, exist_ok=True)
     os.chdir(plan.workdir)
 
-    # 7-9. The terminal, privileges, descriptors, and exec: the same as for `minirun exec`.
-    _last_steps(link, plan.command, plan.env, plan.user, plan.privileges, plan.init_binary, say)
+    # 7-11. The terminal, privileges, descriptors, the system call filter, and exec: the same
+    #       as for `minirun exec`.
+    _last_steps(link, plan.command, plan.env, plan.user, plan.privileges, plan.seccomp,
+                plan.init_binary, say)
 
 
 def _last_steps(link: _Link, command: list[str], env: dict[str, str], user: str,
-                privileges: security.Privileges, init_binary: str | None, say) -> None:
+                privileges: security.Privileges, filtered: bool, init_binary: str | None,
+                say) -> None:
     """What every process entering a container does last, in `run` and in `exec` alike."""
     # 7. Its own session, so the host terminal's Ctrl-C reaches minirun, which passes it on
     #    once; with -t, a pty of the container's own as its controlling terminal.
@@ -382,7 +390,12 @@ def _last_steps(link: _Link, command: list[str], env: dict[str, str], user: str,
     security.close_inherited_descriptors()
     say("exec", "every descriptor above 2 is close-on-exec")
 
-    # 10. Become the command: exec it as PID 1, or exec the tiny init that runs it as PID 2.
+    # 10. The last step before exec: a filter on the system calls themselves. Put on last, the
+    #     runtime's own set-up above is not filtered; with --init, the init is.
+    if filtered:
+        _filter_system_calls(say)
+
+    # 11. Become the command: exec it as PID 1, or exec the tiny init that runs it as PID 2.
     if init_binary:
         _exec_init(command, env, link)
     _exec(command, env, link)
@@ -400,6 +413,15 @@ def _give_up_privileges(user: str, privileges: security.Privileges, link: _Link,
         security.die_with_parent()
         if link.runtime_is_gone():
             os._exit(RUNTIME_FAILED)
+
+
+def _filter_system_calls(say) -> None:
+    began = time.perf_counter()
+    length = seccomp.install_default()
+    say("seccomp", f"filter of {length} BPF instructions installed in "
+        f"{1000 * (time.perf_counter() - began):.2f} ms; it refuses:")
+    for line in seccomp.describe():
+        say("seccomp", line)
 
 
 def _exec(command: list[str], env: dict[str, str], link: _Link) -> None:
@@ -598,7 +620,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
         os.makedirs(workdir or record.workdir, exist_ok=True)
         os.chdir(workdir or record.workdir)
         _last_steps(link, command, environment, record.user if user is None else user,
-                    privileges, None, say)
+                    privileges, record.seccomp, None, say)     # as `docker exec`: its filter
 
     def enter_pid_namespace() -> None:
         namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)

@@ -25,6 +25,7 @@ class ContainerRecord:
     user: str = ""              # whom `minirun exec` runs as, unless -u says otherwise
     capabilities: list[str] | None = None   # what it keeps (None: the default set), for exec
     privileged: bool = False
+    seccomp: bool = True        # whether `minirun exec` installs the default seccomp filter too
 
 
 def state_dir() -> Path:
