@@ -21,20 +21,22 @@ S_IFCHR, S_IFBLK = 0o020000, 0o060000
 # --- In real containers -----------------------------------------------------------------------
 
 # Each line: a device node the container makes (it holds CAP_MKNOD, and making is allowed),
-# then what reading it says. Not one may be opened: EPERM, from the device cgroup.
+# then what reading it says. Not one may be opened: EPERM, from the device cgroup. They are made
+# in /dev, the one filesystem of the container that allows device nodes at all (its root is
+# nodev: there the open fails even before the cgroup is asked, test_privileges.py).
 MADE_NODES = [("b 7 0", "the host's first loop device"), ("c 1 11", "/dev/kmsg, the kernel log"),
               ("c 10 237", "/dev/loop-control"), ("b 8 0", "the host's first disk"),
               ("c 1 1", "/dev/mem, all physical memory")]
 TRY_MADE_NODES = "".join(
-    f'mknod /tmp/node {node} || echo "mknod {node} refused"; '
-    f'head -c1 /tmp/node >/dev/null 2>/tmp/error; echo "{node}: $(cat /tmp/error)"; rm /tmp/node; '
+    f'mknod /dev/node {node} || echo "mknod {node} refused"; '
+    f'head -c1 /dev/node >/dev/null 2>/tmp/error; echo "{node}: $(cat /tmp/error)"; rm /dev/node; '
     for node, _ in MADE_NODES)
 
 
 def test_made_device_nodes_cannot_be_opened(minirun):
     result = minirun("run", "hello", "sh", "-c", TRY_MADE_NODES)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"{node}: head: /tmp/node: Operation not permitted"
+    assert result.stdout.splitlines() == [f"{node}: head: /dev/node: Operation not permitted"
                                           for node, _ in MADE_NODES]
 
 
