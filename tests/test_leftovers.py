@@ -16,7 +16,7 @@ def host_mounts() -> list[str]:
 
 def leftovers(env: dict) -> dict:
     containers = Path(env["MINIRUN_ROOT"]) / "containers"
-    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],
+    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],  # and locks
             "records": sorted(os.listdir(env["MINIRUN_STATE"])),
             # what minirun or Python's tempfile would name (other programs share /tmp)
             "tmp": sorted(name for name in os.listdir("/tmp") if name.startswith(("tmp", "minirun")))}
@@ -66,19 +66,27 @@ def test_interrupted_runs_leave_nothing(start_minirun, minirun_env, nothing_left
     assert process.returncode == 130
 
 
-def test_a_killed_runtime_is_cleaned_up_by_the_next_run(start_minirun, minirun, minirun_env):
+@pytest.mark.parametrize("cleaner", [("run", "hello", "true"), ("gc",)])
+def test_a_killed_runtime_is_cleaned_up_by_the_next_run(start_minirun, minirun, minirun_env, cleaner):
     before = leftovers(minirun_env)
-    process = start_minirun("run", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
+    process = start_minirun("run", "--name", "doomed", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
     assert read_line(process) == "ready\n"
-    wait_for_container(minirun_env)
+    record = wait_for_container(minirun_env)
     process.kill()                              # SIGKILL: minirun gets no chance to clean up
     process.wait(timeout=10)
     left = leftovers(minirun_env)
-    assert len(left["bundles"]) == len(before["bundles"]) + 1
-    assert len(left["records"]) >= len(before["records"]) + 1    # + a half-written one, maybe
-    time.sleep(0.1)
-    assert minirun("gc").returncode == 0
+    assert len(left["bundles"]) == len(before["bundles"]) + 2          # the bundle and its lock
+    assert len(left["records"]) >= len(before["records"]) + 2          # the record and its name
+    assert cgroup_dirs(record["id"])
+    time.sleep(0.1)                             # let the parent-death signal end the container
+    assert minirun(*cleaner).returncode == 0
     assert leftovers(minirun_env) == before
+    assert not cgroup_dirs(record["id"])
+    assert minirun("run", "--name", "doomed", "hello", "true").returncode == 0   # free again
+
+
+def cgroup_dirs(container_id: str) -> list[Path]:
+    return list(Path("/sys/fs/cgroup").glob(f"*/minirun/{container_id}"))
 
 
 def test_gc_removes_half_written_records_of_dead_runtimes_only(minirun, minirun_env):
