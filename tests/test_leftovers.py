@@ -119,3 +119,29 @@ def test_a_record_whose_pid_was_reused_is_stale(minirun, minirun_env):
             del os.environ["MINIRUN_STATE"]
         else:
             os.environ["MINIRUN_STATE"] = saved
+
+
+def test_a_lock_removed_between_open_and_flock_is_made_again(tmp_path, monkeypatch):
+    # gc removes a lock file it could take; a new run may have opened that file just before:
+    # its flock then holds a file gone from the directory, which would prove nothing.
+    import fcntl
+    from minirun import state
+    path = tmp_path / "c.lock"
+    real_flock, interrupted = fcntl.flock, []
+
+    def a_gc_comes_first(fd, operation):
+        if not interrupted:
+            interrupted.append(fd)
+            taken = state.take_if_free(path)        # the lock is free: gc takes it, removes it
+            assert taken is not None
+            path.unlink()
+            os.close(taken)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(state.fcntl, "flock", a_gc_comes_first)
+    held = state.hold_for_life(path)
+    monkeypatch.undo()
+    assert interrupted and os.fstat(held).st_ino == os.stat(path).st_ino
+    assert state.take_if_free(path) is None          # held, by the file in the directory
+    os.close(held)
+    assert state.take_if_free(path) is not None      # and free once its holder is gone
