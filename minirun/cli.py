@@ -41,9 +41,6 @@ import click                        # noqa: E402  (after _steady_the_process, on
 
 from minirun import errors          # noqa: E402
 
-# Commands anyone may run: they only read the image store, when it is readable.
-OPEN_TO_ALL = {"images"}
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
@@ -55,7 +52,8 @@ def cli(context) -> None:
 
 def _need_root(command: str) -> None:
     """Containers, their cgroups, the state directory and the image store are root's: say so
-    before anything is tried, rather than fail halfway with a permission error."""
+    before anything is tried, rather than fail halfway with a permission error. (Only `images`
+    is open to all: it reads the store, and says so in one line if it cannot.)"""
     if os.geteuid() != 0:
         raise errors.RuntimeFailure(f"`minirun {command}` needs root (containers, cgroups and "
                                     "the image store are root's): run it with sudo")

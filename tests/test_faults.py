@@ -220,6 +220,13 @@ def test_a_ctrl_c_while_minirun_imports_waits_for_a_step_boundary(env, tmp_path)
     assert census.take() == before
 
 
+def test_minirun_holds_from_its_first_line_the_signals_a_run_passes_on():
+    # cli.py lists them itself, to start without ctypes: the two lists must agree.
+    check = ("import minirun.cli, minirun.signals\n"
+             "assert minirun.cli.HELD_AT_START == set(minirun.signals.FORWARDED)\n")
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+
+
 # --- Storage that fails ---------------------------------------------------------------------
 
 @pytest.fixture

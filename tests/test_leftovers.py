@@ -145,3 +145,46 @@ def test_a_lock_removed_between_open_and_flock_is_made_again(tmp_path, monkeypat
     assert state.take_if_free(path) is None          # held, by the file in the directory
     os.close(held)
     assert state.take_if_free(path) is not None      # and free once its holder is gone
+
+
+def test_gc_from_another_state_directory_finds_a_dead_runs_bundle_and_record(
+        start_minirun, minirun, minirun_env, tmp_path):
+    # One store, two state directories (as the tests run): the lock beside each bundle says
+    # whether its minirun lives, and where its record is, whichever directory that is.
+    before = leftovers(minirun_env)
+    process = start_minirun("run", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    record = wait_for_container(minirun_env)
+    process.kill()
+    process.wait(timeout=10)
+    time.sleep(0.1)
+    other = {**minirun_env, "MINIRUN_STATE": str(tmp_path / "other-state")}
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "minirun", "gc"], env=other,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and f"removed {record['id'][:12]}" in result.stdout
+    assert leftovers(minirun_env) == before
+    assert not cgroup_dirs(record["id"])
+
+
+def test_gc_takes_only_free_locks(minirun, minirun_env):
+    from minirun import state
+    containers = Path(minirun_env["MINIRUN_ROOT"]) / "containers"
+    containers.mkdir(exist_ok=True)
+    before = leftovers(minirun_env)
+    alive, dead, unlocked = "a" * 64, "d" * 64, "e" * 64
+    for container_id in (alive, dead, unlocked):
+        (containers / container_id / "upper").mkdir(parents=True)
+    held = state.hold_for_life(containers / f"{alive}.lock")         # a living owner: us
+    os.close(state.hold_for_life(containers / f"{dead}.lock"))       # an owner gone
+    try:
+        result = minirun("gc")
+        assert result.returncode == 0
+        assert result.stdout.split() == ["removed", dead[:12], "removed", unlocked[:12]]
+        assert sorted(leftovers(minirun_env)["bundles"]) == sorted(before["bundles"] + [alive, f"{alive}.lock"])
+    finally:
+        import shutil
+        shutil.rmtree(containers / alive)
+        (containers / f"{alive}.lock").unlink()
+        os.close(held)
