@@ -603,10 +603,10 @@ def collect_garbage(everything: bool = True) -> list[str]:
         # without its lock is one whose removal was cut short.
         note = os.pread(bundle.lock, 4096, 0).decode(errors="replace") if bundle.lock else ""
         record_file = Path(note)
-        if record_file.is_absolute() and record_file.name == f"{container_id}.json":
-            state.release(record_file)
-        _remove_container(container_id, bundle)
-        removed.add(container_id)
+        if not (record_file.is_absolute() and record_file.name == f"{container_id}.json"):
+            record_file = None
+        if _remove_container(container_id, bundle, record_file):
+            removed.add(container_id)
     if everything:
         for record in state.containers():
             if record.id not in held and not state.is_alive(record):
@@ -614,9 +614,8 @@ def collect_garbage(everything: bool = True) -> list[str]:
                 bundle.lock = state.take_if_free(bundle.lock_path)
                 if bundle.lock is None and bundle.lock_path.exists():
                     continue                # its lock is held: not dead yet (its --init, dying)
-                state.release(state.record_path(record.id))
-                _remove_container(record.id, bundle)
-                removed.add(record.id)
+                if _remove_container(record.id, bundle, state.record_path(record.id)):
+                    removed.add(record.id)
         live = held | {record.id for record in state.containers() if state.is_alive(record)}
         removed.update(cgroups.remove_stale(live, dead_ids=removed))
         state.remove_stale_temporaries()
@@ -632,15 +631,20 @@ def _bundle_ids(containers_dir: Path) -> list[str]:
     return sorted({name.removesuffix(".lock") for name in names if not name.startswith(".")})
 
 
-def _remove_container(container_id: str, bundle: rootfs.Bundle | None) -> None:
+def _remove_container(container_id: str, bundle: rootfs.Bundle, record_file: Path | None) -> bool:
     """What a dead minirun left of one container: its cgroup (killing what still runs in it),
-    then its bundle and, last, its lock."""
+    its record, then its bundle and, last, its lock. If the cgroup will not go yet (its
+    processes still exiting), all of it stays, the lock let go, for the next pass."""
     try:
         cgroups.of_container(container_id).remove()
     except RuntimeFailure:
-        pass                                    # still dying: the next gc tries again
-    if bundle:
-        rootfs.remove_bundle(bundle)
+        if bundle.lock is not None:
+            os.close(bundle.lock)
+        return False
+    if record_file:
+        state.release(record_file)
+    rootfs.remove_bundle(bundle)
+    return True
 
 
 def _narrator(explain: bool):

@@ -243,4 +243,4 @@ def _named_record(link: Path) -> Path | None:
 
 def _storage_failure(directory: Path, error: OSError) -> RuntimeFailure:
     return RuntimeFailure(f"cannot record the container in {directory}: {error.strerror}; "
-                          "free space there, or point MINIRUN_STATE at a writable directory")
+                          "point MINIRUN_STATE at a writable directory with free space")

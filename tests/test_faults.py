@@ -144,7 +144,8 @@ def test_the_next_run_removes_what_a_killed_run_left(env):
     assert census.take() != before
     time.sleep(0.2)                             # its PID 1 gets the parent-death SIGKILL
     assert minirun(env, "run", "hello", "true").returncode == 0
-    assert census.take() == before
+    after = census.take()
+    assert after == before, {key: (before[key], after[key]) for key in before if before[key] != after[key]}
 
 
 # --- An early Ctrl-C ---------------------------------------------------------------------------
