@@ -583,9 +583,9 @@ def collect_garbage(everything: bool = True) -> list[str]:
 
     Every run starts with the quick pass (everything=False): each bundle in the store sits
     beside a lock its minirun holds for life, so the locks that can be taken are exactly the
-    dead containers, whichever state directory recorded them, found in a few system calls each,
-    and each one's cgroup is removed by its id, without reading the cgroup trees. Its cost does
-    not grow with the number of running containers beyond those few calls.
+    dead containers, whichever state directory recorded them; each one's cgroup is removed by
+    its id, without reading the cgroup trees. A running container costs this pass three system
+    calls (open, flock, close: about 10 to 20 µs here), and nothing else.
 
     `minirun gc` (everything=True) also looks for what that pass cannot see: records of dead
     minirun processes in this state directory (with a bundle in another store, or none yet),
@@ -593,18 +593,24 @@ def collect_garbage(everything: bool = True) -> list[str]:
     """
     containers_dir = store_root() / "containers"
     removed, held = set(), set()
-    for container_id in _bundle_ids(containers_dir):
-        bundle = rootfs.Bundle(containers_dir / container_id)
-        bundle.lock = state.take_if_free(bundle.lock_path)
-        if bundle.lock is None and bundle.lock_path.exists():
-            held.add(container_id)                          # its minirun is alive
-            continue
-        # Free, or gone: the lock is made before the bundle and removed after it, so a bundle
-        # without its lock is one whose removal was cut short.
-        note = os.pread(bundle.lock, 4096, 0).decode(errors="replace") if bundle.lock else ""
-        record_file = Path(note)
-        if not (record_file.is_absolute() and record_file.name == f"{container_id}.json"):
-            record_file = None
+    names = set(os.listdir(containers_dir)) if containers_dir.is_dir() else set()
+    for name in names - {name for name in names if name.startswith(".")}:
+        container_id = name.removesuffix(".lock")
+        if name != container_id:
+            lock = state.take_if_free(containers_dir / name)
+            if lock is None:
+                held.add(container_id)          # its minirun is alive (or just removed it)
+                continue
+        elif f"{name}.lock" in names or (containers_dir / f"{name}.lock").exists():
+            continue                            # the bundle's lock decides, above
+        else:
+            # A bundle without its lock: the lock is made before the bundle and removed after
+            # it, so this is a bundle whose removal was cut short.
+            lock = None
+        bundle = rootfs.Bundle(containers_dir / container_id, lock)
+        note = Path(os.pread(lock, 4096, 0).decode(errors="replace")) if lock else None
+        record_file = note if note and note.is_absolute() and note.name == f"{container_id}.json" \
+            else None
         if _remove_container(container_id, bundle, record_file):
             removed.add(container_id)
     if everything:
@@ -620,15 +626,6 @@ def collect_garbage(everything: bool = True) -> list[str]:
         removed.update(cgroups.remove_stale(live, dead_ids=removed))
         state.remove_stale_temporaries()
     return sorted(removed)
-
-
-def _bundle_ids(containers_dir: Path) -> list[str]:
-    """The ids of the bundles in the store, and of the locks without bundles."""
-    try:
-        names = os.listdir(containers_dir)
-    except FileNotFoundError:
-        return []
-    return sorted({name.removesuffix(".lock") for name in names if not name.startswith(".")})
 
 
 def _remove_container(container_id: str, bundle: rootfs.Bundle, record_file: Path | None) -> bool:
