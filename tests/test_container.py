@@ -1,6 +1,7 @@
 """A container is a process with its own view of the machine: prove each part of that view."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -279,14 +280,14 @@ def test_images_is_open_to_all_and_fails_in_one_line_on_an_unreadable_store(mini
 def test_state_directory_and_records_are_roots_alone(start_minirun, minirun_env, tmp_path):
     from conftest import read_line, wait_for_container
     minirun_env["MINIRUN_STATE"] = str(tmp_path / "new" / "state")     # made by minirun
-    process = start_minirun("run", "hello", "sh", "-c", "echo ready; sleep 60")
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; sleep 60")
     assert read_line(process) == "ready\n"
     record = wait_for_container(minirun_env)
     state = Path(minirun_env["MINIRUN_STATE"])
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / f"{record['id']}.json").stat().st_mode & 0o777 == 0o600
-    process.kill()
-    process.wait(timeout=10)
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
 
 
 def test_ps_columns_fit_their_content(minirun, start_minirun, minirun_env, store_root):
@@ -295,20 +296,20 @@ def test_ps_columns_fit_their_content(minirun, start_minirun, minirun_env, store
     store = Store(store_root)
     hello = store.get("hello")
     store.save_image("a-rather-long-image-name", [layer.name for layer in hello.layers], hello.config)
-    process = start_minirun("run", "--name", "a-rather-long-container-name",
+    process = start_minirun("run", "--init", "--name", "a-rather-long-container-name",
                             "a-rather-long-image-name", "sh", "-c", "echo ready; sleep 60")
     assert read_line(process) == "ready\n"
     lines = minirun("ps").stdout.splitlines()
     header, row = lines[0], lines[1]
     assert "a-rather-long-container-name  a-rather-long-image-name  " in row
     assert row.index("a-rather-long-image-name") == header.index("IMAGE")
-    process.kill()
-    process.wait(timeout=10)
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
 
 
 def test_an_empty_name_or_id_matches_no_container(minirun, start_minirun):
     from conftest import read_line
-    process = start_minirun("run", "hello", "sh", "-c", "echo ready; sleep 60")
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; sleep 60")
     assert read_line(process) == "ready\n"
     for args in (["stop", "-t", "0", ""], ["exec", "", "true"]):      # every id starts with ''
         result = minirun(*args)
@@ -316,8 +317,8 @@ def test_an_empty_name_or_id_matches_no_container(minirun, start_minirun):
         assert result.stderr == "minirun: no running container '': give a name or id from " \
                                 "`minirun ps`\n"
     assert process.poll() is None
-    process.kill()
-    process.wait(timeout=10)
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
 
 
 def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
