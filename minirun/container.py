@@ -264,7 +264,6 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
 
 def _init_binary() -> str:
     """--init's program (minirun/init.c), compiled on first use and kept in the store."""
-    from pathlib import Path
     from minirun import static_build
     return str(static_build.build(Path(__file__).with_name("init.c"), store_root() / "helpers",
                                   "--init"))
