@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from minirun.image import SCRATCH_PREFIX
 
 MARK = "3613"           # `sleep 3613`: a process of a container of this module, found by its argv
 
@@ -52,8 +51,7 @@ class Census:
                               if path.name in self.ids),
             "bundles": self._list(self.store / "containers"),
             "records": self._list(self.state),
-            "scratch": [name for name in self._list(self.store / "layers")
-                        if name.startswith(SCRATCH_PREFIX)],
+            "scratch": self._list(self.store / "tmp"),
             "processes": self._marked_processes(),
         }
 
