@@ -349,4 +349,34 @@ def test_closed_stdio_keeps_the_commands_status(env, closing, flags):
 
 
 # --- Run by a user other than root, and in closed pipelines ------------------------------------
-# (The lead adds these cases here.)
+
+@pytest.mark.parametrize("step", ["security", "exec"])
+def test_a_runtime_killed_while_its_container_runs_as_another_user_leaves_nothing(env, step):
+    # A change of user clears the parent-death signal; minirun arms it again after the switch
+    # (container._give_up_privileges). Without that, this container would outlive its runtime.
+    census = Census(env)
+    before = census.take()
+    process = minirun(env, "run", "--explain", "-u", "nobody", "hello", "sh", "-c",
+                      f"exec sleep {MARK}", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_explain_line(process, step)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    census.take()
+    deadline = time.monotonic() + 10
+    while census.take() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc(env)
+    assert census.take() == before
+
+
+@pytest.mark.parametrize("flags", [[], ["--init"], ["-u", "nobody"]])
+def test_a_pipeline_whose_reader_goes_away_ends_with_141_and_leaves_nothing(env, flags):
+    census = Census(env)
+    before = census.take()
+    command = " ".join([sys.executable, "-m", "minirun", "run", *flags, "hello", "yes"])
+    result = subprocess.run(["bash", "-c", f"{command} | head -1; echo ${{PIPESTATUS[0]}}"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["y", "141"], result.stderr
+    assert census.take() == before
