@@ -68,7 +68,11 @@ def _need_root(command: str) -> None:
               help="Run as this user (a name or UID, from the image's /etc/passwd).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is; for Docker's sake).")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
-@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits (always, for now).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Run in the background under a supervisor; print the container's id.")
+@click.option("--rm", "remove", is_flag=True,
+              help="Remove the container when it exits (a foreground run always is; with -d, "
+                   "an exited container stays for `logs` and `ps -a` until `minirun rm`).")
 @click.option("--init", "use_init", is_flag=True,
               help="Run a tiny init as PID 1 that forwards signals and reaps orphans.")
 @click.option("--chroot", "use_chroot", is_flag=True,
@@ -93,7 +97,13 @@ def _need_root(command: str) -> None:
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
     from minirun.container import ContainerSpec, run as run_container
-    return run_container(ContainerSpec.from_options(image, list(command), options))
+    spec = ContainerSpec.from_options(image, list(command), options)
+    if options["detach"]:
+        from minirun import supervisor
+        _need_root("run")
+        click.echo(supervisor.run_detached(spec))
+        return 0
+    return run_container(spec)
 
 
 @cli.command("exec", context_settings={"allow_interspersed_args": False})
@@ -126,15 +136,69 @@ def stop(containers, grace) -> None:
 
 
 @cli.command()
-def ps() -> None:
-    """List running containers."""
+@click.option("-a", "--all", "everything", is_flag=True,
+              help="Show exited containers too (those started with -d and not removed).")
+def ps(everything) -> None:
+    """List running containers (with -a, exited ones too)."""
     import time
-    from minirun import state
+    from minirun import state, supervisor
     _need_root("ps")
+    now = time.time()
+    running = {record.id: record for record in state.containers() if state.is_alive(record)}
     rows = [(record.id[:12], record.name, record.image, str(record.pid),
-             f"{int(time.time() - record.created)}s ago", " ".join(record.command))
-            for record in state.containers() if state.is_alive(record)]
-    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "COMMAND"), rows)
+             f"{int(now - record.created)}s ago", "Up", " ".join(record.command))
+            for record in running.values()]
+    if everything:
+        rows += [(record.id[:12], record.name, record.image, "-", f"{int(now - record.created)}s ago",
+                  f"Exited ({record.exit_code}) {int(now - record.finished)}s ago"
+                  if record.status == "exited" else "Dead (supervisor killed: `minirun gc`)",
+                  " ".join(record.command))
+                 for record in supervisor.records()
+                 if record.id not in running and not supervisor.is_supervised(record)]
+    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "STATUS", "COMMAND"), rows)
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what comes, until it exits.")
+@click.argument("container")
+def logs(container, follow) -> None:
+    """Print a detached container's output: its stdout on stdout, its stderr on stderr."""
+    _need_root("logs")
+    from minirun import supervisor
+    supervisor.print_logs(container, follow)
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+def wait(containers) -> None:
+    """Wait until detached containers exit; print each one's exit code."""
+    _need_root("wait")
+    from minirun import supervisor
+    for container in containers:
+        click.echo(supervisor.wait(container))
+
+
+@cli.command()
+@click.argument("container")
+def start(container) -> None:
+    """Start a created container (`minirun create`, as engines call it)."""
+    _need_root("start")
+    from minirun import supervisor
+    record = supervisor.find(container)
+    raise errors.RuntimeFailure(f"container {record.name} has {record.status}: minirun does not "
+                                "keep an exited container's writable layer, only its logs and "
+                                "status; start a new one with `minirun run`")
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+def rm(containers, force) -> None:
+    """Remove detached containers that have exited (with -f, running ones too)."""
+    _need_root("rm")
+    from minirun import supervisor
+    for container in containers:
+        click.echo(supervisor.remove(container, force)[:12])
 
 
 @cli.command()
@@ -144,7 +208,8 @@ def gc() -> None:
     stay (`minirun rmi` removes those)."""
     _need_root("gc")
     from minirun.container import collect_garbage
-    for container_id in collect_garbage():
+    from minirun import supervisor
+    for container_id in sorted({*collect_garbage(), *supervisor.remove_stale()}):
         click.echo(f"removed {container_id[:12]}")
 
 
@@ -203,11 +268,16 @@ def rmi(name) -> None:
 @cli.command()
 @click.argument("name")
 def inspect(name) -> None:
-    """Print image NAME's record as JSON: its layers, their directories, its config."""
+    """Print container NAME's state (status, pid, limits, mounts, network) as JSON; or, if no
+    container has that name, image NAME's record: its layers, their directories, its config."""
     _need_root("inspect")       # it builds a built-in image on first use
     import json
-    from minirun.image import Store
-    click.echo(json.dumps(Store().inspect(name), indent=2))
+    from minirun import supervisor
+    container = supervisor.describe(name)
+    if container is None:
+        from minirun.image import Store
+        container = Store().inspect(name)
+    click.echo(json.dumps(container, indent=2))
 
 
 def main() -> None:
