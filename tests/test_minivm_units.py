@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from minirun.errors import RuntimeFailure
-from minivm import accel, initramfs, kernel
+from minivm import accel, cache, initramfs, kernel, modules
 from minivm.hardware import Hardware, host_tsc_rate
 from minivm.machine import Machine
 
@@ -160,12 +160,61 @@ def build_deb(path, files: dict[str, bytes | None]) -> None:
                    capture_output=True)
 
 
-def test_fetch_takes_the_kernel_out_of_the_package(fake_apt):
-    build_deb(fake_apt / "kernel.deb",
-              {f"boot/vmlinuz-{RELEASE}": fake_bzimage(gzip.compress(FAKE_ELF))})
+def fake_module(tmp_path, depends: str) -> bytes:
+    """A real ELF object file with a .modinfo section, as the kernel's build writes one."""
+    source = tmp_path / "module.c"
+    source.write_text('const char modinfo[] __attribute__((section(".modinfo"))) = '
+                      f'"license=GPL\\0depends={depends}\\0vermagic={RELEASE}";\n')
+    subprocess.run(["cc", "-c", "-o", str(tmp_path / "module.o"), str(source)], check=True)
+    return (tmp_path / "module.o").read_bytes()
+
+
+# A kernel package's modules: what DRIVERS needs (one of them compressed, as newer Debian
+# packages ship them) and a module nothing needs.
+PACKAGE_MODULES = {
+    "kernel/drivers/virtio/virtio_ring.ko": "",
+    "kernel/drivers/virtio/virtio.ko": "virtio_ring",
+    "kernel/drivers/virtio/virtio_mmio.ko": "virtio,virtio_ring",
+    "kernel/drivers/virtio/virtio_pci_modern_dev.ko": "",
+    "kernel/drivers/virtio/virtio_pci.ko": "virtio_pci_modern_dev,virtio,virtio_ring",
+    "kernel/drivers/char/virtio_console.ko.xz": "virtio,virtio_ring",
+    "kernel/fs/unrelated.ko": "virtio",
+}
+
+
+def package_with_modules(tmp_path) -> dict[str, bytes]:
+    files = {f"boot/vmlinuz-{RELEASE}": fake_bzimage(gzip.compress(FAKE_ELF)),
+             f"lib/modules/{RELEASE}/modules.builtin": b"kernel/drivers/tty/serial/8250.ko\n"}
+    for path, depends in PACKAGE_MODULES.items():
+        module = fake_module(tmp_path, depends)
+        files[f"lib/modules/{RELEASE}/{path}"] = lzma.compress(module) if path.endswith(".xz") \
+            else module
+    return files
+
+
+def test_fetch_takes_the_kernel_and_the_modules_out_of_the_package(fake_apt, tmp_path):
+    build_deb(fake_apt / "kernel.deb", package_with_modules(tmp_path))
     fetched = kernel.fetch()
     assert fetched.name == f"vmlinuz-{RELEASE}"
     assert kernel.bootable_vmlinux(fetched).read_bytes() == FAKE_ELF
+    kept = fetched.with_name(f"modules-{RELEASE}")
+    dep = modules.read_modules_dep(kept)
+    # Each line lists all a module needs, directly or not, so that loading from the end to the
+    # start works: whatever a listed module needs comes after it.
+    assert sorted(dep["kernel/drivers/virtio/virtio_pci.ko"]) == [
+        "kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+        "kernel/drivers/virtio/virtio_ring.ko"]
+    assert dep["kernel/fs/unrelated.ko"] == ["kernel/drivers/virtio/virtio.ko",
+                                             "kernel/drivers/virtio/virtio_ring.ko"]
+    for line in dep.values():
+        for position, needed in enumerate(line):
+            assert set(dep[needed]) <= set(line[position + 1:]), line
+    assert not (kept / "kernel/fs/unrelated.ko").exists()     # only what DRIVERS needs is kept
+    order = [module.name for module in modules.for_hardware(["virtio-mmio", "virtio-serial"], kept)]
+    assert order == ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"]
+    console = modules.for_hardware(["virtio-serial"], kept)[-1]
+    assert console.contents().startswith(b"\x7fELF")          # .ko.xz, unpacked for insmod
+    assert kernel.fetch() == fetched                            # the second time: no download
 
 
 @pytest.mark.parametrize("downloads, message", [
@@ -174,6 +223,7 @@ def test_fetch_takes_the_kernel_out_of_the_package(fake_apt):
     ({"kernel.deb": b"!<arch>\nnot really a package"}, "not a package dpkg can read"),
     ({"kernel.deb": {"boot/config-9.9.9": b"no kernel here"}}, f"no file ./boot/vmlinuz-{RELEASE}"),
     ({"kernel.deb": {f"boot/vmlinuz-{RELEASE}": None}}, f"no file ./boot/vmlinuz-{RELEASE}"),
+    ({"kernel.deb": {f"boot/vmlinuz-{RELEASE}": b"x"}}, "no 9.9.9-test-amd64 modules directory"),
 ])
 def test_fetch_fails_in_one_line_that_says_what_to_do(fake_apt, downloads, message):
     for name, content in downloads.items():
