@@ -95,12 +95,15 @@ def mark_used(entry: Path) -> None:
 
 
 def entries() -> list[tuple[Path, int, float]]:
-    """Every file of the cache with its size and last use (modification time), by part."""
+    """Every entry of the cache (a file, or a directory such as a kernel's modules) with its
+    size and last use (its modification time), part by part."""
     listed = []
-    for path in sorted(cache_dir().rglob("*")) if cache_dir().is_dir() else ():
-        if path.is_file() and not path.is_symlink():
-            info = path.stat()
-            listed.append((path, info.st_size, info.st_mtime))
+    for part in sorted(cache_dir().iterdir()) if cache_dir().is_dir() else ():
+        for entry in sorted(part.iterdir()) if part.is_dir() else ():
+            files = [entry] if not entry.is_dir() else \
+                [path for path in entry.rglob("*") if path.is_file()]
+            listed.append((entry, sum(path.lstat().st_size for path in files),
+                           entry.lstat().st_mtime))
     return listed
 
 

@@ -32,29 +32,16 @@ mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each p
 . /.minivm/run.sh
 hostname "$hostname"
 
-# The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py). Once
-# virtio_console is loaded it learns the ports and their names from the device, and makes
-# /dev/vportNpM for each: `port NAME` waits for the one named NAME (a few milliseconds).
+# The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py).
 for module in $modules; do
     insmod "/.minivm/modules/$module.ko" || fail "could not load the kernel module $module"
 done
-port() {
-    tries=0
-    while :; do
-        for named in /sys/class/virtio-ports/*/name; do
-            if [ "$(cat "$named" 2>/dev/null)" = "$1" ]; then
-                named=${named%/name}
-                echo "/dev/${named##*/}"
-                return
-            fi
-        done
-        tries=$((tries + 1))
-        [ "$tries" -lt 1000 ] || fail "no virtio port named $1 appeared in 10 s"
-        sleep 0.01
-    done
-}
 # How many bytes of the app's output the guest's driver has handed to the host on a port.
-sent() { sed -n 's/^bytes_sent: //p' "/sys/kernel/debug/virtio-ports/${1##*/}"; }
+sent() {
+    while read -r key value; do
+        [ "$key" != "bytes_sent:" ] || echo "$value"
+    done <"/sys/kernel/debug/virtio-ports/${1##*/}"
+}
 report "init running"
 
 # The app runs in its working directory with exactly the environment the image and `-e` give it,
@@ -79,7 +66,23 @@ else
     # The app's streams are pipes, as in a pipeline on the host, and busybox `cat` copies each
     # to or from its port. The ports themselves would refuse a second open (virtio_console
     # allows one at a time), so an app that opens /dev/stdout or /dev/stderr again would fail.
-    stdin=$(port minivm.stdin) stdout=$(port minivm.stdout) stderr=$(port minivm.stderr)
+    # Once loaded, virtio_console learns the ports and their names from the device, and makes a
+    # /dev/vportNpM for each, within milliseconds: wait for the three minivm named.
+    tries=0 stdin= stdout= stderr=
+    until [ -n "$stdin" ] && [ -n "$stdout" ] && [ -n "$stderr" ]; do
+        [ "$tries" -lt 1000 ] || fail "the app's virtio ports did not appear in 10 s"
+        [ "$tries" -eq 0 ] || sleep 0.01
+        tries=$((tries + 1))
+        for named in /sys/class/virtio-ports/*/name; do
+            read -r name <"$named" 2>/dev/null || continue
+            named=${named%/name}
+            case "$name" in
+                minivm.stdin) stdin=/dev/${named##*/} ;;
+                minivm.stdout) stdout=/dev/${named##*/} ;;
+                minivm.stderr) stderr=/dev/${named##*/} ;;
+            esac
+        done
+    done
     mkfifo /.minivm/stdout /.minivm/stderr
     cat /.minivm/stdout >"$stdout" & out=$!
     cat /.minivm/stderr >"$stderr" & err=$!
@@ -97,6 +100,6 @@ else
     report "exit $status out=$(sent "$stdout") err=$(sent "$stderr")"
 fi
 
-# minivm switches the machine off with QMP's `quit` once it has the app's output (a machine with
-# no disk has nothing to save). If it never does, the power-off watchdog on the host does.
+# minivm switches the machine off with QMP's `quit` once it has all the app's output: a machine
+# with no disk has nothing to save.
 while :; do sleep 3600; done

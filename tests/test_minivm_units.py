@@ -8,6 +8,8 @@ import os
 import stat
 import struct
 import subprocess
+import sys
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -385,3 +387,52 @@ def test_a_garbled_report_is_ignored_and_the_reader_goes_on(line):
     assert machine.console.exit_status is None and not machine.console.app_finished.is_set()
     machine._hear("@minivm: exit 0")
     assert machine.console.exit_status == 0 and machine.console.app_finished.is_set()
+
+
+# -- the cache: what killed writers leave, and what is not used any more -------------------------
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path))
+    (tmp_path / "vmlinux").mkdir()
+    # A writer killed half-way: it made its temporary, then SIGKILL.
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, tempfile, sys; from minivm import cache; "
+        "fd, _ = tempfile.mkstemp(prefix=cache._temporary_prefix('entry.elf'), dir=sys.argv[1]); "
+        "os.write(fd, b'half'); os.kill(os.getpid(), signal.SIGKILL)"), str(tmp_path / "vmlinux")])
+    assert writer.wait() == -9
+    left = list((tmp_path / "vmlinux").glob(".entry.elf.*"))
+    assert len(left) == 1
+    # A writer still at work (this process) keeps its temporary.
+    fd, working = tempfile.mkstemp(prefix=cache._temporary_prefix("other.elf"),
+                                   dir=tmp_path / "vmlinux")
+    os.close(fd)
+    cache.write_atomically(tmp_path / "vmlinux" / "next.elf", b"data")
+    assert sorted(path.name for path in (tmp_path / "vmlinux").iterdir()) == \
+        sorted([os.path.basename(working), "next.elf"])
+
+
+def test_a_reused_pid_does_not_keep_a_dead_writers_temporary(tmp_path):
+    # Our own PID, with a start time that is not ours: the writer that had this PID is gone.
+    stale = tmp_path / f".entry.cpio.{os.getpid()}-1.abcd1234"
+    stale.write_bytes(b"half")
+    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+
+
+def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path))
+    old, recent = tmp_path / "initramfs/old.cpio", tmp_path / "initramfs/recent.cpio"
+    kernel_file = tmp_path / "kernels/vmlinuz-1"
+    for path, size in ((old, 3_000_000), (recent, 1_000_000), (kernel_file, 2_000_000)):
+        cache.write_atomically(path, b"x" * size)
+    ten_days_ago = time.time() - 10 * 24 * 3600
+    for path in (old, kernel_file):
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    cache.mark_used(recent)                                 # what a boot does with its entries
+    env = {**os.environ, "MINIVM_CACHE": str(tmp_path)}
+    listing = subprocess.run([sys.executable, "-m", "minivm", "cache"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    assert "3.0 MB" in listing and "initramfs/old.cpio" in listing
+    assert listing.splitlines()[-1].split()[:2] == ["6.0", "MB"]
+    pruned = subprocess.run([sys.executable, "-m", "minivm", "cache", "prune"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert pruned == "removed initramfs/old.cpio (3.0 MB)\nfreed 3.0 MB\n"
+    assert recent.exists() and kernel_file.exists()         # a fetched kernel needs a download
