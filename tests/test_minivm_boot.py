@@ -206,8 +206,8 @@ def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest
                             stderr=terminal)
     try:
         screen = read_until(controller, b"# ")                 # the guest shell's prompt
-        os.write(controller, b"echo $((6 * 7)) on $(hostname) with $TERM; exit 4\r")
-        screen += read_until(controller, b"with vt220")         # the host's TERM, as minirun -t
+        os.write(controller, b"echo $((6 * 7)) on $(hostname) with $TERM e''nd; exit 4\r")
+        screen += read_until(controller, b"end")               # `end` only in the output
         assert boot.wait(timeout=BOOT_TIMEOUT) == 4
         assert termios.tcgetattr(terminal) == before
     finally:
@@ -215,7 +215,7 @@ def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest
         boot.wait()
         os.close(controller)
         os.close(terminal)
-    assert b"42 on hello" in screen
+    assert b"42 on hello with vt220 end" in screen        # the host's TERM, as minirun -t
     assert leftovers(guest) == ([], [])
 
 
