@@ -14,8 +14,8 @@ is in flight any more, and minivm ends QEMU with `quit` (the machine has no disk
 
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
-answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event that the
-kernel turns into a notification for the power-button device (PNP0C0C), whose driver (`button`)
+answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event
+that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver (`button`)
 Debian builds as a module this initramfs does not carry, so the kernel drops it; and even that
 driver only reports the press as an input event, for a daemon (acpid, logind) to act on: no signal
 reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM, --timeout, a
@@ -185,12 +185,12 @@ class Machine:
 
     async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
-        """Follow the guest through booting, running the app and powering off.
+        """Follow the guest through booting, running the app and delivering its output.
 
-        Each phase ends with a sign from the guest: the init's first report, its report of the
-        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early.
-        --timeout bounds the first two, up to the app's exit; watchdogs bound the two the app
-        has no part in, booting and powering off.
+        Each phase ends with a sign: the init's first report, its report of the app's exit (with
+        the bytes sent), the last of those bytes written out. QEMU exiting, a stop request or a
+        broken stdout ends any phase early. --timeout bounds the first two, up to the app's exit;
+        watchdogs bound what the app has no part in: booting, and output that stops coming.
         """
         exited = self._listen(self.process.wait())
         broken = self.streams.broken if self.streams else asyncio.get_running_loop().create_future()
@@ -228,7 +228,8 @@ class Machine:
         # as its reader takes, as on the host; only output that stops coming is a fault.
         if finished.done() and self.streams:
             delivery = self._listen(self.streams.delivered(self.console.sent, POWEROFF_WATCHDOG))
-            if await first_sign(delivery, bounds=()) and delivery.done() and not delivery.result():
+            await first_sign(delivery, bounds=())
+            if delivery.done() and not delivery.result():
                 print(f"minivm: the app's output stopped short after it ended "
                       f"({self.streams.missing()}); the VM was stopped", file=sys.stderr)
                 return self.console.exit_status

@@ -28,6 +28,7 @@ class Outflow(threading.Thread):
         super().__init__(name=f"fd {target}", daemon=True)
         self.port, self.target, self.streams = port, target, streams
         self.copied = 0                     # bytes written to `target` so far
+        self.writing = False                # in a write: the reader sets the pace, not the guest
         self.expected: int | None = None    # how many the guest sent, once it has said
         self.lock = threading.Lock()
         self.complete = asyncio.Event()     # set in the event loop when copied reaches expected
@@ -36,8 +37,10 @@ class Outflow(threading.Thread):
         try:
             while data := self.port.recv(CHUNK):
                 view = memoryview(data)
+                self.writing = True
                 while view:
                     view = view[os.write(self.target, view):]
+                self.writing = False
                 with self.lock:
                     self.copied += len(data)
                     done = self.expected is not None and self.copied >= self.expected
@@ -87,12 +90,12 @@ class Inflow(threading.Thread):
 class AppStreams:
     """The three copies of one boot, and what the supervisor waits on."""
 
-    def __init__(self, ports: dict[str, socket.socket]):
+    def __init__(self, ports: dict[str, socket.socket], stdio: tuple[int, int, int] = (0, 1, 2)):
         self.loop = asyncio.get_running_loop()
         self.broken: asyncio.Future = self.loop.create_future()    # an OSError writing output
-        self.inflow = Inflow(ports["stdin"], 0)
-        self.outflows = {"stdout": Outflow(ports["stdout"], 1, self),
-                         "stderr": Outflow(ports["stderr"], 2, self)}
+        self.inflow = Inflow(ports["stdin"], stdio[0])
+        self.outflows = {"stdout": Outflow(ports["stdout"], stdio[1], self),
+                         "stderr": Outflow(ports["stderr"], stdio[2], self)}
 
     def start(self) -> None:
         for flow in (self.inflow, *self.outflows.values()):
@@ -111,7 +114,8 @@ class AppStreams:
 
     async def delivered(self, totals: dict[str, int], patience: float) -> bool:
         """Wait until each output stream has copied as many bytes as the guest sent on it
-        (`totals`); False if none moved for `patience` seconds while some were missing."""
+        (`totals`); False if none came from the guest for `patience` seconds while some were
+        missing. A reader that takes its time is no fault: a copy waiting in write() is fine."""
         for name, total in totals.items():
             self.outflows[name].expect(total)
         waits = [asyncio.ensure_future(flow.complete.wait()) for flow in self.outflows.values()]
@@ -119,7 +123,7 @@ class AppStreams:
             moved = -1
             while not all(flow.complete.is_set() for flow in self.outflows.values()):
                 copied = sum(flow.copied for flow in self.outflows.values())
-                if copied == moved:
+                if copied == moved and not any(flow.writing for flow in self.outflows.values()):
                     return False
                 moved = copied
                 await asyncio.wait(waits, timeout=patience)

@@ -5,6 +5,7 @@ import bz2
 import gzip
 import lzma
 import os
+import socket
 import stat
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from minirun.errors import RuntimeFailure
 from minivm import accel, cache, initramfs, kernel, modules
 from minivm.hardware import Hardware, host_tsc_rate
 from minivm.machine import Machine
+from minivm.streams import AppStreams
 
 # /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
 INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
@@ -436,3 +438,37 @@ def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, 
                             capture_output=True, text=True, check=True).stdout
     assert pruned == "removed initramfs/old.cpio (3.0 MB)\nfreed 3.0 MB\n"
     assert recent.exists() and kernel_file.exists()         # a fetched kernel needs a download
+
+
+# -- the app's output on the host: delivered in full, at the reader's pace -----------------------
+@pytest.mark.parametrize("sent, reader_waits, delivered", [
+    (b"x" * 300_000, 0.0, True),
+    (b"x" * 300_000, 0.5, True),    # a reader slower than the patience: still no fault
+    (b"x" * 1000, 0.0, False),      # the guest said 2000 bytes, 1000 came, then nothing
+])
+def test_output_is_waited_for_until_the_last_byte_the_guest_sent(sent, reader_waits, delivered):
+    ours = {name: socket.socketpair() for name in ("stdin", "stdout", "stderr")}
+    read_end, write_end = os.pipe()
+
+    async def deliver() -> tuple[bool, bytes]:
+        streams = AppStreams({name: pair[0] for name, pair in ours.items()},
+                             stdio=(os.open(os.devnull, os.O_RDONLY), write_end, write_end))
+        streams.start()
+        loop = asyncio.get_running_loop()
+        received = loop.run_in_executor(None, read_all, reader_waits)
+        sending = loop.run_in_executor(None, ours["stdout"][1].sendall, sent)  # QEMU's part
+        result = await streams.delivered({"stdout": max(len(sent), 2000), "stderr": 0},
+                                         patience=0.2)
+        await sending
+        os.close(write_end)
+        ours["stdout"][1].close()                           # QEMU is gone
+        return result, await received
+
+    def read_all(wait: float) -> bytes:
+        time.sleep(wait)
+        data = b""
+        while chunk := os.read(read_end, 65536):
+            data += chunk
+        return data
+    result, output = asyncio.run(deliver())
+    assert result is delivered and output == sent
