@@ -472,3 +472,21 @@ def test_output_is_waited_for_until_the_last_byte_the_guest_sent(sent, reader_wa
         return data
     result, output = asyncio.run(deliver())
     assert result is delivered and output == sent
+
+
+def test_the_hardware_names_the_drivers_it_needs_and_builtin_ones_load_nothing(tmp_path):
+    tcg = accel.Accelerator("tcg", "")
+    assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm").needs() == \
+        ["virtio-mmio", "virtio-serial"]
+    assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm",
+                    interactive=True).needs() == []            # -it: ttyS1, a built-in UART
+    # A kernel that has virtio_mmio built in lists it in modules.builtin: nothing to load for it.
+    (tmp_path / "modules.dep").write_text("kernel/virtio_console.ko: kernel/virtio.ko\n"
+                                          "kernel/virtio.ko:\n")
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/virtio/virtio_mmio.ko\n")
+    assert [module.name for module in modules.load_order(["virtio_mmio", "virtio_console"],
+                                                         tmp_path)] == ["virtio", "virtio_console"]
+    with pytest.raises(RuntimeFailure, match="no module virtio_pci"):
+        modules.load_order(["virtio_pci"], tmp_path)
+    with pytest.raises(RuntimeFailure, match="module virtio is not in .*minivm kernel fetch"):
+        modules.for_hardware(["virtio-serial"], tmp_path)     # listed, but no file: re-fetch
