@@ -74,8 +74,8 @@ def cache_group(context):
     from minivm import cache
     entries = cache.entries()
     for path, size, used in entries:
-        click.echo(f"{_megabytes(size):>10}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(used))}"
-                   f"  {path.relative_to(cache.cache_dir())}")
+        last_use = time.strftime("%Y-%m-%d %H:%M", time.localtime(used))
+        click.echo(f"{_megabytes(size):>10}  {last_use}  {path.relative_to(cache.cache_dir())}")
     click.echo(f"{_megabytes(sum(size for _, size, _ in entries)):>10}  in all, in "
                f"{cache.cache_dir()}")
 

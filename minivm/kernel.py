@@ -142,7 +142,8 @@ def modules_directory(vmlinux: Path) -> Path:
     """Where the modules of this kernel are: minivm's cache for a fetched kernel, else the
     host's /lib/modules for a kernel installed on the host (with the modules.dep depmod wrote)."""
     version = release(vmlinux)
-    for directory in (cache_dir() / "kernels" / f"modules-{version}", Path("/lib/modules", version)):
+    fetched = cache_dir() / "kernels" / f"modules-{version}"
+    for directory in (fetched, Path("/lib/modules", version)):
         if (directory / "modules.dep").is_file():
             return directory
     raise RuntimeFailure(f"no kernel modules for the guest kernel {version} (looked in "

@@ -15,12 +15,13 @@ is in flight any more, and minivm ends QEMU with `quit` (the machine has no disk
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
 answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event
-that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver (`button`)
-Debian builds as a module this initramfs does not carry, so the kernel drops it; and even that
-driver only reports the press as an input event, for a daemon (acpid, logind) to act on: no signal
-reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM, --timeout, a
-watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The button is
-pressed anyway, so that a guest with a full OS can shut down cleanly.
+that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver
+(`button`) Debian builds as a module this initramfs does not carry, so the kernel drops it; and
+even that driver only reports the press as an input event, for a daemon (acpid, logind) to act
+on: no signal reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM,
+--timeout, a watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The
+button is pressed anyway, so that a guest with a full OS can shut down cleanly. A closed stdout
+pulls the plug at once: the app is as good as killed by SIGPIPE.
 
 Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket pairs with no
 file name, and the initramfs is handed over as a memfd, a file that lives only in memory while some
@@ -44,7 +45,7 @@ from minivm.streams import AppStreams
 
 BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's first report; a boot
                             # takes about 1.5 s under TCG, so only a hung one gets near this
-POWEROFF_WATCHDOG = 30.0    # seconds the app's output may stand still after its end, with
+OUTPUT_WATCHDOG = 30.0      # seconds the app's output may stand still after its end, with
                             # bytes missing; a machine whose app has ended is then stopped
 QMP_TIMEOUT = 10.0          # qemu.qmp has no timeouts of its own: every call is bounded here
 GRACE = 1.0                 # seconds a guest gets to react to the power button before `quit`
@@ -227,7 +228,7 @@ class Machine:
         # The app is done, so --timeout has nothing more to bound: its output may take as long
         # as its reader takes, as on the host; only output that stops coming is a fault.
         if finished.done() and self.streams:
-            delivery = self._listen(self.streams.delivered(self.console.sent, POWEROFF_WATCHDOG))
+            delivery = self._listen(self.streams.delivered(self.console.sent, OUTPUT_WATCHDOG))
             await first_sign(delivery, bounds=())
             if delivery.done() and not delivery.result():
                 print(f"minivm: the app's output stopped short after it ended "
