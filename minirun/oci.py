@@ -508,12 +508,17 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
         raise RuntimeFailure("process.terminal is true: give --console-socket, where minirun "
                              "sends the pty's master end")
     home = state_root(root) / container_id
-    home.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        home.mkdir(mode=0o700)
-    except FileExistsError:
-        raise RuntimeFailure(f"container {container_id} exists already: `minirun delete` it "
-                             "first") from None
+    for attempt in range(3):        # a `delete` may remove the root between the two mkdirs
+        home.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            home.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            raise RuntimeFailure(f"container {container_id} exists already: `minirun delete` "
+                                 "it first") from None
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     cgroup = child = console = None
     try:
         fifo = home / "exec.fifo"
@@ -543,11 +548,21 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
             _kill(child)
         if cgroup:
             cgroup.remove()
-        shutil.rmtree(home, ignore_errors=True)
+        _remove_state(home)
         raise
     finally:
         if console:
             console.close()
+
+
+def _remove_state(home: Path) -> None:
+    """A container's state directory, and the root above it once empty (`create` makes it
+    again when needed)."""
+    shutil.rmtree(home, ignore_errors=True)
+    try:
+        home.parent.rmdir()
+    except OSError:
+        pass
 
 
 def _enter_pid_namespace(chosen: dict) -> None:
@@ -856,7 +871,7 @@ def delete(container_id: str, force: bool = False, root: str | None = None) -> N
             time.sleep(0.01)
     cgroups.of_container(container_id, record["cgroups_path"]).remove()
     current = state_of(container_id, root)
-    shutil.rmtree(state_root(root) / container_id, ignore_errors=True)
+    _remove_state(state_root(root) / container_id)
     for hook in record["hooks"]["poststop"]:
         _run_hook(hook, current, must_succeed=False)
 

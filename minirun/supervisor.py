@@ -109,7 +109,13 @@ def run_detached(spec) -> str:
     container_id = os.urandom(32).hex()
     spec = replace(spec, id=container_id, name=name or container_id[:12])
     home = directory() / container_id
-    home.mkdir(parents=True, mode=0o700)
+    for attempt in range(3):        # the last `rm` may remove supervised/ between two mkdirs
+        try:
+            home.mkdir(parents=True, mode=0o700)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     os.chmod(directory(), 0o700)
     # The lock is taken here and inherited by the supervisor: flock(2) locks belong to the open
     # file, which the fork shares, so there is no moment when the directory is there unowned.
@@ -179,14 +185,24 @@ def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: in
     if not started:                            # it never ran: say why to `run -d`, keep nothing
         message = _last_line(home / "stderr.log").removeprefix("minirun: ")
         os.write(report, f"{code}\n{message}".encode())
-        shutil.rmtree(home, ignore_errors=True)
+        remove_directory(home)
         return
     record.status, record.exit_code, record.finished = "exited", code, time.time()
     os.pwrite(lock, str(code).encode(), 0)     # for a `minirun wait` of a --rm container
     if record.remove:
-        shutil.rmtree(home, ignore_errors=True)
+        remove_directory(home)
     else:
         _save(record, home)
+
+
+def remove_directory(home: Path) -> None:
+    """Remove a container's directory, and supervised/ itself once it is empty, so that a
+    state directory without containers is empty again."""
+    shutil.rmtree(home, ignore_errors=True)
+    try:
+        home.parent.rmdir()
+    except OSError:
+        pass                    # another container's directory is there: it stays
 
 
 def _started(record: SupervisedRecord, home: Path, report: int) -> None:
@@ -342,7 +358,7 @@ def remove(target: str, force: bool) -> str:
             pass                            # it ended meanwhile
         wait(record.id)
     lock = state.take_if_free(directory() / record.id / "lock")
-    shutil.rmtree(directory() / record.id, ignore_errors=True)
+    remove_directory(directory() / record.id)
     if lock is not None:
         os.close(lock)
     return record.id
@@ -357,7 +373,7 @@ def remove_stale() -> list[str]:
             continue
         record = load(record_dir)
         if record is None or record.status != "exited":
-            shutil.rmtree(record_dir, ignore_errors=True)
+            remove_directory(record_dir)
             removed.append(record_dir.name)
         os.close(lock)
     return removed

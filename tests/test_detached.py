@@ -23,8 +23,7 @@ def leftovers(env: dict) -> dict:
     containers = Path(env["MINIRUN_ROOT"]) / "containers"
     state = Path(env["MINIRUN_STATE"])
     return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],
-            "records": sorted(p.name for p in state.glob("*") if p.name != "supervised"),
-            "supervised": sorted(os.listdir(state / "supervised")) if (state / "supervised").exists() else []}
+            "records": sorted(p.name for p in state.glob("*"))}     # supervised/ too
 
 
 @pytest.fixture
