@@ -63,6 +63,8 @@ class Limits:
     memory: int | None = None       # bytes of RAM; there is no swap beyond it
     cpus: float | None = None       # CPU time per period, in CPUs: 0.5 is half of one core
     pids: int | None = None         # processes (and threads) alive at once
+    swap: int | None = None         # memory + swap, bytes (an OCI bundle's memory.swap); None:
+                                    # as much as `memory`, so no swap at all
 
     def __post_init__(self):
         if self.cpus is not None:
@@ -372,9 +374,11 @@ class CgroupV2(Cgroup):
             # Above memory.max the kernel reclaims the cgroup's memory; if that is not enough,
             # it OOM-kills a process in the cgroup ("memory.max", cgroup-v2.rst).
             self._limit(self.path / "memory.max", limits.memory, "set the memory limit")
-            # And no swap on top of it: --memory means all the memory there is, as in a VM.
-            # The file exists only when the kernel accounts swap.
-            self._limit(self.path / "memory.swap.max", 0, "turn off swap", missing_ok=True)
+            # And no swap on top of it: --memory means all the memory there is, as in a VM
+            # (unless an OCI bundle gives memory.swap, memory + swap). The file exists only
+            # when the kernel accounts swap.
+            swap = (limits.swap or limits.memory) - limits.memory
+            self._limit(self.path / "memory.swap.max", swap, "set the swap limit", missing_ok=True)
         if limits.cpus is not None:
             # "$MAX $PERIOD": the cgroup may run MAX microseconds in each PERIOD, summed over
             # all CPUs, then waits for the next period ("cpu.max", cgroup-v2.rst).
@@ -433,8 +437,8 @@ class CgroupV1(Cgroup):
             self._limit(memory / "memory.limit_in_bytes", limits.memory, "set the memory limit")
             # memsw limits memory + swap; the same value means no swap (memory.rst, 2.4). It
             # exists only with swap accounting, and may never be below limit_in_bytes, so second.
-            self._limit(memory / "memory.memsw.limit_in_bytes", limits.memory, "turn off swap",
-                        missing_ok=True)
+            self._limit(memory / "memory.memsw.limit_in_bytes", limits.swap or limits.memory,
+                        "set the swap limit", missing_ok=True)
         if limits.cpus is not None:
             cpu = self.paths["cpu"]
             # CFS bandwidth control: quota microseconds of CPU time per period, summed over

@@ -335,9 +335,9 @@ def _cgroups_path(path: str, container_id: str) -> str:
 def _resources(fields: Fields) -> tuple[cgroups.Limits, tuple]:
     memory = fields.sub("memory")
     limit = memory.get("limit", None, int)
-    swap = memory.get("swap", None, int)
-    if swap is not None and swap not in (limit, -1):
-        refuse("linux.resources.memory.swap", "no swap beyond the limit: leave it out or equal")
+    swap = memory.get("swap", None, int)            # memory + swap (-1: no limit)
+    if swap is not None and swap != -1 and (not limit or limit < 0 or swap < limit):
+        raise _invalid("linux.resources.memory.swap", "at least memory.limit, with a limit")
     memory.done()
     cpu = fields.sub("cpu")
     quota, period = cpu.get("quota", None, int), cpu.get("period", None, int)
@@ -349,7 +349,8 @@ def _resources(fields: Fields) -> tuple[cgroups.Limits, tuple]:
     fields.done()
     cpus = quota / (period or cgroups.CPU_PERIOD_US) if quota and quota > 0 else None
     return cgroups.Limits(memory=limit if limit and limit > 0 else None, cpus=cpus,
-                          pids=pid_limit if pid_limit and pid_limit > 0 else None), rules
+                          pids=pid_limit if pid_limit and pid_limit > 0 else None,
+                          swap=swap if swap and swap > 0 and limit and limit > 0 else None), rules
 
 
 def _device_rules(items: list) -> tuple:
@@ -423,7 +424,8 @@ def seccomp_program(fields: Fields) -> bytes:
         where = f"linux.seccomp.syscalls[{index}]"
         item = Fields(rule, where)
         action = _action(item.get("action", "", str), item.get("errnoRet", None, int), where)
-        conditions = [_condition(arg, f"{where}.args[{n}]") for n, arg in enumerate(item.get("args", [], list))]
+        conditions = [_condition(arg, f"{where}.args[{n}]")
+                      for n, arg in enumerate(item.get("args", [], list))]
         for name in item.get("names", [], list):
             number = _syscall_number(name)
             if number is None:

@@ -274,13 +274,17 @@ def _last_line(path: Path) -> str:
 
 def find(target: str) -> SupervisedRecord:
     """The detached container whose name is `target`, or whose id starts with it."""
-    found = records()
-    matches = [r for r in found if r.name == target] or \
-              [r for r in found if target and r.id.startswith(target)]
+    matches = _matching(records(), target)
     if len(matches) != 1:
         what = "no container" if not matches else "more than one container matches"
         raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps -a`")
     return matches[0]
+
+
+def _matching(found: list, target: str) -> list:
+    """Those named `target`, or else those whose id starts with it (as `docker` matches)."""
+    return [r for r in found if r.name == target] or \
+        [r for r in found if target and r.id.startswith(target)]
 
 
 def log_files(record: SupervisedRecord, stream: str) -> list[Path]:
@@ -383,9 +387,8 @@ def describe(target: str) -> dict | None:
     """`minirun inspect` of a container: its state, pid, limits, and while it runs its mounts
     and network devices as its own namespaces show them (/proc/PID/mountinfo, /proc/PID/net/dev).
     None if `target` names no container (then it may name an image)."""
-    running = [r for r in state.containers() if state.is_alive(r)]
-    live = [r for r in running if r.name == target] or [r for r in running if target and r.id.startswith(target)]
-    kept = [r for r in records() if r.name == target] or [r for r in records() if target and r.id.startswith(target)]
+    live = _matching([r for r in state.containers() if state.is_alive(r)], target)
+    kept = _matching(records(), target)
     if len(live) > 1 or len(kept) > 1:
         raise RuntimeFailure(f"more than one container matches {target!r}: give more of its id")
     if not live and not kept:

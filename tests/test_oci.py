@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for_container  # noqa: F401  (the shared fixtures' module)
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -147,7 +145,7 @@ def test_the_lifecycle_as_an_engine_drives_it(engine, tmp_path):
     assert state == {"ociVersion": "1.0.2", "id": "c1", "status": "created", "pid": pid,
                      "bundle": str(bundle), "annotations": {}}
     # Created: the process is there, in its cgroup and namespaces, but has not exec'd yet.
-    assert f"/minirun/c1" in Path(f"/proc/{pid}/cgroup").read_text()
+    assert "/minirun/c1" in Path(f"/proc/{pid}/cgroup").read_text()
     assert os.readlink(f"/proc/{pid}/ns/uts") != os.readlink("/proc/self/ns/uts")
     time.sleep(0.2)
     assert engine.output("c1") == ""
@@ -181,18 +179,21 @@ def test_every_field_seen_from_inside(engine, tmp_path, minirun_env):
         (tmp_path / "data.txt").write_text("from the host\n")
         hooks_seen = tmp_path / "hooks"
         hooks_seen.mkdir()
-        hook = lambda name: {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {hooks_seen}/{name}"]}  # noqa: E731
+        def hook(name: str) -> dict:        # writes the state it is given on stdin to a file
+            return {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {hooks_seen}/{name}"]}
         script = "; ".join([
             "id -u; id -g; id -G", "pwd", "echo FOO=$FOO", "hostname", "umask", "ulimit -n",
             "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status",
             "readlink /proc/self/ns/net",
             "cat /proc/sys/net/ipv4/ping_group_range",
-            "awk '$2==\"/tmp\" {print $2, $3, $4} $2==\"/data.txt\" {print $2, substr($4, 1, 2)}' /proc/mounts",
+            "awk '$2==\"/tmp\" {print $2, $3, $4} "
+            "$2==\"/data.txt\" {print $2, substr($4, 1, 2)}' /proc/mounts",
             "cat /data.txt", "echo x > /data.txt || echo data.txt read-only",
             "touch /newfile || echo root read-only",
             "wc -c < /proc/timer_list", "ls /proc/acpi | wc -l",
             "echo 1 > /proc/sys/vm/overcommit_memory || echo proc-sys read-only",
-            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max "
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+            "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes /sys/fs/cgroup/pids/pids.max "
             "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
             "grep -c 'c 1:3 rwm' /sys/fs/cgroup/devices/devices.list",
             "mkdir /tmp/d || echo mkdir refused",
@@ -217,7 +218,8 @@ def test_every_field_seen_from_inside(engine, tmp_path, minirun_env):
                                {"type": "mount"},
                                {"type": "network", "path": f"/proc/{holder.pid}/ns/net"}]
         linux["sysctl"] = {"net.ipv4.ping_group_range": "0 7"}
-        linux["resources"].update(memory={"limit": 64 * 1024 ** 2}, pids={"limit": 64},
+        linux["resources"].update(memory={"limit": 64 * 1024 ** 2, "swap": 96 * 1024 ** 2},
+                                  pids={"limit": 64},
                                   cpu={"quota": 50000, "period": 100000})
         linux["cgroupsPath"] = "oci-test-fields"
         # Two rules for mkdir: as with libseccomp, the more restrictive action wins.
@@ -250,7 +252,7 @@ def test_every_field_seen_from_inside(engine, tmp_path, minirun_env):
                 "/data.txt ro",
                 "from the host", "data.txt read-only", "root read-only",
                 "0", "0", "proc-sys read-only",
-                str(64 * 1024 ** 2), "64", "50000", "1",
+                str(64 * 1024 ** 2), str(96 * 1024 ** 2), "64", "50000", "1",
                 "mkdir refused", "chmod 700 ok", "chmod 777 refused"]
     assert [line for line in lines if line] == expected
     for kind, status in (("prestart", "created"), ("createRuntime", "created"),
@@ -362,7 +364,8 @@ def test_exec_with_a_process_file_as_engines_call_it(engine, tmp_path):
     assert detached.returncode == 0
     pid = int((tmp_path / "exec.pid").read_text())
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0030\x00"
-    assert os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{json.loads(engine('state', 'ex').stdout)['pid']}/ns/pid")
+    first = json.loads(engine("state", "ex").stdout)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{first}/ns/pid")
     assert engine("kill", "--all", "ex", "KILL").returncode == 0
     wait_until(lambda: engine.status("ex") == "stopped")
     assert engine("delete", "ex").returncode == 0

@@ -73,6 +73,15 @@ def test_podman_runs_a_command_through_minirun(podman):
     assert calls(podman)[:2] == ["create", "start"] and calls(podman)[-1] == "delete"
 
 
+def test_podman_limits_reach_the_cgroup(podman):
+    result = podman("run", "--rm", *RUN, "-m", "64m", "--cpus", "0.5", "--pids-limit", "50",
+                    "hello", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                    "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+                    "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/pids/pids.max")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(64 << 20), str(128 << 20), "50000", "50"]  # swap: podman's 2x
+
+
 def test_podman_runs_an_interactive_shell_on_a_pty(podman):
     master, slave = os.openpty()
 
