@@ -153,6 +153,13 @@ def rss_pss(pid: int) -> tuple[int, int]:
     return values.get("Rss", 0), values.get("Pss", 0)
 
 
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""                       # it ended while we looked
+
+
 def memory_cgroup(pid: int) -> Path | None:
     """The directory of a process's memory cgroup: v1's `memory` hierarchy where the host has one
     (this host is hybrid), else the v2 unified hierarchy (cgroups(7), /proc/PID/cgroup)."""
@@ -194,8 +201,7 @@ def host_cost(kind: str, pid: int) -> dict:
             container_cgroup = group            # a process of the container: its cgroup counts
             continue
         rss, pss = rss_pss(each)
-        name = Path(f"/proc/{each}/comm").read_text().strip() if Path(f"/proc/{each}").exists() else ""
-        if name.startswith("qemu-system"):
+        if command_name(each).startswith("qemu-system"):
             cost["inside"] += pss
             cost["qemu_rss"] = cost.get("qemu_rss", 0) + rss
         else:
@@ -510,10 +516,9 @@ def cli(repeat, warmup, cpu_mb, syscalls, files_mb, small_files, as_json, plot, 
 
     COMMAND (default: the image's own) is the one whose start is timed."""
     if plot:
-        try:
-            import matplotlib  # noqa: F401  (only to fail now, not after minutes of measuring)
-        except ImportError:
-            raise click.ClickException("--plot needs matplotlib: pip install '.[plot]'") from None
+        from importlib.util import find_spec     # fail now, not after minutes of measuring
+        if find_spec("matplotlib") is None:
+            raise click.ClickException("--plot needs matplotlib: pip install '.[plot]'")
     if os.geteuid() != 0:
         raise click.ClickException("the container side needs root: run minicompare with sudo")
     from minivm.accel import HostFacts, choose

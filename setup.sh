@@ -39,6 +39,7 @@ apt-get install -y -qq --no-install-recommends \
 .venv/bin/python -m compileall -q minirun minivm
 ln -sf "$PWD/.venv/bin/minirun" /usr/local/bin/minirun
 ln -sf "$PWD/.venv/bin/minivm" /usr/local/bin/minivm
+ln -sf "$PWD/.venv/bin/minicompare" /usr/local/bin/minicompare
 
 # A guest kernel for minivm, unpacked from Debian's linux-image-amd64 into minivm's cache.
 .venv/bin/minivm kernel fetch
