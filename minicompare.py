@@ -13,9 +13,10 @@ turns each claim into a row of a table and each cell into a figure measured on t
                 seccomp, and who had to be root on the host to start it
 
 It drives `minirun run` and `minivm boot` as their user does, as commands, so every figure includes
-what a user pays (Python's start included) and this file depends on neither's internals. That is
-also why it is a third command and not `minirun compare` or `minivm compare`: each of those tools
-stays about one architecture, and this one is about the difference.
+what a user pays (Python's start included); of their internals it only asks minivm which
+accelerator and which kernel it would use (minivm.accel, minivm.kernel). That is also why it is a
+third command and not `minirun compare` or `minivm compare`: each of those tools stays about one
+architecture, and this one is about the difference.
 
 Runs are interleaved (container, VM, host, container, VM, host...) after warm-ups, so a change in
 the machine's load hits every column alike; the host and its load are recorded with the figures.
@@ -407,8 +408,8 @@ def measure(settings: Settings, scratch: Path, accel: str) -> dict:
 ISOLATION = {
     "kernel": "the container's kernel is the host's; the VM boots its own",
     "hostname": "both have a UTS namespace or a kernel of their own: the name is theirs",
-    "pid": "the container's app is PID 1 of a new PID namespace; the guest's kernel started "
-           "its own threads and init first",
+    "pid": "the container's app is PID 1 of a new PID namespace; the guest's PID 1 is its init, "
+           "and its kernel threads and the init's commands came first",
     "processes": "a PID namespace shows only its own; a guest kernel shows all of its own, "
                  "its kernel threads included",
     "kernel threads": "kthreadd's children live in the host's PID namespace; a guest has its own",
