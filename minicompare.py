@@ -542,6 +542,9 @@ def cli(repeat, warmup, cpu_mb, syscalls, files_mb, small_files, as_json, plot, 
 def main() -> None:
     try:
         cli.main(prog_name="minicompare", standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"minicompare: {error.format_message()} (see `minicompare --help`)", err=True)
+        sys.exit(125)
     except click.ClickException as error:
         click.echo(f"minicompare: {error.format_message()}", err=True)
         sys.exit(125)
