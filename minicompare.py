@@ -303,9 +303,17 @@ class Runner:
         os.chown(home, NOBODY, NOBODY)
         env = {**self.env, "HOME": str(home), "TMPDIR": str(home), "MINIRUN_ROOT": f"{home}/store",
                "MINIRUN_STATE": f"{home}/state", "MINIVM_CACHE": f"{home}/cache"}
-        if kind == "vm":                # the kernel minivm found as root, readable by anyone
-            from minivm.kernel import bootable_vmlinux, find_kernel
-            env["MINIVM_KERNEL"] = str(bootable_vmlinux(find_kernel()))
+        if kind == "vm":    # the kernel minivm found as root, and its modules: readable by anyone
+            from minivm.kernel import bootable_vmlinux, find_kernel, modules_directory, release
+            vmlinux = bootable_vmlinux(find_kernel())
+            env["MINIVM_KERNEL"] = str(vmlinux)
+            kernels = home / "cache" / "kernels"
+            kernels.mkdir(parents=True, exist_ok=True)
+            for directory in (home / "cache", kernels):
+                os.chown(directory, NOBODY, NOBODY)
+            link = kernels / f"modules-{release(vmlinux)}"     # where minivm looks first
+            if not link.exists():
+                link.symlink_to(modules_directory(vmlinux))
         setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         run = watch(kind, setpriv + self.command(kind, ["id", "-u"]), env, False,
                     self.settings.timeout)
