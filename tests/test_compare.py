@@ -21,7 +21,7 @@ def measured(tmp_path_factory):
     (home / "state").mkdir()
     env = {**os.environ, "MINIRUN_ROOT": str(home / "store"),
            "MINIRUN_STATE": str(home / "state")}
-    result = subprocess.run([sys.executable, "-m", "minicompare", *TINY, "--json"], env=env,
+    result = subprocess.run([sys.executable, "-m", "minivm.compare", *TINY, "--json"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -63,7 +63,7 @@ def test_the_kernel_rows_differ_and_the_containers_kernel_is_the_hosts(measured)
 
 
 def test_the_table_prints_every_row_with_its_why():
-    from minicompare import table
+    from minivm.compare import table
     cell = {"median": 0.5, "min": 0.4, "max": 0.6}
     result = {"accelerator": "tcg", "settings": {},
               "host": {"when": "now", "cpu": "cpu", "cpus": 2, "memory": "1 GiB", "kernel": "k",

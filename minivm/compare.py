@@ -16,7 +16,8 @@ It drives `minirun run` and `minivm boot` as their user does, as commands, so ev
 what a user pays (Python's start included); of their internals it only asks minivm which
 accelerator and which kernel it would use (minivm.accel, minivm.kernel). That is also why it is a
 third command and not `minirun compare` or `minivm compare`: each of those tools stays about one
-architecture, and this one is about the difference.
+architecture, and this one is about the difference. (Its module lives in minivm/, the side that
+already depends on the other: minivm reads minirun's image store.)
 
 Runs are interleaved (container, VM, host, container, VM, host...) after warm-ups, so a change in
 the machine's load hits every column alike; the host and its load are recorded with the figures.
