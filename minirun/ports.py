@@ -26,6 +26,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from minirun.errors import RuntimeFailure
+
 SPLICE_CHUNK = 1 << 20
 
 
@@ -74,7 +76,8 @@ class Proxy:
                 self.listener.listen(128)
         except OSError as error:
             self.listener.close()
-            raise OSError(error.errno, f"cannot publish {port}: {error.strerror}") from None
+            raise RuntimeFailure(f"cannot publish {port}: {error.strerror} (choose another host "
+                                 "port, or stop what uses it)") from None
 
     def start(self, address: str) -> None:
         target = (address, self.port.container_port)
