@@ -165,7 +165,7 @@ def run(spec: ContainerSpec) -> int:
             # 4b. The network (network.py): with a bridge, an address and an empty network
             #     namespace; the /etc files naming the container; the published ports' sockets.
             net = network.ContainerNetwork(spec.network, spec.publish, spec.add_hosts)
-            net.prepare(plan.id, record.name, plan.hostname, bundle.path, say)
+            net.prepare(plan.id, record.name, plan.hostname, bundle.upper, say)
 
             # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
             #    Meanwhile the runtime wires its network namespace (veth, address, route).
@@ -411,9 +411,6 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         "its own cgroups read-only on /sys/fs/cgroup"
         + (", masks" if not privileged else "; no masks (--privileged)")
         + (", /dev/init" if plan.init_binary else ""))
-    for target, source in net.etc_files.items():
-        rootfs.bind_file(root, target, source)
-    say("mount", f"{', '.join('/' + target for target in net.etc_files)} bound from the bundle")
     if plan.spec.read_only:
         rootfs.make_read_only(root)
         say("mount", f"{root} remounted read-only (--read-only)")

@@ -1,9 +1,11 @@
 """Names: the container's /etc/hosts, /etc/hostname and /etc/resolv.conf, written at run time.
 
 An image's /etc holds whatever its build machine left there. As Docker does, minirun writes
-these three files for each container into its bundle directory on the host, and the child
-bind-mounts them over the image's paths (rootfs.bind_file): the image is never changed, and
-the files go with the bundle.
+these three files for each container at run time, without changing the image: into the
+container's own writable layer (the overlay's upper directory, in its bundle), before the
+overlay is mounted. There they hide the image's files as any file the container writes would,
+and they go with the bundle. (Docker bind-mounts files of its own over these paths instead,
+which shows the host's disk in the container's /proc/mounts; this needs no mount at all.)
 
 Names of other containers resolve through /etc/hosts: each container's file lists every container
 on the bridge at the moment it starts (from the leases, network.running_peers). That is Docker's
@@ -14,9 +16,6 @@ every libc reads them with no configuration (nsswitch.conf's "files" comes befor
 """
 import ipaddress
 from pathlib import Path
-
-FILES = ("hosts", "hostname", "resolv.conf")
-
 
 def check_add_host(text: str) -> tuple[str, str]:
     """--add-host NAME:IP, as Docker's (the IP may be IPv6, so split at the first colon)."""
@@ -31,8 +30,9 @@ def check_add_host(text: str) -> tuple[str, str]:
 
 
 def write(directory: Path, hostname: str, name: str, address: str | None,
-          extra: list[tuple[str, str]], peers: list[dict], host_network: bool) -> dict[str, Path]:
-    """Write the three files into `directory`; return {path in the container: file on host}."""
+          extra: list[tuple[str, str]], peers: list[dict], host_network: bool) -> None:
+    """Write the three files into `directory`, the upper layer's etc/ (made here: it is new)."""
+    directory.mkdir(mode=0o755)
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if address:
         lines.append(f"{address}\t{' '.join(dict.fromkeys([hostname, name]))}")
@@ -45,7 +45,6 @@ def write(directory: Path, hostname: str, name: str, address: str | None,
     (directory / "hosts").write_text("\n".join(lines) + "\n")
     (directory / "hostname").write_text(hostname + "\n")
     (directory / "resolv.conf").write_text(resolv_conf(host_network))
-    return {f"etc/{name}": directory / name for name in FILES}
 
 
 def resolv_conf(host_network: bool, source: Path = Path("/etc/resolv.conf")) -> str:

@@ -460,14 +460,13 @@ class ContainerNetwork:
         self.mode, self.ports, self.extra_hosts = mode, ports, extra_hosts
         self.attachment: Attachment | None = None
         self.proxies = []
-        self.etc_files: dict[str, Path] = {}
 
     @property
     def netns(self) -> int:
         """The namespace the child joins (bridge), or -1: a new one (none), or the host's."""
         return self.attachment.netns if self.attachment else -1
 
-    def prepare(self, container_id: str, name: str, hostname: str, bundle_dir: Path, say) -> None:
+    def prepare(self, container_id: str, name: str, hostname: str, upper: Path, say) -> None:
         from minirun import hosts, ports
         if self.mode == "bridge":
             self.attachment = attach(container_id, name, hostname, say)
@@ -476,10 +475,10 @@ class ContainerNetwork:
             say("ports", f"listening on {port.host_ip}:{port.host_port}/{port.protocol} "
                 f"(relayed to the container's port {port.container_port} once it runs)")
         address = str(self.attachment.address) if self.attachment else None
-        self.etc_files = hosts.write(bundle_dir, hostname, name, address, self.extra_hosts,
-                                     running_peers() if address else [], self.mode == "host")
-        say("network", f"/etc/hosts, /etc/hostname, /etc/resolv.conf written in {bundle_dir}, "
-            "to be bind-mounted over the image's")
+        hosts.write(upper / "etc", hostname, name, address, self.extra_hosts,
+                    running_peers() if address else [], self.mode == "host")
+        say("network", f"/etc/hosts, /etc/hostname, /etc/resolv.conf written in {upper}/etc, "
+            "the container's writable layer: above the image's, which stay unchanged")
 
     def wire(self, say) -> None:
         if self.attachment:

@@ -150,20 +150,6 @@ def mount_init(root: Path, program: str) -> None:
     mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def bind_file(root: Path, target: str, source: Path) -> None:
-    """Bind a file of the bundle over the image's `target` (/etc/hosts and its kin, written per
-    container by hosts.py): the image stays as it was. A missing file, or a symlink (which the
-    mount would follow, maybe out of the root), is replaced in the writable layer first."""
-    directory = Path(mountpoint(root, str(Path(target).parent)))
-    path = directory / Path(target).name
-    if path.is_symlink():
-        path.unlink()
-    if path.is_dir():
-        raise RuntimeFailure(f"the image's /{target} is a directory: refusing to mount over it")
-    path.touch()
-    mount(str(source), str(path), None, MS_BIND)
-
-
 def make_read_only(root: Path) -> None:
     """--read-only: the container's root can no longer be written (mount(2): a bind remount
     changes the flags of this one mount, not of the overlay filesystem). /dev, /dev/shm and the

@@ -163,25 +163,29 @@ def test_resolv_conf_leaves_out_loopback_nameservers(tmp_path):
 def outside(bridge):
     """A test-made "outside" host: a network namespace behind a veth pair, on 198.51.100.0/24
     (TEST-NET-2). It has no route back to the containers' subnet: only a masqueraded packet,
-    whose source is the host's 198.51.100.1, can be answered."""
-    name = f"mrtest{os.getpid()}"
-    commands = [["ip", "netns", "add", name],
-                ["ip", "link", "add", f"{name}h", "type", "veth", "peer", "name", "eth0",
-                 "netns", name],
-                ["ip", "addr", "add", "198.51.100.1/24", "dev", f"{name}h"],
-                ["ip", "link", "set", f"{name}h", "up"],
-                ["ip", "-n", name, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
-                ["ip", "-n", name, "link", "set", "eth0", "up"],
-                ["ip", "-n", name, "link", "set", "lo", "up"],
-                # the replies come back in on this device: it must forward (ours, not the host's)
-                ["sysctl", "-qw", f"net.ipv4.conf.{name}h.forwarding=1"]]
+    whose source is the host's 198.51.100.1, can be answered. The namespace is held by a
+    sleeping process, not named with `ip netns add`, which would leave a mount on /run/netns."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])
+    device = f"mrtest{os.getpid()}"
+    inside = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
     try:
-        for command in commands:
+        while os.readlink(f"/proc/{holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            time.sleep(0.01)                            # until unshare has made it
+        for command in [
+                ["ip", "link", "add", device, "type", "veth", "peer", "name", "eth0",
+                 "netns", str(holder.pid)],
+                ["ip", "addr", "add", "198.51.100.1/24", "dev", device],
+                ["ip", "link", "set", device, "up"],
+                # the replies come back in on this device: it must forward (ours, not the host's)
+                ["sysctl", "-qw", f"net.ipv4.conf.{device}.forwarding=1"],
+                [*inside, "ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+                [*inside, "ip", "link", "set", "eth0", "up"]]:
             subprocess.run(command, check=True)
-        yield name
+        yield inside
     finally:
-        subprocess.run(["ip", "link", "del", f"{name}h"], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "link", "del", device], capture_output=True)
+        holder.kill()
+        holder.wait()
 
 
 # The outside host's server: accept one connection, print who it came from and what it said.
@@ -196,8 +200,8 @@ print(peer, client.makefile().read(), flush=True)
 
 def test_a_container_reaches_an_outside_namespace_through_masquerade(minirun, outside,
                                                                      nothing_left):
-    server = subprocess.Popen(["ip", "netns", "exec", outside, sys.executable, "-c",
-                               ONE_CONNECTION], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([*outside, sys.executable, "-c", ONE_CONNECTION],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert read_line(server) == "listening\n"
         result = minirun("run", "hello", "sh", "-c",
