@@ -4,16 +4,59 @@ Errors follow `docker run`: a bad flag or a failure of minirun itself exits 125 
 stderr; otherwise the exit status is the container's.
 """
 import os
+import signal
 import sys
 
-import click
 
-from minirun import errors
+def _steady_the_process() -> None:
+    """The first thing minirun does, before it imports anything or opens any file.
+
+    1. Descriptors 0, 1 and 2 that the caller closed (`minirun run ... >&-`) are opened on
+       /dev/null. open(2) and pipe(2) return the lowest free number, so otherwise the next
+       file or pipe minirun opens would become its stdout or stderr: the container's output
+       would land in a record file, or its stderr in the pipe that carries setup errors. Later
+       writes to /dev/null just vanish, and the command's own status still comes back.
+    2. The signals that end a run are held (blocked) from here on: a Ctrl-C that comes while
+       Python imports click, or between two steps, waits instead of raising KeyboardInterrupt
+       in the middle of one. A run looks for it between its steps, and once the container
+       exists passes it on; every other command lets it through at once (see `cli`).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)     # the lowest free number: this very fd
+            os.set_inheritable(null, True)      # Python opens close-on-exec (PEP 446)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+
+
+# What `minirun.signals.FORWARDED` lists (not imported from there: it loads ctypes, which
+# commands other than run and exec do not need).
+HELD_AT_START = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                 signal.SIGUSR1, signal.SIGUSR2}
+
+_steady_the_process()
+
+import click                        # noqa: E402  (after _steady_the_process, on purpose)
+
+from minirun import errors          # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.pass_context
+def cli(context) -> None:
     """minirun: a minimal container runtime built from raw Linux namespaces, cgroups and pivot_root."""
+    if context.invoked_subcommand != "run":     # run keeps them held: see _steady_the_process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
+
+
+def _need_root(command: str) -> None:
+    """Containers, their cgroups, the state directory and the image store are root's: say so
+    before anything is tried, rather than fail halfway with a permission error. (Only `images`
+    is open to all: it reads the store, and says so in one line if it cannot.)"""
+    if os.geteuid() != 0:
+        raise errors.RuntimeFailure(f"`minirun {command}` needs root (containers, cgroups and "
+                                    "the image store are root's): run it with sudo")
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -69,6 +112,7 @@ def run(image, command, **options) -> int:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(container, command, env, workdir, user, interactive, tty, explain) -> int:
     """Run COMMAND inside the running CONTAINER (a name or id from `minirun ps`)."""
+    _need_root("exec")
     from minirun.container import exec_in
     return exec_in(container, list(command), list(env), workdir=workdir, user=user, tty=tty,
                    explain=explain)
@@ -80,6 +124,7 @@ def exec_command(container, command, env, workdir, user, interactive, tty, expla
 @click.argument("containers", nargs=-1, required=True)
 def stop(containers, grace) -> None:
     """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
+    _need_root("stop")
     from minirun.container import stop as stop_container
     for container in containers:
         click.echo(stop_container(container, grace)[:12])
@@ -90,17 +135,19 @@ def ps() -> None:
     """List running containers."""
     import time
     from minirun import state
-    click.echo(f"{'CONTAINER ID':<14}{'NAME':<16}{'IMAGE':<12}{'PID':>8}  {'CREATED':<10}COMMAND")
-    for record in state.containers():
-        if state.is_alive(record):
-            age = f"{int(time.time() - record.created)}s ago"
-            click.echo(f"{record.id[:12]:<14}{record.name[:15]:<16}{record.image[:11]:<12}"
-                       f"{record.pid:>8}  {age:<10}{' '.join(record.command)}")
+    _need_root("ps")
+    rows = [(record.id[:12], record.name, record.image, str(record.pid),
+             f"{int(time.time() - record.created)}s ago", " ".join(record.command))
+            for record in state.containers() if state.is_alive(record)]
+    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "COMMAND"), rows)
 
 
 @cli.command()
 def gc() -> None:
-    """Remove what killed minirun processes left behind: records, layers, cgroups."""
+    """Remove what killed minirun processes left behind: the records, bundles (the containers'
+    writable layers) and cgroups of containers whose minirun is gone. Images and their layers
+    stay (`minirun rmi` removes those)."""
+    _need_root("gc")
     from minirun.container import collect_garbage
     for container_id in collect_garbage():
         click.echo(f"removed {container_id[:12]}")
@@ -118,6 +165,7 @@ def import_image(source, name, max_size, max_files) -> None:
     """Import SOURCE as image NAME: a directory, a rootfs tarball (plain, gzip, zstd or xz), a
     `docker save` tarball or an OCI image layout (directory or tar; PATH:TAG picks one image,
     the path being the longest part before a ':' that exists, so the tag may hold ':')."""
+    _need_root("import")
     from minirun.image import Store
     from minirun.progress import Progress
     from minirun.units import parse_count, parse_size
@@ -137,9 +185,13 @@ def images() -> None:
     from minirun.units import format_size
     rows = [(r["name"], format_size(r.get("size", 0)), str(len(r["layers"])), r["created"])
             for r in Store().records()]
-    widths = [max(len(row[i]) for row in [("NAME", "SIZE", "LAYERS", "CREATED")] + rows)
-              for i in range(4)]
-    for row in [("NAME", "SIZE", "LAYERS", "CREATED")] + rows:
+    _table(("NAME", "SIZE", "LAYERS", "CREATED"), rows)
+
+
+def _table(header: tuple, rows: list[tuple]) -> None:
+    """Columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
@@ -147,6 +199,7 @@ def images() -> None:
 @click.argument("name")
 def rmi(name) -> None:
     """Remove image NAME (refused while a running container uses it) and the layers only it used."""
+    _need_root("rmi")
     from minirun.image import Store
     deleted = Store().remove(name)
     click.echo(f"removed {name}" + (f" and {len(deleted)} unused layer(s)" if deleted else ""))
@@ -156,6 +209,7 @@ def rmi(name) -> None:
 @click.argument("name")
 def inspect(name) -> None:
     """Print image NAME's record as JSON: its layers, their directories, its config."""
+    _need_root("inspect")       # it builds a built-in image on first use
     import json
     from minirun.image import Store
     click.echo(json.dumps(Store().inspect(name), indent=2))
@@ -172,13 +226,22 @@ def main() -> None:
     except click.ClickException as error:
         click.echo(f"minirun: {error.format_message()}", err=True)
         status = errors.RUNTIME_FAILED
-    except click.Abort:
-        status = 130
+    except (click.Abort, KeyboardInterrupt):
+        status = 128 + signal.SIGINT
     except errors.RuntimeFailure as failure:
         click.echo(f"minirun: {failure}", err=True)
         status = failure.exit_code
+    except OSError as error:    # what no step foresaw: still one line, and the cleanup has run
+        where = f"{error.filename}: " if error.filename else ""
+        click.echo(f"minirun: {where}{error.strerror or error}", err=True)
+        status = errors.RUNTIME_FAILED
     # Skip the interpreter's teardown: freeing every module and object costs ~6 ms (a tenth of
-    # a run) and nothing in it matters to a process that is ending. Flush what it would have.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # a run) and nothing in it matters to a process that is ending. Flush what it would have
+    # (a reader that went away, as in `minirun ps | head -1`, gets no more).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream:
+                stream.flush()
+        except OSError:
+            pass
     os._exit(status if isinstance(status, int) else 0)

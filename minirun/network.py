@@ -481,8 +481,7 @@ class ContainerNetwork:
             "the container's writable layer: above the image's, which stay unchanged")
 
     def wire(self, say) -> None:
-        if self.attachment:
-            wire(self.attachment, say)
+        wire(self.attachment, say)
 
     def publish(self, say) -> None:
         for proxy in self.proxies:

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from minirun import state
 from minirun.errors import RuntimeFailure
 from minirun.namespaces import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                                 MS_RDONLY, MS_REC, MS_REMOUNT, mount, pivot_root, umount2)
@@ -32,8 +33,18 @@ READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"
 
 @dataclass
 class Bundle:
-    """The container's directory on the host: the overlay's upper and work dirs and the mount point."""
+    """The container's directory on the host: the overlay's upper and work dirs and the mount point.
+
+    Beside it, ID.lock: its owner, the minirun that runs the container, holds a flock on it for
+    as long as it lives (state.hold_for_life). A bundle whose lock is free, or gone, belongs to
+    no living minirun, whichever state directory recorded it: gc removes it.
+    """
     path: Path
+    lock: int | None = None     # the descriptor of the lock, while we hold it
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.lock")
 
     @property
     def upper(self) -> Path:        # the container's writes land here (copy-on-write)
@@ -48,15 +59,36 @@ class Bundle:
         return self.path / "merged"
 
 
-def create_bundle(containers_dir: Path, container_id: str) -> Bundle:
+def create_bundle(containers_dir: Path, container_id: str, record: Path) -> Bundle:
+    """Take the container's lock, note in it where its record is kept (for a gc run from
+    another state directory), then make the bundle. The lock comes first, so that no moment
+    exists when the bundle is there and unowned. On failure (a full or read-only store), remove
+    what was made and say so in one line."""
     bundle = Bundle(containers_dir / container_id)
-    for directory in (bundle.upper, bundle.work, bundle.merged):
-        directory.mkdir(parents=True)
+    try:
+        containers_dir.mkdir(parents=True, exist_ok=True)
+        bundle.lock = state.hold_for_life(bundle.lock_path)
+        os.write(bundle.lock, str(record).encode())
+        for directory in (bundle.upper, bundle.work, bundle.merged):
+            directory.mkdir(parents=True)
+    except OSError as error:
+        remove_bundle(bundle)
+        raise RuntimeFailure(f"cannot make the container's directory in {containers_dir}: "
+                             f"{error.strerror}; free space (or inodes) there, or point "
+                             "MINIRUN_ROOT at another store") from None
     return bundle
 
 
 def remove_bundle(bundle: Bundle) -> None:
+    """Remove the bundle, then its lock, which must be ours (held): never a living owner's."""
     shutil.rmtree(bundle.path, ignore_errors=True)
+    if bundle.lock is not None:
+        try:
+            bundle.lock_path.unlink(missing_ok=True)
+        except OSError:
+            pass                # a read-only store: the lock stays, free, for a later gc
+        os.close(bundle.lock)
+        bundle.lock = None
 
 
 def make_mounts_private() -> None:

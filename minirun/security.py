@@ -147,25 +147,27 @@ def resolve_user(spec: str, passwd: str | os.PathLike | None = "/etc/passwd",
     name, _, group = spec.partition(":")
     users = _table(passwd)
     entry = users.get(name) or next((row for row in users.values() if row[1] == name), None)
-    if entry is None and not name.isdigit():
+    if entry is None and not _is_id(name):
         raise RuntimeFailure(f"no user {name!r} in the image's /etc/passwd: "
                              "give a numeric UID, or a user the image has")
-    if entry and not (entry[1].isdigit() and entry[2].isdigit()):
-        raise RuntimeFailure(f"the image's /etc/passwd line for {name!r} has no numeric UID and GID")
-    uid = int(entry[1]) if entry else int(name)
-    gid = int(entry[2]) if entry else 0
+    if entry and not (_is_id(entry[1]) and _is_id(entry[2])):
+        raise RuntimeFailure(f"the image's /etc/passwd line for {name!r} has no valid numeric "
+                             "UID and GID")
+    uid = _id(entry[1] if entry else name, "user")
+    gid = _id(entry[2], "group") if entry else 0
     groups = _table(group_file)
     if group:
-        if group in groups and groups[group][1].isdigit():
-            gid = int(groups[group][1])
-        elif group.isdigit():
-            gid = int(group)
+        if group in groups and _is_id(groups[group][1]):
+            gid = _id(groups[group][1], "group")
+        elif _is_id(group):
+            gid = _id(group, "group")
         else:
             raise RuntimeFailure(f"no group {group!r} in the image's /etc/group: "
                                  "give a numeric GID, or a group the image has")
     login = entry[0] if entry else None
-    supplementary = tuple(sorted({gid} | {int(row[1]) for row in groups.values()
-                                          if login and login in row[2].split(",")}))
+    supplementary = tuple(sorted({gid} | {_id(row[1], "group") for row in groups.values()
+                                          if login and login in row[2].split(",")
+                                          and _is_id(row[1])}))
     return uid, gid, supplementary
 
 
@@ -175,6 +177,24 @@ def home_directory(uid: int, passwd: str = "/etc/passwd") -> str:
         if row[1] == str(uid) and len(row) >= 5 and row[4]:
             return row[4]
     return "/"
+
+
+# A UID or GID is a 32-bit number, but the last one, 4294967295, is (uid_t)-1: to setuid(2)
+# and chown(2) it means "no change", never a user.
+LAST_ID = 2**32 - 2
+
+
+def _is_id(text: str) -> bool:
+    """Written as an ID: ASCII digits only (str.isdigit and int() also take other scripts'
+    digits, and '٣' must not become user 3)."""
+    return text.isascii() and text.isdigit()
+
+
+def _id(text: str, what: str) -> int:
+    number = int(text)
+    if number > LAST_ID:
+        raise RuntimeFailure(f"invalid {what} ID {text}: IDs go from 0 to {LAST_ID}")
+    return number
 
 
 def _table(path: str | os.PathLike | None) -> dict[str, list[str]]:

@@ -3,44 +3,42 @@
 `--memory 256M` and `--cpus 1.5` mean the same in both programs: a container gets a cgroup
 limit, a VM gets that much RAM and that many virtual CPUs.
 """
+import math
+import re
+
 from minirun.errors import RuntimeFailure
 
 _SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
+# Plain decimal numbers only, in ASCII: float() alone would also take "1e-9", "inf", "nan",
+# "1_000" and digits of other scripts ("٣" is 3 to int() and float()).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([KMGT])I?)?B?", re.ASCII)
+_DECIMAL = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
+
 
 def parse_size(text: str) -> int:
-    """'64M' -> 67108864. Binary units like Docker (k, m, g; an optional trailing 'b'/'ib')."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")   # 64MiB, 64MB, 64M
-    number, suffix = value, ""
-    if value and value[-1] in _SUFFIXES:
-        number, suffix = value[:-1], value[-1]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if amount <= 0 or amount != amount or amount == float("inf"):
+    """'64M' -> 67108864. Binary units like Docker (k, m, g, t; an optional trailing 'b'/'ib')."""
+    match = _SIZE.fullmatch(text.strip().upper())       # 64MiB, 64MB, 64M, 64 m, 1.5G
+    amount = float(match[1]) * _SUFFIXES[match[2] or ""] if match else 0.0
+    if 0 < amount < 1:
+        raise RuntimeFailure(f"invalid size {text!r}: less than one byte (give a unit, like 64M)")
+    if not 1 <= amount < math.inf:
         raise RuntimeFailure(f"invalid size {text!r}: give a positive number with an optional "
                              "unit, like 64M, 512K or 1G")
-    return int(amount * _SUFFIXES[suffix])
+    return int(amount)
 
 
 def parse_cpus(text: str) -> float:
     """'1.5' -> 1.5 CPUs: a share of CPU time for a container, vCPUs (rounded up) for a VM."""
-    try:
-        cpus = float(text)
-    except ValueError:
-        cpus = -1.0
-    if not 0 < cpus < 1e6 or cpus != cpus:
+    cpus = float(text) if _DECIMAL.fullmatch(text.strip()) else 0.0
+    if not 0 < cpus < 1e6:
         raise RuntimeFailure(f"invalid CPU count {text!r}: give a positive number like 1, 0.5 or 2")
     return cpus
 
 
 def parse_count(text: str, what: str) -> int:
     """A positive whole number, e.g. a pids limit."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
+    count = int(text) if text.isascii() and text.isdigit() else 0
     if count <= 0:
         raise RuntimeFailure(f"invalid {what} {text!r}: give a positive whole number")
     return count

@@ -1,11 +1,14 @@
 """The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel."""
 import sys
 
-import click
+try:
+    import click
 
-from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.units import parse_cpus, parse_size
-from minivm.hardware import DEFAULT_MEMORY, MIB
+    from minirun.errors import RUNTIME_FAILED, RuntimeFailure
+    from minirun.units import parse_cpus, parse_size
+    from minivm.hardware import DEFAULT_MEMORY, MIB
+except KeyboardInterrupt:       # Ctrl-C while Python is still loading minivm: nothing to undo yet
+    sys.exit(130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +64,39 @@ def kernel_fetch():
     click.echo(f"guest kernel: {fetch()}")
 
 
+@cli.group("cache", invoke_without_command=True)
+@click.pass_context
+def cache_group(context):
+    """List minivm's cache: every file, its size and when a boot last used it."""
+    if context.invoked_subcommand is not None:
+        return
+    import time
+    from minivm import cache
+    entries = cache.entries()
+    for path, size, used in entries:
+        last_use = time.strftime("%Y-%m-%d %H:%M", time.localtime(used))
+        click.echo(f"{_megabytes(size):>10}  {last_use}  {path.relative_to(cache.cache_dir())}")
+    click.echo(f"{_megabytes(sum(size for _, size, _ in entries)):>10}  in all, in "
+               f"{cache.cache_dir()}")
+
+
+@cache_group.command("prune")
+@click.option("--unused-for", type=click.FloatRange(min=0), default=7, show_default=True,
+              metavar="DAYS", help="Remove what no boot has used for this many days.")
+def cache_prune(unused_for):
+    """Remove packed initramfs images and unpacked kernels that no boot has used lately (the
+    next boot that needs one rebuilds it), and what killed writers left half-written."""
+    from minivm import cache
+    removed = cache.prune(unused_for * 24 * 3600)
+    for path, size in removed:
+        click.echo(f"removed {path.relative_to(cache.cache_dir())} ({_megabytes(size)})")
+    click.echo(f"freed {_megabytes(sum(size for _, size in removed))}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def main() -> None:
     try:
         status = cli.main(prog_name="minivm", standalone_mode=False)
@@ -73,6 +109,6 @@ def main() -> None:
     except RuntimeFailure as error:
         click.echo(f"minivm: {error}", err=True)
         sys.exit(error.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):    # Ctrl-C before minivm's own handler was set
         sys.exit(130)
     sys.exit(status or 0)

@@ -2,16 +2,21 @@
 # PID 1 of the guest. The kernel runs it from the initramfs (`rdinit=/.minivm/init`) once it has
 # booted; what a container runtime does from the host before exec, a VM's init does from inside.
 #
-# It talks to minivm over two serial ports (minivm/hardware.py):
-#   ttyS0  the console: kernel messages, and the lines starting "@minivm:" that report progress
-#          and, at the end, the app's exit status to the host;
-#   ttyS1  the app's own terminal: its stdin, stdout and stderr, nothing else.
+# It talks to minivm over (minivm/hardware.py):
+#   ttyS0  the console: kernel messages, and the lines "@minivm: ..." that report progress and,
+#          at the end, the app's exit status to the host;
+#   three virtio-serial ports, minivm.stdin, minivm.stdout and minivm.stderr: the app's streams;
+#   or, with -it, ttyS1: the app's terminal.
 # Commands here are busybox applets (this busybox runs its applets before looking at PATH), so
 # the init works whatever userland the image has, busybox or none; the app itself runs the
 # image's own programs. Most applets run by re-executing busybox as /proc/self/exe, so /proc
 # is mounted first, by busybox's own path.
 
-report() { echo "@minivm: $*" >/dev/ttyS0; }
+# A report is written into the kernel's log, which prints each record on the console as one
+# whole line: a kernel message can come before or after it, never in the middle. Level 3 (<3>),
+# because `quiet` prints only levels 0 to 3 on the console.
+report() { echo "<3>@minivm: $*" >/dev/kmsg; }
+fail() { report "fail $*"; poweroff -f; }
 
 # The kernel gives PID 1 the unpacked initramfs and nothing more: its views of processes, devices
 # and drivers are filesystems that userspace mounts where it wants them.
@@ -21,11 +26,23 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t cgroup2 cgroup2 /sys/fs/cgroup     # a VM is its own cgroup v2 host, all controllers in it
-report "init running"
+mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each port's bytes
 
 # This run's settings, written by minivm into the second initramfs archive (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
+
+# The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py).
+for module in $modules; do
+    insmod "/.minivm/modules/$module.ko" || fail "could not load the kernel module $module"
+done
+# How many bytes of the app's output the guest's driver has handed to the host on a port.
+sent() {
+    while read -r key value; do
+        [ "$key" != "bytes_sent:" ] || echo "$value"
+    done <"/sys/kernel/debug/virtio-ports/${1##*/}"
+}
+report "init running"
 
 # The app runs in its working directory with exactly the environment the image and `-e` give it,
 # as the image's user: $become, if set, is /.minivm/become UID GID GROUPS (minivm/become.c).
@@ -44,16 +61,45 @@ if [ -n "$interactive" ]; then
     # session with ttyS1 as its controlling terminal, for job control.
     session="setsid -c"
     (stty sane rows "$rows" cols "$columns"; run_app "$@") </dev/ttyS1 >/dev/ttyS1 2>&1
+    report "exit $?"
 else
-    # Output only, like a pipe: no echo, and "\n" stays "\n" (no "\r\n" from the line discipline).
-    # No session and no controlling terminal here: when a session leader exits, the kernel hangs
-    # up its terminal and throws away output not yet sent (tty_vhangup_session), which would cut
-    # the end of the app's output.
-    stty -F /dev/ttyS1 raw -echo
-    session=""
-    (run_app "$@") </dev/null >/dev/ttyS1 2>&1
+    # The app's streams are pipes, as in a pipeline on the host, and busybox `cat` copies each
+    # to or from its port. The ports themselves would refuse a second open (virtio_console
+    # allows one at a time), so an app that opens /dev/stdout or /dev/stderr again would fail.
+    # Once loaded, virtio_console learns the ports and their names from the device, and makes a
+    # /dev/vportNpM for each, within milliseconds: wait for the three minivm named.
+    tries=0 stdin= stdout= stderr=
+    until [ -n "$stdin" ] && [ -n "$stdout" ] && [ -n "$stderr" ]; do
+        [ "$tries" -lt 1000 ] || fail "the app's virtio ports did not appear in 10 s"
+        [ "$tries" -eq 0 ] || sleep 0.01
+        tries=$((tries + 1))
+        for named in /sys/class/virtio-ports/*/name; do
+            read -r name <"$named" 2>/dev/null || continue
+            named=${named%/name}
+            case "$name" in
+                minivm.stdin) stdin=/dev/${named##*/} ;;
+                minivm.stdout) stdout=/dev/${named##*/} ;;
+                minivm.stderr) stderr=/dev/${named##*/} ;;
+            esac
+        done
+    done
+    mkfifo /.minivm/stdout /.minivm/stderr
+    cat /.minivm/stdout >"$stdout" & out=$!
+    cat /.minivm/stderr >"$stderr" & err=$!
+    # The app leads a session of its own (no terminal), so that whatever it leaves running can be
+    # stopped with it, as a container's processes end with its PID 1.
+    session="setsid"
+    cat "$stdin" | (run_app "$@") >/.minivm/stdout 2>/.minivm/stderr &
+    app=$!
+    wait "$app"
+    status=$?
+    kill -KILL -"$app" 2>/dev/null
+    wait "$out" "$err"      # every byte of output is in its port now
+    # The host ends the machine once it has received as many bytes as the driver sent it: data
+    # still in flight (in QEMU, in a socket) would be lost if the guest powered off by itself.
+    report "exit $status out=$(sent "$stdout") err=$(sent "$stderr")"
 fi
-report "exit $?"
 
-# Power off: the kernel syncs and switches the (virtual) machine off, and QEMU exits.
-poweroff -f
+# minivm switches the machine off with QMP's `quit` once it has all the app's output: a machine
+# with no disk has nothing to save.
+while :; do sleep 3600; done

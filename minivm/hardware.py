@@ -7,12 +7,13 @@ flags that create it and the reason it is there; `minivm boot --explain` prints 
 
 The machine type is `microvm` (https://www.qemu.org/docs/master/system/i386/microvm.html): no PCI,
 no firmware to run, no legacy devices but a few ISA ones, so there is less to emulate and less for
-the kernel to probe. Every driver the guest needs for it (the 8250 serial UART, the ACPI power-off)
-is built into Debian's kernel, so the initramfs needs to carry no kernel modules. A disk or network
-card would be virtio devices, whose drivers Debian builds as modules (see docs/minivm.md).
+the kernel to probe. The drivers of its built-in parts (the 8250 serial UART, ACPI) are built into
+Debian's kernel; the virtio devices (here the app's stdin, stdout and stderr ports) have drivers
+that Debian builds as modules: each part names in `needs` the entries of minivm.modules.DRIVERS
+it needs, and the guest init loads them.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from minirun.errors import RuntimeFailure
@@ -22,6 +23,7 @@ QEMU = "qemu-system-x86_64"
 MIB = 1024 * 1024
 DEFAULT_MEMORY = 512 * MIB
 SMALLEST_MEMORY = 64 * MIB      # the kernel plus the initramfs unpacked in RAM need about this
+STREAMS = ("stdin", "stdout", "stderr")     # the app's, each on a port of its own
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Part:
     """One piece of the machine: the QEMU flags that make it and why the guest needs it."""
     flags: list[str]
     why: str
+    needs: tuple[str, ...] = ()     # its drivers in the guest, keys of minivm.modules.DRIVERS
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Wiring:
     console_fd: int         # a connected socket: the guest's ttyS0, read by minivm
     monitor_fd: int         # a connected socket: QMP, the hypervisor's control channel
     initrd: str             # a path QEMU can read the initramfs from (/dev/fd/N of a memfd)
+    streams: dict[str, int] = field(default_factory=dict)  # each of STREAMS -> a connected
+                            # socket for the app's port (none with -it: the app has ttyS1)
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Hardware:
     kernel: Path                    # an uncompressed ELF vmlinux, booted through PVH
     name: str                       # shown by `ps` and in QMP
     host_tsc: TscRate | None = None  # the host's TSC rate, told to the guest under TCG
+    interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -110,10 +116,7 @@ class Hardware:
                   "-serial", "chardev:console"],
                  "ttyS0 at I/O port 0x3f8, the machine's built-in UART: the kernel's console, and "
                  "the guest init's reports (the app's exit status), read by minivm"),
-            Part(["-chardev", "stdio,id=app,signal=off",
-                  "-device", "isa-serial,chardev=app,index=1"],
-                 "ttyS1 at I/O port 0x2f8, a second UART wired to minivm's own stdin and stdout: "
-                 "the app's terminal, kept apart from kernel messages"),
+            self._app_streams(wiring),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
@@ -121,6 +124,33 @@ class Hardware:
             Part(["-display", "none", "-no-reboot", "-name", self.name],
                  "no screen; a reboot ends QEMU instead of restarting the guest"),
         ]
+
+    def _app_streams(self, wiring: Wiring) -> Part:
+        if self.interactive:
+            return Part(["-chardev", "stdio,id=app,signal=off",
+                         "-device", "isa-serial,chardev=app,index=1"],
+                        "ttyS1 at I/O port 0x2f8, a second UART wired to minivm's terminal (-it): "
+                        "a tty in the guest, for the app's line editing, echo and Ctrl-C; a UART "
+                        "holds back what the terminal cannot take yet, and is fast enough for "
+                        "what a person types and reads")
+        flags = ["-device", "virtio-serial-device"]
+        for stream in STREAMS:
+            flags += ["-chardev", f"socket,id={stream},fd={wiring.streams[stream]}",
+                      "-device", f"virtserialport,chardev={stream},name=minivm.{stream}"]
+        return Part(flags,
+                    "a virtio-serial controller (on microvm a virtio-mmio device) with one port "
+                    "per stream of the app: stdin, stdout and stderr, each a byte stream with "
+                    "its own end and its own flow control, read and written by minivm. Data "
+                    "moves in buffers through shared memory rings, not a byte per emulated I/O "
+                    "instruction as on a UART",
+                    needs=("virtio-mmio", "virtio-serial"))
+
+    def needs(self) -> list[str]:
+        """The drivers the guest must load for this machine (keys of modules.DRIVERS), known
+        before any socket is made: the parts are the same whatever they are plugged into."""
+        unplugged = Wiring(console_fd=-1, monitor_fd=-1, initrd="",
+                           streams=dict.fromkeys(STREAMS, -1))
+        return list(dict.fromkeys(need for part in self.parts(unplugged) for need in part.needs))
 
     def command(self, wiring: Wiring) -> list[str]:
         return [QEMU] + [flag for part in self.parts(wiring) for flag in part.flags]

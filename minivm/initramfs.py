@@ -9,18 +9,20 @@ initramfs.rst). No disk, no block driver, no filesystem driver needed.
 What the guest gets is two archives, one after the other (the kernel unpacks each in turn):
   1. the image's merged layers plus minivm's guest init and busybox under /.minivm/, cached by
      content, since the same image is booted again and again;
-  2. a tiny archive with this run's settings (command, environment, hostname...), made per boot.
+  2. a small archive with this run's settings (command, environment, hostname...) and the guest
+     kernel modules its virtual hardware needs (minivm/modules.py), made per boot.
 """
 import hashlib
 import os
 import shlex
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from minirun.errors import RuntimeFailure
 from minirun.image import BUSYBOX, Image
-from minivm.cache import cache_dir, write_atomically
+from minivm.cache import cache_dir, mark_used, write_atomically
+from minivm.modules import Module
 
 GUEST_INIT = Path(__file__).with_name("guest-init.sh")
 WRITER = Path(__file__)          # this module: how an archive is packed is part of its cache key
@@ -41,6 +43,7 @@ class RunSettings:
     columns: int = 0
     become: list[str] | None = None   # UID GID GROUPS for /.minivm/become; None: stay root
     become_binary: bytes = b""
+    modules: list[Module] = field(default_factory=list)   # to load, in order (minivm.modules)
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
@@ -49,6 +52,7 @@ class RunSettings:
                  f"interactive={'yes' if self.interactive else ''}",
                  f"rows={self.rows} columns={self.columns}",
                  "become=" + q(" ".join(["/.minivm/become", *self.become]) if self.become else ""),
+                 "modules=" + q(" ".join(module.name for module in self.modules)),
                  "set -- " + " ".join(q(arg) for arg in self.command),
                  "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
         return "\n".join(lines) + "\n"
@@ -73,7 +77,9 @@ def image_archive(image: Image) -> Path:
     for made_from in (GUEST_INIT, BUSYBOX, WRITER):
         key.update(hashlib.sha256(made_from.read_bytes()).digest())
     target = cache_dir() / "initramfs" / f"{key.hexdigest()[:32]}.cpio"
-    if not target.is_file():
+    if target.is_file():
+        mark_used(target)
+    else:
         archive = Cpio()
         for relative, source in merged_view(image.layers):
             archive.add_path(relative, source)
@@ -89,6 +95,11 @@ def settings_archive(settings: RunSettings) -> bytes:
     archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
     if settings.become:
         archive.add_file(".minivm/become", settings.become_binary, 0o755)
+    # The kernel's own modules for this machine's hardware: a few hundred kB, matched to the
+    # kernel of this boot, so they travel here rather than in the image's cached archive.
+    archive.add_directory(".minivm/modules")
+    for module in settings.modules:
+        archive.add_file(f".minivm/modules/{module.name}.ko", module.contents(), 0o644)
     return archive.finish()
 
 

@@ -13,20 +13,19 @@ Where a kernel comes from, in order: `--kernel`, `$MINIVM_KERNEL`, minivm's cach
 """
 import bz2
 import hashlib
-import io
 import lzma
+import mmap
 import os
 import re
 import shutil
 import struct
 import subprocess
-import tarfile
-import tempfile
 import zlib
 from pathlib import Path
 
 from minirun.errors import RuntimeFailure
-from minivm.cache import cache_dir, write_atomically
+from minivm import modules
+from minivm.cache import cache_dir, mark_used, scratch_directory, write_atomically
 
 FETCH_HINT = "get one with `minivm kernel fetch` (Debian's linux-image-amd64) or pass --kernel PATH"
 
@@ -67,7 +66,9 @@ def bootable_vmlinux(kernel: Path) -> Path:
     info = kernel.resolve().stat()
     key = hashlib.sha256(f"{kernel.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
     target = cache_dir() / "vmlinux" / f"{key.hexdigest()[:32]}.elf"
-    if not target.is_file():
+    if target.is_file():
+        mark_used(target)
+    else:
         write_atomically(target, extract_vmlinux(kernel.read_bytes(), str(kernel)))
     return target
 
@@ -124,33 +125,107 @@ def decompress(payload: bytes, name: str = "kernel") -> bytes:
                          "use a kernel compressed with gzip, xz, lzma, bzip2 or zstd, or a vmlinux")
 
 
+# -- the modules that match a kernel -----------------------------------------------------------
+def release(vmlinux: Path) -> str:
+    """The kernel's release ("6.1.0-57-amd64"), from the banner it prints first at boot,
+    `Linux version <release> (<builder>) ...`, a string in its read-only data."""
+    with vmlinux.open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as data:
+        found = re.search(rb"Linux version (\S+) \(", data)
+        version = found.group(1).decode() if found else None
+    if not version:
+        raise RuntimeFailure(f"{vmlinux} has no 'Linux version' banner to tell its release; "
+                             f"{FETCH_HINT}")
+    return version
+
+
+def modules_directory(vmlinux: Path) -> Path:
+    """Where the modules of this kernel are: minivm's cache for a fetched kernel, else the
+    host's /lib/modules for a kernel installed on the host (with the modules.dep depmod wrote)."""
+    version = release(vmlinux)
+    fetched = cache_dir() / "kernels" / f"modules-{version}"
+    for directory in (fetched, Path("/lib/modules", version)):
+        if (directory / "modules.dep").is_file():
+            return directory
+    raise RuntimeFailure(f"no kernel modules for the guest kernel {version} (looked in "
+                         f"{cache_dir()}/kernels and /lib/modules): its virtio drivers are "
+                         f"modules; {FETCH_HINT}")
+
+
 # -- minivm kernel fetch -----------------------------------------------------------------------
 def fetch() -> Path:
-    """Put Debian's current kernel into the cache (and its vmlinux next to it); quick if present.
+    """Put Debian's current kernel into the cache, with the modules minivm's hardware needs;
+    quick if they are there already.
 
     `linux-image-amd64` is a metapackage that depends on the real one, e.g.
     `linux-image-6.1.0-56-amd64`; `apt-get download` fetches that .deb without installing it
-    (nothing changes in the host's /boot), and only its bzImage is unpacked.
+    (nothing changes in the host's /boot or /lib/modules), and it is unpacked into a scratch
+    directory of the cache. Kept: the bzImage, and lib/modules/<release>/ cut down to the
+    modules in minivm.modules.DRIVERS and what they need, with the modules.dep that the package
+    leaves to its postinst's depmod, written here from the modules themselves.
     """
     package = _debian_kernel_package()
-    release = package.removeprefix("linux-image-")
-    target = cache_dir() / "kernels" / f"vmlinuz-{release}"
-    if not target.is_file():
-        with tempfile.TemporaryDirectory(prefix="minivm-fetch-") as scratch:
+    version = package.removeprefix("linux-image-")
+    target = cache_dir() / "kernels" / f"vmlinuz-{version}"
+    modules_dir = target.with_name(f"modules-{version}")
+    if not target.is_file() or not _has_modules(modules_dir):
+        with scratch_directory(target.parent) as scratch:
             download = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
                                        package], cwd=scratch, capture_output=True, text=True)
             if download.returncode != 0:
                 raise RuntimeFailure(f"`apt-get download {package}` failed: "
                                      f"{_last_line(download.stderr)}; run `apt-get update` as "
                                      "root and try again")
-            debs = list(Path(scratch).glob("*.deb"))
+            debs = list(scratch.glob("*.deb"))
             if len(debs) != 1:
                 raise RuntimeFailure(f"`apt-get download {package}` left {len(debs)} .deb files "
                                      "instead of one; run it by hand in an empty directory to "
                                      "see why, or pass --kernel PATH")
-            write_atomically(target, _file_from_deb(debs[0], f"./boot/vmlinuz-{release}"))
+            unpacked = scratch / "unpacked"
+            result = subprocess.run(["dpkg-deb", "--extract", str(debs[0]), str(unpacked)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeFailure(f"{debs[0].name} is not a package dpkg can read "
+                                     f"({_last_line(result.stderr)}): the download may be "
+                                     "damaged; run `minivm kernel fetch` again")
+            bzimage = unpacked / "boot" / f"vmlinuz-{version}"
+            if not bzimage.is_file() or bzimage.is_symlink():
+                raise RuntimeFailure(f"{debs[0].name} has no file ./boot/vmlinuz-{version} to "
+                                     "boot: this kernel package is laid out differently; pass "
+                                     "--kernel PATH (a bzImage or a vmlinux)")
+            _keep_modules(unpacked / "lib" / "modules" / version, modules_dir, scratch)
+            if not target.is_file():
+                write_atomically(target, bzimage.read_bytes())
     bootable_vmlinux(target)
     return target
+
+
+def _has_modules(directory: Path) -> bool:
+    try:
+        modules.for_hardware(list(modules.DRIVERS), directory)
+        return True
+    except (OSError, RuntimeFailure):
+        return False
+
+
+def _keep_modules(package_modules: Path, target: Path, scratch: Path) -> None:
+    """From a package's lib/modules/<release>, keep in `target` only what DRIVERS needs."""
+    if not package_modules.is_dir():
+        raise RuntimeFailure(f"the kernel package has no {package_modules.name} modules "
+                             "directory: pass --kernel PATH and install its modules")
+    modules.write_modules_dep(package_modules)
+    kept = scratch / "modules"
+    for name in ("modules.dep", "modules.builtin"):
+        if (package_modules / name).is_file():
+            (kept / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(package_modules / name, kept / name)
+    for module in modules.load_order([name for names in modules.DRIVERS.values()
+                                      for name in names], package_modules):
+        copy = kept / module.path.relative_to(package_modules)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module.path, copy)
+    if target.exists():                 # an older cut, without a module DRIVERS now names
+        shutil.rmtree(target)
+    kept.rename(target)
 
 
 def _debian_kernel_package() -> str:
@@ -164,27 +239,6 @@ def _debian_kernel_package() -> str:
         raise RuntimeFailure("apt knows no linux-image-amd64 package: run `apt-get update` as "
                              "root and try again")
     return found.group(1)
-
-
-def _file_from_deb(deb: Path, member: str) -> bytes:
-    """One file out of a .deb's data archive (`dpkg-deb --fsys-tarfile` unpacks any compression)."""
-    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
-    if tar.returncode != 0:
-        raise RuntimeFailure(f"{deb.name} is not a package dpkg can read "
-                             f"({_last_line(tar.stderr.decode(errors='replace'))}): the download "
-                             "may be damaged; run `minivm kernel fetch` again")
-    try:
-        with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r:") as archive:
-            file = archive.extractfile(member)          # None if it is a link or a directory
-            if file is not None:
-                return file.read()
-    except KeyError:                                    # no such member
-        pass
-    except tarfile.TarError as error:
-        raise RuntimeFailure(f"{deb.name}: its files cannot be read ({error}); run "
-                             "`minivm kernel fetch` again") from None
-    raise RuntimeFailure(f"{deb.name} has no file {member} to boot: this kernel package is laid "
-                         "out differently; pass --kernel PATH (a bzImage or a vmlinux)")
 
 
 def _last_line(text: str) -> str:

@@ -3,19 +3,25 @@
 QEMU is started with a QMP monitor on one end of a socket pair
 (https://www.qemu.org/docs/master/interop/qmp-spec.html), and the guest starts booting at once.
 Meanwhile minivm connects with `qemu.qmp`'s QMPClient, asks `query-status` (the vCPUs run), and
-follows three things at once: QMP events (SHUTDOWN, STOP...), the guest's console on ttyS0 (the
-init's "@minivm:" reports), and the QEMU process itself. (QEMU could also be started paused, with
--S, and resumed with QMP's `cont`; that would put QMP's start-up on the boot's critical path.)
+follows several things at once: QMP events (SHUTDOWN, STOP...), the guest's console on ttyS0 (the
+init's "@minivm:" reports), the app's output (minivm/streams.py), and the QEMU process itself.
+(QEMU could also be started paused, with -S, and resumed with QMP's `cont`; that would put QMP's
+start-up on the boot's critical path.)
 
-Stopping is done as on a real machine: first `system_powerdown`, which presses the virtual ACPI
-power button, then after a grace period `quit` (pull the plug), and if QEMU does not even answer,
-SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event that the
-kernel turns into a notification for the power-button device (PNP0C0C), whose driver (`button`)
-Debian builds as a module this initramfs does not carry, so the kernel drops it; and even that
-driver only reports the press as an input event, for a daemon (acpid, logind) to act on: no signal
-reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM, --timeout, a
-watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The button is
-pressed anyway, so that a guest with a full OS can shut down cleanly.
+The end of a normal run: the guest init reports the app's exit status and how many bytes the
+guest sent on stdout and stderr; once that many have reached minivm's own descriptors, nothing
+is in flight any more, and minivm ends QEMU with `quit` (the machine has no disk to flush).
+
+Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
+ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
+answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event
+that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver
+(`button`) Debian builds as a module this initramfs does not carry, so the kernel drops it; and
+even that driver only reports the press as an input event, for a daemon (acpid, logind) to act
+on: no signal reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM,
+--timeout, a watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The
+button is pressed anyway, so that a guest with a full OS can shut down cleanly. A closed stdout
+pulls the plug at once: the app is as good as killed by SIGPIPE.
 
 Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket pairs with no
 file name, and the initramfs is handed over as a memfd, a file that lives only in memory while some
@@ -23,6 +29,7 @@ process holds it open.
 """
 import asyncio
 import ctypes
+import errno
 import os
 import re
 import signal
@@ -33,11 +40,13 @@ import time
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
-from minivm.hardware import QEMU, Hardware, Wiring
+from minivm.hardware import QEMU, STREAMS, Hardware, Wiring
+from minivm.streams import AppStreams
 
 BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's first report; a boot
                             # takes about 1.5 s under TCG, so only a hung one gets near this
-POWEROFF_WATCHDOG = 30.0    # seconds from the app's end to QEMU's exit; powering off takes 0.05 s
+OUTPUT_WATCHDOG = 30.0      # seconds the app's output may stand still after its end, with
+                            # bytes missing; a machine whose app has ended is then stopped
 QMP_TIMEOUT = 10.0          # qemu.qmp has no timeouts of its own: every call is bounded here
 GRACE = 1.0                 # seconds a guest gets to react to the power button before `quit`
                             # (this one never does: see above)
@@ -52,28 +61,32 @@ class Console:
     init_running: asyncio.Event = field(default_factory=asyncio.Event)
     app_finished: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
+    sent: dict[str, int] = field(default_factory=dict)  # bytes the guest sent on stdout, stderr
+    failure: str = ""           # why the guest init could not run the app
     panic: str = ""
     last_line: str = ""
 
 
 class Machine:
-    def __init__(self, hardware: Hardware, initramfs: bytes, interactive: bool = False,
-                 verbose: bool = False, explain: bool = False):
+    def __init__(self, hardware: Hardware, initramfs: bytes, verbose: bool = False,
+                 explain: bool = False, drivers: dict[str, list[str]] | None = None):
         self.hardware = hardware
         self.initramfs = initramfs
-        self.interactive = interactive
+        self.drivers = drivers or {}    # for --explain: hardware -> the modules loaded for it
         self.verbose = verbose
         self.explain = explain
         self.console = Console()
         self.qemu_errors: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self.qmp = None
+        self.streams: AppStreams | None = None
+        self.press_button = True        # stopping: try the power button before pulling the plug
         self.listeners: list[asyncio.Task] = []     # console, QMP events, QEMU's stderr...
         self.console_reader: asyncio.Task | None = None
 
     def run(self, timeout: float | None) -> int:
         """Boot, run the app, power off; the app's exit status. Terminal settings are restored."""
-        saved = termios.tcgetattr(sys.stdin) if self.interactive else None
+        saved = termios.tcgetattr(sys.stdin) if self.hardware.interactive else None
         try:
             return asyncio.run(self._run(timeout))
         finally:
@@ -87,23 +100,35 @@ class Machine:
     # -- the story of one boot -----------------------------------------------------------------
     async def _run(self, timeout: float | None) -> int:
         started = time.monotonic()
+        # From here on Ctrl-C is a request to stop in order, even before QEMU exists.
+        stop_request = self._catch_stop_signals()
         console, console_for_qemu = socket.socketpair()
         monitor, monitor_for_qemu = socket.socketpair()
-        with console, monitor:
+        ports = {} if self.hardware.interactive else \
+            {stream: socket.socketpair() for stream in STREAMS}     # (ours, QEMU's)
+        for_qemu = [console_for_qemu, monitor_for_qemu, *(theirs for _, theirs in ports.values())]
+        try:
             initrd = os.memfd_create("minivm-initramfs")
             try:
                 with open(initrd, "wb", closefd=False) as memfd:
                     memfd.write(self.initramfs)
                 wiring = Wiring(console_fd=console_for_qemu.fileno(),
-                                monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}")
-                await self._launch(wiring, keep_open=[console_for_qemu, monitor_for_qemu, initrd])
+                                monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}",
+                                streams={stream: theirs.fileno()
+                                         for stream, (_, theirs) in ports.items()})
+                if not stop_request.done():
+                    await self._launch(wiring, keep_open=[*for_qemu, initrd])
             finally:
                 # QEMU holds its own copies now; ours would only keep the sockets from closing.
-                console_for_qemu.close()
-                monitor_for_qemu.close()
+                for sock in for_qemu:
+                    sock.close()
                 os.close(initrd)
-            stop_request = self._catch_stop_signals()
+            if self.process is None:                # Ctrl-C before QEMU was started
+                return 128 + stop_request.result()
             try:
+                if ports:
+                    self.streams = AppStreams({stream: ours for stream, (ours, _) in ports.items()})
+                    self.streams.start()
                 self.console_reader = self._listen(self._read_console(console))
                 await self._connect(monitor)
                 return await self._supervise(started, timeout, stop_request)
@@ -112,19 +137,28 @@ class Machine:
                 for task in self.listeners:
                     task.cancel()
                 await asyncio.gather(*self.listeners, return_exceptions=True)
+        finally:
+            for sock in [console, monitor, *(ours for ours, _ in ports.values())]:
+                sock.close()
 
     async def _launch(self, wiring: Wiring, keep_open: list) -> None:
         command = self.hardware.command(wiring)
         if self.explain:
             for part in self.hardware.parts(wiring):
                 self.say(f"{' '.join(part.flags)}\n        {part.why}")
+                for need in part.needs:
+                    self.say(f"  guest kernel modules for {need}: "
+                             f"{', '.join(self.drivers.get(need, []))} (minivm/modules.py)")
             for argument, why in self.hardware.kernel_arguments():
                 self.say(f"kernel command line: {argument}\n        {why}")
         fds = [item if isinstance(item, int) else item.fileno() for item in keep_open]
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *command, pass_fds=fds,
-                stdin=None if self.interactive else asyncio.subprocess.DEVNULL,
+                # Only an -it session's terminal is QEMU's (its ttyS1 chardev is stdio); else
+                # the app's streams go through minivm, and QEMU has no business with them.
+                stdin=None if self.hardware.interactive else asyncio.subprocess.DEVNULL,
+                stdout=None if self.hardware.interactive else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 # Its own session: Ctrl-C on the terminal reaches minivm, which stops the VM in
                 # order, instead of killing QEMU behind minivm's back.
@@ -152,20 +186,22 @@ class Machine:
 
     async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
-        """Follow the guest through booting, running the app and powering off.
+        """Follow the guest through booting, running the app and delivering its output.
 
-        Each phase ends with a sign from the guest: the init's first report, its report of the
-        app's exit, QEMU's own exit. QEMU exiting or a stop request ends any phase early.
-        --timeout bounds the first two, up to the app's exit; watchdogs bound the two the app
-        has no part in, booting and powering off.
+        Each phase ends with a sign: the init's first report, its report of the app's exit (with
+        the bytes sent), the last of those bytes written out. QEMU exiting, a stop request or a
+        broken stdout ends any phase early. --timeout bounds the first two, up to the app's exit;
+        watchdogs bound what the app has no part in: booting, and output that stops coming.
         """
         exited = self._listen(self.process.wait())
+        broken = self.streams.broken if self.streams else asyncio.get_running_loop().create_future()
         deadline = started + timeout if timeout else None
 
         async def first_sign(*signs: asyncio.Future, bounds: tuple[float | None, ...]) -> bool:
-            """Wait for a sign, QEMU's exit or a stop request, up to the nearest of `bounds`."""
+            """Wait for a sign, QEMU's exit, a stop request or a broken output, up to the nearest
+            of `bounds`."""
             limits = [bound for bound in bounds if bound is not None]
-            done, _ = await asyncio.wait({exited, stop_request, *signs},
+            done, _ = await asyncio.wait({exited, stop_request, broken, *signs},
                                          timeout=max(0.0, min(limits)) if limits else None,
                                          return_when=asyncio.FIRST_COMPLETED)
             return bool(done)
@@ -189,16 +225,30 @@ class Machine:
         finished = self._listen(self.console.app_finished.wait())
         if booted.done() and not await first_sign(finished, bounds=(time_left(),)):
             raise past_timeout()
-        # The app is done, so --timeout has nothing more to bound: an app that ended just before
-        # its deadline still gets the whole watchdog to power off in.
-        if finished.done() and not await first_sign(bounds=(POWEROFF_WATCHDOG,)):
-            print("minivm: the guest did not power off after the app ended; it was stopped",
-                  file=sys.stderr)
-            return self.console.exit_status
+        # The app is done, so --timeout has nothing more to bound: its output may take as long
+        # as its reader takes, as on the host; only output that stops coming is a fault.
+        if finished.done() and self.streams:
+            delivery = self._listen(self.streams.delivered(self.console.sent, OUTPUT_WATCHDOG))
+            await first_sign(delivery, bounds=())
+            if delivery.done() and not delivery.result():
+                print(f"minivm: the app's output stopped short after it ended "
+                      f"({self.streams.missing()}); the VM was stopped", file=sys.stderr)
+                return self.console.exit_status
         if stop_request.done():
             number = stop_request.result()
             print(f"minivm: {signal.Signals(number).name}: the VM was stopped", file=sys.stderr)
             return 128 + number
+        if broken.done():
+            self.press_button = False           # the app is as good as dead: no need to ask
+            error = broken.result()
+            if error.errno == errno.EPIPE:      # the reader went away: what SIGPIPE does on a host
+                return 128 + signal.SIGPIPE
+            raise RuntimeFailure(f"writing the app's output failed: {error.strerror}; the VM "
+                                 "was stopped")
+        if finished.done() and self.process.returncode is None:
+            # Every byte of output is here: nothing is lost by switching the machine off.
+            self.say("QMP: quit (the app has ended and its output is all here)")
+            await self._quit()
         # QEMU is gone, so its end of the console is closed: read up to the end of what it said.
         await asyncio.wait({self.console_reader}, timeout=QMP_TIMEOUT)
         return self._outcome()
@@ -208,6 +258,8 @@ class Machine:
         self.say(f"QEMU exited with status {self.process.returncode}")
         if self.console.exit_status is not None:
             return self.console.exit_status
+        if self.console.failure:
+            raise RuntimeFailure(f"the guest could not run the app: {self.console.failure}")
         if self.console.panic:
             raise RuntimeFailure(f"the guest kernel panicked: {self.console.panic}")
         if self.process.returncode != 0:
@@ -234,13 +286,20 @@ class Machine:
         self.console.last_line = text or self.console.last_line
         if self.verbose:
             print(f"console: {text}", file=sys.stderr, flush=True)
+        text = re.sub(r"^\[[ 0-9.]+\] ", "", text)     # the kernel log's timestamp, if shown
         if text.startswith(REPORT):
             report = text.removeprefix(REPORT)
             if report == "init running":
                 self.console.init_running.set()
-            elif status := re.fullmatch(r"exit ([0-9]{1,3})", report):
+            elif status := re.fullmatch(r"exit ([0-9]{1,3})(?: out=([0-9]+) err=([0-9]+))?",
+                                        report):
                 self.console.exit_status = int(status.group(1))
+                if status.group(2) is not None:
+                    self.console.sent = {"stdout": int(status.group(2)),
+                                         "stderr": int(status.group(3))}
                 self.console.app_finished.set()
+            elif report.startswith("fail "):
+                self.console.failure = report.removeprefix("fail ")
         elif PANIC in text:
             self.console.panic = text[text.index(PANIC):]
 
@@ -266,11 +325,20 @@ class Machine:
     async def _execute(self, command: str) -> dict:
         return await asyncio.wait_for(self.qmp.execute(command), QMP_TIMEOUT)
 
+    async def _quit(self) -> None:
+        """Pull the plug: QMP `quit`, and QEMU is reaped (_stop sends SIGKILL if it is not)."""
+        if self.qmp is not None:
+            try:
+                await self._execute("quit")
+            except Exception:                   # QEMU went away meanwhile, or will not answer
+                pass
+        await self._reap(QMP_TIMEOUT)
+
     async def _stop(self) -> None:
         """Power button, then plug, then SIGKILL; in every case QEMU is reaped."""
         try:
             if self.process.returncode is None and self.qmp is not None:
-                for command in ("system_powerdown", "quit"):
+                for command in ("system_powerdown", "quit")[0 if self.press_button else 1:]:
                     self.say(f"QMP: {command}")
                     try:
                         await self._execute(command)

@@ -103,13 +103,17 @@ BOOT_TIMEOUT = 300      # seconds; generous, the machine is shared and TCG is sl
 
 @pytest.fixture(scope="session")
 def guest(tmp_path_factory):
-    """The environment of a boot: the cached guest kernel linked into a private directory."""
+    """The environment of a boot: the cached guest kernel and its modules linked into a private
+    directory and cache."""
     try:
         vmlinux = kernel.bootable_vmlinux(kernel.find_kernel())
+        modules = kernel.modules_directory(vmlinux)
     except Exception as error:          # the set-up should have fetched one: say so
         pytest.fail(f"no guest kernel: {error}")
     home = tmp_path_factory.mktemp("minivm")
     (home / "vmlinux").symlink_to(vmlinux)
+    (home / "cache" / "kernels").mkdir(parents=True)
+    (home / "cache" / "kernels" / modules.name).symlink_to(modules)
     (home / "tmp").mkdir()
     env = dict(os.environ, MINIVM_KERNEL=str(home / "vmlinux"), MINIVM_CACHE=str(home / "cache"),
                TMPDIR=str(home / "tmp"))

@@ -1,8 +1,11 @@
 """A container is a process with its own view of the machine: prove each part of that view."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +201,176 @@ def test_an_image_whose_proc_is_a_symlink_is_refused(minirun, store_root):
     result = minirun("run", "proc-link", "true")
     assert result.returncode == 125
     assert "the image's /proc is not a directory" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--memory", "", "hello"], "invalid size ''"),                   # not "no limit"
+    (["run", "--memory", "0.5", "hello"], "invalid size '0.5': less than one byte"),
+    (["run", "--memory", "1e-9", "hello"], "invalid size '1e-9'"),
+    (["run", "--memory", "٣M", "hello"], "invalid size '٣M'"),
+    (["run", "--memory", "5M", "hello"], "--memory 5M is too little for a container: give at least 6M"),
+    (["run", "--memory", "100T", "hello"], "--memory 100T is more than this machine has"),
+    (["run", "--cpus", "", "hello"], "invalid CPU count ''"),
+    (["run", "--cpus", "nan", "hello"], "invalid CPU count 'nan'"),
+    (["run", "--pids-limit", "", "hello"], "invalid pids limit ''"),
+    (["run", "--pids-limit", "٣", "hello"], "invalid pids limit '٣'"),
+    (["run", "--name", "", "hello"], "invalid container name ''"),
+    (["run", "--name", "x", "hello"], "invalid container name 'x'"),
+    (["run", "--name", "-x", "hello"], "invalid container name '-x'"),
+    (["run", "--name", "a/b", "hello"], "invalid container name 'a/b'"),
+    (["run", "--name", "café", "hello"], "invalid container name 'café'"),
+])
+def test_more_bad_input_is_one_line_and_125(minirun, minirun_env, args, message):
+    result = minirun(*args)
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+
+
+@pytest.mark.parametrize("user, message", [
+    ("4294967295", "invalid user ID 4294967295: IDs go from 0 to 4294967294"),   # (uid_t)-1
+    ("99999999999", "invalid user ID 99999999999"),
+    ("nobody:99999999999", "invalid group ID 99999999999"),
+    ("٣", "no user '٣' in the image's /etc/passwd"),         # not user 3
+    ("nobody:٣", "no group '٣' in the image's /etc/group"),
+])
+def test_ids_out_of_range_or_not_ascii_are_one_line_and_125(minirun, minirun_env, user, message):
+    (Path(minirun_env["MINIRUN_ROOT"]) / "containers").mkdir(exist_ok=True)
+    before = os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers")
+    result = minirun("run", "-u", user, "hello", "id")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+    assert os.listdir(Path(minirun_env["MINIRUN_ROOT"]) / "containers") == before
+
+
+def test_the_last_valid_id_is_a_user(minirun):
+    assert minirun("run", "-u", "4294967294:4294967294", "hello", "sh", "-c", "id -u; id -g"
+                   ).stdout == "4294967294\n4294967294\n"
+
+
+def test_an_empty_command_is_127_and_one_line(minirun, minirun_env):
+    result = minirun("run", "hello", "")
+    assert result.returncode == 127
+    assert result.stderr == "minirun: the command is empty: give a program to run, or none " \
+                            "for the image's own\n"
+
+
+@pytest.mark.parametrize("args", [["stop", "x"], ["import", "/tmp", "x"], ["ps"], ["gc"],
+                                  ["exec", "x", "true"], ["rmi", "x"], ["inspect", "hello"]])
+def test_commands_that_need_root_say_so_first(minirun_env, args):
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             sys.executable, "-m", "minirun", *args],
+                            env=minirun_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr == f"minirun: `minirun {args[0]}` needs root (containers, cgroups and " \
+                            "the image store are root's): run it with sudo\n"
+
+
+def test_images_is_open_to_all_and_fails_in_one_line_on_an_unreadable_store(minirun_env, tmp_path):
+    store = tmp_path / "private-store"
+    (store / "images").mkdir(parents=True, mode=0o700)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             sys.executable, "-m", "minirun", "images"],
+                            env={**minirun_env, "MINIRUN_ROOT": str(store)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "Permission denied" in result.stderr, result.stderr
+
+
+def test_state_directory_and_records_are_roots_alone(start_minirun, minirun_env, tmp_path):
+    from conftest import read_line, wait_for_container
+    minirun_env["MINIRUN_STATE"] = str(tmp_path / "new" / "state")     # made by minirun
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; sleep 60")
+    assert read_line(process) == "ready\n"
+    record = wait_for_container(minirun_env)
+    state = Path(minirun_env["MINIRUN_STATE"])
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / f"{record['id']}.json").stat().st_mode & 0o777 == 0o600
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
+
+
+def test_ps_columns_fit_their_content(minirun, start_minirun, minirun_env, store_root):
+    from conftest import read_line
+    from minirun.image import Store
+    store = Store(store_root)
+    hello = store.get("hello")
+    store.save_image("a-rather-long-image-name", [layer.name for layer in hello.layers], hello.config)
+    process = start_minirun("run", "--init", "--name", "a-rather-long-container-name",
+                            "a-rather-long-image-name", "sh", "-c", "echo ready; sleep 60")
+    assert read_line(process) == "ready\n"
+    lines = minirun("ps").stdout.splitlines()
+    header, row = lines[0], lines[1]
+    assert "a-rather-long-container-name  a-rather-long-image-name  " in row
+    assert row.index("a-rather-long-image-name") == header.index("IMAGE")
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
+
+
+def test_an_empty_name_or_id_matches_no_container(minirun, start_minirun):
+    from conftest import read_line
+    process = start_minirun("run", "--init", "hello", "sh", "-c", "echo ready; sleep 60")
+    assert read_line(process) == "ready\n"
+    for args in (["stop", "-t", "0", ""], ["exec", "", "true"]):      # every id starts with ''
+        result = minirun(*args)
+        assert result.returncode == 125
+        assert result.stderr == "minirun: no running container '': give a name or id from " \
+                                "`minirun ps`\n"
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)          # --init: the command dies of it, minirun cleans up
+    assert process.wait(timeout=20) == 130
+
+
+def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
+    """Looking for a name and taking it are one step: 20 runs that all reach that step
+    together, held at a barrier just before it, 3 times over: one runs, 19 are refused."""
+    barrier = ("import os, sys\n"
+               "from minirun import cli, state\n"
+               "ready, go, claim = int(sys.argv[1]), int(sys.argv[2]), state.claim\n"
+               "def claim_with_the_others(record):\n"
+               "    os.write(ready, b'.')\n"
+               "    os.read(go, 1)\n"
+               "    claim(record)\n"
+               "state.claim = claim_with_the_others\n"
+               "sys.argv = ['minirun', *sys.argv[3:]]\n"
+               "cli.main()\n")
+    for _ in range(3):
+        ready_read, ready_write = os.pipe()
+        go_read, go_write = os.pipe()
+        runs = [subprocess.Popen([sys.executable, "-c", barrier, str(ready_write), str(go_read),
+                                  "run", "--name", "twin", "hello", "head", "-c", "1"],
+                                 env=minirun_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 pass_fds=[ready_write, go_read])
+                for _ in range(20)]
+        os.close(ready_write)
+        os.close(go_read)
+        try:
+            arrived = b""
+            while len(arrived) < 20 and (chunk := os.read(ready_read, 20)):
+                arrived += chunk
+            assert len(arrived) == 20, [run.stderr.read() for run in runs if run.poll() is not None]
+            os.close(go_write)                   # end of file: all 20 claim at once
+            deadline = time.monotonic() + 120
+            while sum(run.poll() is not None for run in runs) < 19 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)                      # a second winner would be running by now
+            for run in runs:
+                if run.poll() is None:
+                    run.stdin.write("x")         # the winner reads one byte and ends
+                run.stdin.close()
+            results = [(run.wait(timeout=60), run.stderr.read()) for run in runs]
+        finally:
+            os.close(ready_read)
+            for run in runs:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [0] + [125] * 19, results
+        for status, stderr in results:
+            if status == 125:
+                assert stderr.startswith("minirun: the name 'twin' is in use by container ")
+                assert stderr.count("\n") == 1
+        assert os.listdir(minirun_env["MINIRUN_STATE"]) == []

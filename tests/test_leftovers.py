@@ -16,7 +16,7 @@ def host_mounts() -> list[str]:
 
 def leftovers(env: dict) -> dict:
     containers = Path(env["MINIRUN_ROOT"]) / "containers"
-    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],
+    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],  # and locks
             "records": sorted(os.listdir(env["MINIRUN_STATE"])),
             # what minirun or Python's tempfile would name (other programs share /tmp)
             "tmp": sorted(name for name in os.listdir("/tmp") if name.startswith(("tmp", "minirun")))}
@@ -66,19 +66,27 @@ def test_interrupted_runs_leave_nothing(start_minirun, minirun_env, nothing_left
     assert process.returncode == 130
 
 
-def test_a_killed_runtime_is_cleaned_up_by_the_next_run(start_minirun, minirun, minirun_env):
+@pytest.mark.parametrize("cleaner", [("run", "hello", "true"), ("gc",)])
+def test_a_killed_runtime_is_cleaned_up_by_the_next_run(start_minirun, minirun, minirun_env, cleaner):
     before = leftovers(minirun_env)
-    process = start_minirun("run", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
+    process = start_minirun("run", "--name", "doomed", "hello", "sh", "-c", "sleep 60 & echo ready; wait")
     assert read_line(process) == "ready\n"
-    wait_for_container(minirun_env)
+    record = wait_for_container(minirun_env)
     process.kill()                              # SIGKILL: minirun gets no chance to clean up
     process.wait(timeout=10)
     left = leftovers(minirun_env)
-    assert len(left["bundles"]) == len(before["bundles"]) + 1
-    assert len(left["records"]) >= len(before["records"]) + 1    # + a half-written one, maybe
-    time.sleep(0.1)
-    assert minirun("gc").returncode == 0
+    assert len(left["bundles"]) == len(before["bundles"]) + 2          # the bundle and its lock
+    assert len(left["records"]) >= len(before["records"]) + 2          # the record and its name
+    assert cgroup_dirs(record["id"])
+    time.sleep(0.1)                             # let the parent-death signal end the container
+    assert minirun(*cleaner).returncode == 0
     assert leftovers(minirun_env) == before
+    assert not cgroup_dirs(record["id"])
+    assert minirun("run", "--name", "doomed", "hello", "true").returncode == 0   # free again
+
+
+def cgroup_dirs(container_id: str) -> list[Path]:
+    return list(Path("/sys/fs/cgroup").glob(f"*/minirun/{container_id}"))
 
 
 def test_gc_removes_half_written_records_of_dead_runtimes_only(minirun, minirun_env):
@@ -111,3 +119,72 @@ def test_a_record_whose_pid_was_reused_is_stale(minirun, minirun_env):
             del os.environ["MINIRUN_STATE"]
         else:
             os.environ["MINIRUN_STATE"] = saved
+
+
+def test_a_lock_removed_between_open_and_flock_is_made_again(tmp_path, monkeypatch):
+    # gc removes a lock file it could take; a new run may have opened that file just before:
+    # its flock then holds a file gone from the directory, which would prove nothing.
+    import fcntl
+    from minirun import state
+    path = tmp_path / "c.lock"
+    real_flock, interrupted = fcntl.flock, []
+
+    def a_gc_comes_first(fd, operation):
+        if not interrupted:
+            interrupted.append(fd)
+            taken = state.take_if_free(path)        # the lock is free: gc takes it, removes it
+            assert taken is not None
+            path.unlink()
+            os.close(taken)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(state.fcntl, "flock", a_gc_comes_first)
+    held = state.hold_for_life(path)
+    monkeypatch.undo()
+    assert interrupted and os.fstat(held).st_ino == os.stat(path).st_ino
+    assert state.take_if_free(path) is None          # held, by the file in the directory
+    os.close(held)
+    assert state.take_if_free(path) is not None      # and free once its holder is gone
+
+
+def test_gc_from_another_state_directory_finds_a_dead_runs_bundle_and_record(
+        start_minirun, minirun, minirun_env, tmp_path):
+    # One store, two state directories (as the tests run): the lock beside each bundle says
+    # whether its minirun lives, and where its record is, whichever directory that is.
+    before = leftovers(minirun_env)
+    process = start_minirun("run", "hello", "sh", "-c", "echo ready; exec sleep 60")
+    assert read_line(process) == "ready\n"
+    record = wait_for_container(minirun_env)
+    process.kill()
+    process.wait(timeout=10)
+    time.sleep(0.1)
+    other = {**minirun_env, "MINIRUN_STATE": str(tmp_path / "other-state")}
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "minirun", "gc"], env=other,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and f"removed {record['id'][:12]}" in result.stdout
+    assert leftovers(minirun_env) == before
+    assert not cgroup_dirs(record["id"])
+
+
+def test_gc_takes_only_free_locks(minirun, minirun_env):
+    from minirun import state
+    containers = Path(minirun_env["MINIRUN_ROOT"]) / "containers"
+    containers.mkdir(exist_ok=True)
+    before = leftovers(minirun_env)
+    alive, dead, unlocked = "a" * 64, "d" * 64, "e" * 64
+    for container_id in (alive, dead, unlocked):
+        (containers / container_id / "upper").mkdir(parents=True)
+    held = state.hold_for_life(containers / f"{alive}.lock")         # a living owner: us
+    os.close(state.hold_for_life(containers / f"{dead}.lock"))       # an owner gone
+    try:
+        result = minirun("gc")
+        assert result.returncode == 0
+        assert result.stdout.split() == ["removed", dead[:12], "removed", unlocked[:12]]
+        assert sorted(leftovers(minirun_env)["bundles"]) == sorted(before["bundles"] + [alive, f"{alive}.lock"])
+    finally:
+        import shutil
+        shutil.rmtree(containers / alive)
+        (containers / f"{alive}.lock").unlink()
+        os.close(held)

@@ -5,6 +5,7 @@ private temp dir (as $TMPDIR, and in QEMU's command line through the kernel's pa
 tests can check that nothing was left behind without counting other people's QEMUs.
 """
 import fcntl
+import hashlib
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 
 import pytest
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.vm
 
 
 def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
-    result = minivm(guest, "--verbose")          # console and QMP go to stderr, not stdout
+    result = minivm(guest, "--verbose", "--explain")   # console, QMP, parts: stderr, not stdout
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "Hello from hello", result.stdout       # no kernel noise before the app
@@ -30,6 +32,9 @@ def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
     assert release != os.uname().release
     assert "accelerator: TCG" in result.stderr
     assert "@minivm: init running" in result.stderr
+    # --explain names the modules each part needs, in the order the guest loads them.
+    assert "guest kernel modules for virtio-serial: virtio_ring, virtio, virtio_console" \
+        in result.stderr
     assert leftovers(guest) == ([], [])
 
 
@@ -42,9 +47,85 @@ def test_exit_status_of_the_app_is_minivms(guest, command, status):
     result = minivm(guest, "hello", *command)
     assert result.returncode == status, result.stderr
     if status == 3:
-        assert result.stdout == "to stdout\nto stderr\n"
+        assert (result.stdout, result.stderr) == ("to stdout\n", "to stderr\n")
     if status == 127:
-        assert "/no/such/program" in result.stdout
+        assert "/no/such/program" in result.stderr and result.stdout == ""
+
+
+def test_piped_stdin_reaches_the_app_byte_exact_and_ends(guest):
+    """`... | minivm boot hello sha256sum`: 10 MB in, through the stdin port, then EOF."""
+    data = os.urandom(10 * 1024 * 1024)
+    home, env = guest
+    result = subprocess.run([sys.executable, "-m", "minivm", "boot", "hello", "sh", "-c",
+                             "sha256sum; echo done >&2"], input=data, env=env,
+                            capture_output=True, timeout=BOOT_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"{hashlib.sha256(data).hexdigest()}  -\n"
+    assert result.stderr == b"done\n"           # the app's stderr, on minivm's stderr
+    assert leftovers(guest) == ([], [])
+
+
+def test_output_still_in_flight_when_the_app_ends_all_arrives(guest):
+    """The app has ended while most of its output is still queued in the port, in QEMU and in
+    the socket, because minivm's reader has not read yet: all of it must still arrive."""
+    size = 3_000_000
+    boot = minivm(guest, "--verbose", "hello", "sh", "-c",
+                  f"yes 0123456789abcdef | head -c {size}; echo written >&2",
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in boot.stderr:                # the console, with --verbose: wait for the end
+            if "@minivm: exit 0" in line:       # ... before reading a byte of stdout
+                break
+        output = boot.stdout.read()
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 0
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stdout.close()
+        boot.stderr.close()
+    assert len(output) == size and output == ("0123456789abcdef\n" * size)[:size]
+    assert leftovers(guest) == ([], [])
+
+
+def test_a_closed_pipe_stops_the_vm_with_141_as_sigpipe_would(guest):
+    """`minivm boot hello yes | head -1`: the reader goes, the pipeline ends."""
+    boot = minivm(guest, "hello", "yes", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert boot.stdout.readline() == "y\n"
+        boot.stdout.close()                     # what `head -1` does once it has its line
+        assert boot.wait(timeout=BOOT_TIMEOUT) == 128 + signal.SIGPIPE
+        assert boot.stderr.read() == ""         # as quiet as `yes` itself on the host
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stderr.close()
+    assert leftovers(guest) == ([], [])
+
+
+@pytest.mark.parametrize("delay", [0, 0.05, 0.1, 0.2, 0.5, 1.0])
+def test_an_early_ctrl_c_is_130_and_leaves_nothing(guest, delay):
+    """SIGINT while Python starts, loads minivm, packs the initramfs or launches QEMU."""
+    boot = minivm(guest, "hello", "sleep", "100000", stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    try:
+        time.sleep(delay)
+        boot.send_signal(signal.SIGINT)
+        status = boot.wait(timeout=BOOT_TIMEOUT)
+        stderr = boot.stderr.read()
+    finally:
+        boot.kill()
+        boot.wait()
+        boot.stdout.close()
+        boot.stderr.close()
+    assert leftovers(guest) == ([], [])
+    # From minivm's first line on, a Ctrl-C is 130 and one line at most, never a traceback.
+    # Before that line, while the interpreter itself starts, CPython answers by itself: it dies
+    # of SIGINT (a shell says 130 too), or reports a fatal error of its own start-up (`site`,
+    # runpy, the standard streams), with a traceback that passes through no file of minivm.
+    if "Traceback" in stderr:
+        assert f"{os.sep}minivm{os.sep}" not in stderr, stderr
+    else:
+        assert status in (130, -signal.SIGINT) and stderr.count("\n") <= 1, stderr
 
 
 def test_a_guest_kernel_panic_is_minivms_failure(guest):
@@ -122,11 +203,12 @@ def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest
     controller, terminal = os.openpty()
     before = termios.tcgetattr(terminal)
     boot = subprocess.Popen([sys.executable, "-m", "minivm", "boot", "-it", "hello", "sh"],
-                            env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+                            env={**env, "TERM": "vt220"}, stdin=terminal, stdout=terminal,
+                            stderr=terminal)
     try:
         screen = read_until(controller, b"# ")                 # the guest shell's prompt
-        os.write(controller, b"echo $((6 * 7)) on $(hostname); exit 4\r")
-        screen += read_until(controller, b"on hello")
+        os.write(controller, b"echo $((6 * 7)) on $(hostname) with $TERM e''nd; exit 4\r")
+        screen += read_until(controller, b"end")               # `end` only in the output
         assert boot.wait(timeout=BOOT_TIMEOUT) == 4
         assert termios.tcgetattr(terminal) == before
     finally:
@@ -134,7 +216,7 @@ def test_interactive_shell_on_the_serial_line_and_the_terminal_is_restored(guest
         boot.wait()
         os.close(controller)
         os.close(terminal)
-    assert b"42 on hello" in screen
+    assert b"42 on hello with vt220 end" in screen        # the host's TERM, as minirun -t
     assert leftovers(guest) == ([], [])
 
 

@@ -5,18 +5,22 @@ import bz2
 import gzip
 import lzma
 import os
+import socket
 import stat
 import struct
 import subprocess
+import sys
+import tempfile
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from minirun.errors import RuntimeFailure
-from minivm import accel, initramfs, kernel
+from minivm import accel, cache, initramfs, kernel, modules
 from minivm.hardware import Hardware, host_tsc_rate
 from minivm.machine import Machine
+from minivm.streams import AppStreams
 
 # /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
 INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
@@ -160,12 +164,61 @@ def build_deb(path, files: dict[str, bytes | None]) -> None:
                    capture_output=True)
 
 
-def test_fetch_takes_the_kernel_out_of_the_package(fake_apt):
-    build_deb(fake_apt / "kernel.deb",
-              {f"boot/vmlinuz-{RELEASE}": fake_bzimage(gzip.compress(FAKE_ELF))})
+def fake_module(tmp_path, depends: str) -> bytes:
+    """A real ELF object file with a .modinfo section, as the kernel's build writes one."""
+    source = tmp_path / "module.c"
+    source.write_text('const char modinfo[] __attribute__((section(".modinfo"))) = '
+                      f'"license=GPL\\0depends={depends}\\0vermagic={RELEASE}";\n')
+    subprocess.run(["cc", "-c", "-o", str(tmp_path / "module.o"), str(source)], check=True)
+    return (tmp_path / "module.o").read_bytes()
+
+
+# A kernel package's modules: what DRIVERS needs (one of them compressed, as newer Debian
+# packages ship them) and a module nothing needs.
+PACKAGE_MODULES = {
+    "kernel/drivers/virtio/virtio_ring.ko": "",
+    "kernel/drivers/virtio/virtio.ko": "virtio_ring",
+    "kernel/drivers/virtio/virtio_mmio.ko": "virtio,virtio_ring",
+    "kernel/drivers/virtio/virtio_pci_modern_dev.ko": "",
+    "kernel/drivers/virtio/virtio_pci.ko": "virtio_pci_modern_dev,virtio,virtio_ring",
+    "kernel/drivers/char/virtio_console.ko.xz": "virtio,virtio_ring",
+    "kernel/fs/unrelated.ko": "virtio",
+}
+
+
+def package_with_modules(tmp_path) -> dict[str, bytes]:
+    files = {f"boot/vmlinuz-{RELEASE}": fake_bzimage(gzip.compress(FAKE_ELF)),
+             f"lib/modules/{RELEASE}/modules.builtin": b"kernel/drivers/tty/serial/8250.ko\n"}
+    for path, depends in PACKAGE_MODULES.items():
+        module = fake_module(tmp_path, depends)
+        files[f"lib/modules/{RELEASE}/{path}"] = lzma.compress(module) if path.endswith(".xz") \
+            else module
+    return files
+
+
+def test_fetch_takes_the_kernel_and_the_modules_out_of_the_package(fake_apt, tmp_path):
+    build_deb(fake_apt / "kernel.deb", package_with_modules(tmp_path))
     fetched = kernel.fetch()
     assert fetched.name == f"vmlinuz-{RELEASE}"
     assert kernel.bootable_vmlinux(fetched).read_bytes() == FAKE_ELF
+    kept = fetched.with_name(f"modules-{RELEASE}")
+    dep = modules.read_modules_dep(kept)
+    # Each line lists all a module needs, directly or not, so that loading from the end to the
+    # start works: whatever a listed module needs comes after it.
+    assert sorted(dep["kernel/drivers/virtio/virtio_pci.ko"]) == [
+        "kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+        "kernel/drivers/virtio/virtio_ring.ko"]
+    assert dep["kernel/fs/unrelated.ko"] == ["kernel/drivers/virtio/virtio.ko",
+                                             "kernel/drivers/virtio/virtio_ring.ko"]
+    for line in dep.values():
+        for position, needed in enumerate(line):
+            assert set(dep[needed]) <= set(line[position + 1:]), line
+    assert not (kept / "kernel/fs/unrelated.ko").exists()     # only what DRIVERS needs is kept
+    order = [module.name for module in modules.for_hardware(["virtio-mmio", "virtio-serial"], kept)]
+    assert order == ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"]
+    console = modules.for_hardware(["virtio-serial"], kept)[-1]
+    assert console.contents().startswith(b"\x7fELF")          # .ko.xz, unpacked for insmod
+    assert kernel.fetch() == fetched                            # the second time: no download
 
 
 @pytest.mark.parametrize("downloads, message", [
@@ -174,6 +227,7 @@ def test_fetch_takes_the_kernel_out_of_the_package(fake_apt):
     ({"kernel.deb": b"!<arch>\nnot really a package"}, "not a package dpkg can read"),
     ({"kernel.deb": {"boot/config-9.9.9": b"no kernel here"}}, f"no file ./boot/vmlinuz-{RELEASE}"),
     ({"kernel.deb": {f"boot/vmlinuz-{RELEASE}": None}}, f"no file ./boot/vmlinuz-{RELEASE}"),
+    ({"kernel.deb": {f"boot/vmlinuz-{RELEASE}": b"x"}}, "no 9.9.9-test-amd64 modules directory"),
 ])
 def test_fetch_fails_in_one_line_that_says_what_to_do(fake_apt, downloads, message):
     for name, content in downloads.items():
@@ -335,3 +389,104 @@ def test_a_garbled_report_is_ignored_and_the_reader_goes_on(line):
     assert machine.console.exit_status is None and not machine.console.app_finished.is_set()
     machine._hear("@minivm: exit 0")
     assert machine.console.exit_status == 0 and machine.console.app_finished.is_set()
+
+
+# -- the cache: what killed writers leave, and what is not used any more -------------------------
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path))
+    (tmp_path / "vmlinux").mkdir()
+    # A writer killed half-way: it made its temporary, then SIGKILL.
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, tempfile, sys; from minivm import cache; "
+        "fd, _ = tempfile.mkstemp(prefix=cache._temporary_prefix('entry.elf'), dir=sys.argv[1]); "
+        "os.write(fd, b'half'); os.kill(os.getpid(), signal.SIGKILL)"), str(tmp_path / "vmlinux")])
+    assert writer.wait() == -9
+    left = list((tmp_path / "vmlinux").glob(".entry.elf.*"))
+    assert len(left) == 1
+    # A writer still at work (this process) keeps its temporary.
+    fd, working = tempfile.mkstemp(prefix=cache._temporary_prefix("other.elf"),
+                                   dir=tmp_path / "vmlinux")
+    os.close(fd)
+    cache.write_atomically(tmp_path / "vmlinux" / "next.elf", b"data")
+    assert sorted(path.name for path in (tmp_path / "vmlinux").iterdir()) == \
+        sorted([os.path.basename(working), "next.elf"])
+
+
+def test_a_reused_pid_does_not_keep_a_dead_writers_temporary(tmp_path):
+    # Our own PID, with a start time that is not ours: the writer that had this PID is gone.
+    stale = tmp_path / f".entry.cpio.{os.getpid()}-1.abcd1234"
+    stale.write_bytes(b"half")
+    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+
+
+def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path))
+    old, recent = tmp_path / "initramfs/old.cpio", tmp_path / "initramfs/recent.cpio"
+    kernel_file = tmp_path / "kernels/vmlinuz-1"
+    for path, size in ((old, 3_000_000), (recent, 1_000_000), (kernel_file, 2_000_000)):
+        cache.write_atomically(path, b"x" * size)
+    ten_days_ago = time.time() - 10 * 24 * 3600
+    for path in (old, kernel_file):
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    cache.mark_used(recent)                                 # what a boot does with its entries
+    env = {**os.environ, "MINIVM_CACHE": str(tmp_path)}
+    listing = subprocess.run([sys.executable, "-m", "minivm", "cache"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    assert "3.0 MB" in listing and "initramfs/old.cpio" in listing
+    assert listing.splitlines()[-1].split()[:2] == ["6.0", "MB"]
+    pruned = subprocess.run([sys.executable, "-m", "minivm", "cache", "prune"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert pruned == "removed initramfs/old.cpio (3.0 MB)\nfreed 3.0 MB\n"
+    assert recent.exists() and kernel_file.exists()         # a fetched kernel needs a download
+
+
+# -- the app's output on the host: delivered in full, at the reader's pace -----------------------
+@pytest.mark.parametrize("sent, reader_waits, delivered", [
+    (b"x" * 300_000, 0.0, True),
+    (b"x" * 300_000, 0.5, True),    # a reader slower than the patience: still no fault
+    (b"x" * 1000, 0.0, False),      # the guest said 2000 bytes, 1000 came, then nothing
+])
+def test_output_is_waited_for_until_the_last_byte_the_guest_sent(sent, reader_waits, delivered):
+    ours = {name: socket.socketpair() for name in ("stdin", "stdout", "stderr")}
+    read_end, write_end = os.pipe()
+
+    async def deliver() -> tuple[bool, bytes]:
+        streams = AppStreams({name: pair[0] for name, pair in ours.items()},
+                             stdio=(os.open(os.devnull, os.O_RDONLY), write_end, write_end))
+        streams.start()
+        loop = asyncio.get_running_loop()
+        received = loop.run_in_executor(None, read_all, reader_waits)
+        sending = loop.run_in_executor(None, ours["stdout"][1].sendall, sent)  # QEMU's part
+        result = await streams.delivered({"stdout": max(len(sent), 2000), "stderr": 0},
+                                         patience=0.2)
+        await sending
+        os.close(write_end)
+        ours["stdout"][1].close()                           # QEMU is gone
+        return result, await received
+
+    def read_all(wait: float) -> bytes:
+        time.sleep(wait)
+        data = b""
+        while chunk := os.read(read_end, 65536):
+            data += chunk
+        return data
+    result, output = asyncio.run(deliver())
+    assert result is delivered and output == sent
+
+
+def test_the_hardware_names_the_drivers_it_needs_and_builtin_ones_load_nothing(tmp_path):
+    tcg = accel.Accelerator("tcg", "")
+    assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm").needs() == \
+        ["virtio-mmio", "virtio-serial"]
+    assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm",
+                    interactive=True).needs() == []            # -it: ttyS1, a built-in UART
+    # A kernel that has virtio_mmio built in lists it in modules.builtin: nothing to load for it.
+    (tmp_path / "modules.dep").write_text("kernel/virtio_console.ko: kernel/virtio.ko\n"
+                                          "kernel/virtio.ko:\n")
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/virtio/virtio_mmio.ko\n")
+    assert [module.name for module in modules.load_order(["virtio_mmio", "virtio_console"],
+                                                         tmp_path)] == ["virtio", "virtio_console"]
+    with pytest.raises(RuntimeFailure, match="no module virtio_pci"):
+        modules.load_order(["virtio_pci"], tmp_path)
+    with pytest.raises(RuntimeFailure, match="module virtio is not in .*minivm kernel fetch"):
+        modules.for_hardware(["virtio-serial"], tmp_path)     # listed, but no file: re-fetch
