@@ -113,13 +113,53 @@ def test_published_port_on_all_addresses_answers_the_hosts_addresses(minirun, st
         stop(web)
 
 
-def test_twenty_containers_started_at_once_get_twenty_addresses(start_minirun, nothing_left):
-    runs = [start_minirun("run", "hello", "sh", "-c", "ip -o -4 addr show eth0; cat >/dev/null",
-                          stdin=subprocess.PIPE) for _ in range(20)]
-    addresses = [read_line(run, timeout=120).split()[3] for run in runs]
-    for run in runs:
-        run.stdin.close()
-        assert run.wait(timeout=60) == 0
+# Each run waits at a barrier just before it takes its address, so all 20 take one together;
+# and reading the leases is made slow (50 ms), to widen the window between "which addresses are
+# taken?" and "take this one" that two runs would both pass through without the lock.
+AT_A_BARRIER = """
+import os, sys, time
+from minirun import cli, network
+ready, go, attach, leases = int(sys.argv[1]), int(sys.argv[2]), network.attach, network._leases
+def attach_with_the_others(*args):
+    os.write(ready, b".")
+    os.read(go, 1)
+    return attach(*args)
+def slow_leases(directory):
+    found = leases(directory)
+    time.sleep(0.05)
+    return found
+network.attach, network._leases = attach_with_the_others, slow_leases
+sys.argv = ["minirun", *sys.argv[3:]]
+cli.main()
+"""
+
+
+def test_twenty_containers_started_at_once_get_twenty_addresses(minirun_env, nothing_left):
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    runs = [subprocess.Popen([sys.executable, "-c", AT_A_BARRIER, str(ready_write), str(go_read),
+                              "run", "hello", "sh", "-c", "ip -o -4 addr show eth0; cat >/dev/null"],
+                             env=minirun_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, pass_fds=[ready_write, go_read])
+            for _ in range(20)]
+    os.close(ready_write)
+    os.close(go_read)
+    try:
+        arrived = b""
+        while len(arrived) < 20 and (chunk := os.read(ready_read, 20)):
+            arrived += chunk
+        assert len(arrived) == 20
+        os.close(go_write)                      # end of file: all 20 take an address at once
+        addresses = [read_line(run, timeout=120).split()[3] for run in runs]
+        for run in runs:
+            run.stdin.close()
+            assert run.wait(timeout=60) == 0
+    finally:
+        os.close(ready_read)
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     assert len(set(addresses)) == 20, addresses
     assert all(address.startswith("172.30.") for address in addresses)
 
