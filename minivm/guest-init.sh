@@ -31,6 +31,9 @@ mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each p
 # This run's settings, written by minivm into the second initramfs archive (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
+# The guest's loopback starts down, as in a new network namespace: 127.0.0.1 and localhost
+# answer only once it is up (minirun does the same for a container, network.bring_up_loopback).
+ip link set lo up
 
 # The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py).
 for module in $modules; do

@@ -341,3 +341,11 @@ def test_network_none_and_ps_do_not_import_pyroute2(minirun_env):
         result = subprocess.run([sys.executable, "-c", probe, *args], env=minirun_env,
                                 capture_output=True, text=True)
         assert result.stderr.strip().splitlines()[-1] == "False", (args, result.stderr)
+
+
+@pytest.mark.vm
+def test_loopback_is_up_in_a_vm_guest(guest):
+    from conftest import minivm
+    result = minivm(guest, "hello", "ping", "-c", "1", "-W", "5", "127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert " 0% packet loss" in result.stdout
