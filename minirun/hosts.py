@@ -29,10 +29,16 @@ def check_add_host(text: str) -> tuple[str, str]:
     return name, address
 
 
-def write(directory: Path, hostname: str, name: str, address: str | None,
-          extra: list[tuple[str, str]], peers: list[dict], host_network: bool) -> None:
+def write(directory: Path, *args) -> None:
     """Write the three files into `directory`, the upper layer's etc/ (made here: it is new)."""
     directory.mkdir(mode=0o755)
+    for name, text in contents(*args).items():
+        (directory / name).write_text(text)
+
+
+def contents(hostname: str, name: str, address: str | None, extra: list[tuple[str, str]],
+             peers: list[dict], host_network: bool) -> dict[str, str]:
+    """The three files' texts: the same for a container and for a VM's guest (minivm)."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if address:
         lines.append(f"{address}\t{' '.join(dict.fromkeys([hostname, name]))}")
@@ -42,9 +48,8 @@ def write(directory: Path, hostname: str, name: str, address: str | None,
         if peer.get("address") != address:
             lines.append(f"{peer['address']}\t{peer['name']}")
     lines += [f"{ip}\t{host}" for host, ip in extra]
-    (directory / "hosts").write_text("\n".join(lines) + "\n")
-    (directory / "hostname").write_text(hostname + "\n")
-    (directory / "resolv.conf").write_text(resolv_conf(host_network))
+    return {"hosts": "\n".join(lines) + "\n", "hostname": hostname + "\n",
+            "resolv.conf": resolv_conf(host_network)}
 
 
 def resolv_conf(host_network: bool, source: Path = Path("/etc/resolv.conf")) -> str:

@@ -181,9 +181,9 @@ class Attachment:
             self.netns = -1
 
 
-def attach(container_id: str, name: str, hostname: str, say) -> Attachment:
-    """Before the fork: make sure the bridge is there, take the lowest free address, and make
-    the container's (empty) network namespace. No pyroute2 here unless the bridge is new."""
+def _lease(owner_id: str, name: str, hostname: str, say) -> tuple[ipaddress.IPv4Address, int, Path]:
+    """Make sure the bridge is there and take the lowest free address: (address, the lease's
+    locked descriptor, its path). No pyroute2 here unless the bridge is new."""
     with _locked() as directory:
         if not bridge_exists():
             _make_bridge(say)
@@ -196,9 +196,15 @@ def attach(container_id: str, name: str, hostname: str, say) -> Attachment:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, json.dumps({"address": str(address), "name": name, "hostname": hostname,
-                                 "id": container_id}).encode())
-    attachment = Attachment(address, fd, path, veth=f"veth{container_id[:11]}")
-    say("network", f"lease {path}: {address} is this container's, as long as minirun holds it")
+                                 "id": owner_id}).encode())
+    say("network", f"lease {path}: {address} is ours as long as this process holds it")
+    return address, fd, path
+
+
+def attach(container_id: str, name: str, hostname: str, say) -> Attachment:
+    """Before the fork: an address, and the container's (empty) network namespace."""
+    attachment = Attachment(*_lease(container_id, name, hostname, say),
+                            veth=f"veth{container_id[:11]}")
     try:
         attachment.netns, attachment.inside = _new_namespace()
     except BaseException:
@@ -272,6 +278,59 @@ def wire(attachment: Attachment, say) -> None:
     say("network", f"inside: eth0 {attachment.address}/{SUBNET.prefixlen} up, "
         f"default route via {GATEWAY}")
     attachment.close_namespace()    # the child is in it now; it must die with the container
+
+
+# -- A VM's place on the bridge: a tap device -------------------------------------------------
+#
+# A tap is a network device whose other side is a file descriptor instead of a cable: each
+# frame the host sends to the device can be read from the descriptor, and each frame written to
+# the descriptor comes out of the device (Documentation/networking/tuntap.rst). QEMU gets the
+# descriptor and plays the guest's virtio-net card with it; the device itself is plugged into
+# the bridge like a container's veth end. A tap made this way (not persistent) is removed by the
+# kernel when its last descriptor closes: when minivm and QEMU have both exited, however.
+
+TUNSETIFF = 0x400454CA          # <linux/if_tun.h>
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
+
+
+@dataclass
+class Tap:
+    address: ipaddress.IPv4Address
+    lease_fd: int
+    lease_path: Path
+    name: str
+    fd: int = -1                # /dev/net/tun, bound to the device: QEMU's end
+
+    @property
+    def mac(self) -> str:
+        """A MAC address of QEMU's prefix 52:54 with the IPv4 address in it: one per guest
+        (QEMU would give every guest the same 52:54:00:12:34:56, and a bridge needs them apart)."""
+        return "52:54:" + ":".join(f"{byte:02x}" for byte in self.address.packed)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.lease_path.unlink(missing_ok=True)
+        os.close(self.lease_fd)
+
+
+def attach_tap(vm_id: str, name: str, hostname: str, say) -> Tap:
+    """An address, and a tap device on the bridge whose descriptor QEMU will hold."""
+    tap = Tap(*_lease(vm_id, name, hostname, say), name=f"tap{vm_id[:12]}")
+    try:
+        tap.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.ioctl(tap.fd, TUNSETIFF, struct.pack("16sH22x", tap.name.encode(),
+                                                   IFF_TAP | IFF_NO_PI))
+        m = _pyroute2_messages()
+        _Netlink().request(m.ifinfmsg, RTM_NEWLINK, fields={"flags": IFF_UP, "change": IFF_UP},
+                           attrs=[("IFLA_IFNAME", tap.name),
+                                  ("IFLA_MASTER", socket.if_nametoindex(BRIDGE))])
+    except BaseException:
+        tap.release()
+        raise
+    say("network", f"tap {tap.name} (TUNSETIFF on /dev/net/tun) on {BRIDGE}, up; the guest "
+        f"will be {tap.address}, MAC {tap.mac}")
+    return tap
 
 
 # -- The bridge and the NAT rule, made once and shared by every container ----------------------

@@ -45,6 +45,12 @@ sent() {
         [ "$key" != "bytes_sent:" ] || echo "$value"
     done <"/sys/kernel/debug/virtio-ports/${1##*/}"
 }
+# eth0, the virtio-net card, is there once its driver is loaded: its address and the default
+# route through the host's bridge, as minirun gives a container's eth0 (minirun/network.py).
+if [ -n "$address" ]; then
+    ip addr add "$address" dev eth0 && ip link set eth0 up &&
+        ip route add default via "$gateway" || fail "could not configure eth0 as $address"
+fi
 report "init running"
 
 # The app runs in its working directory with exactly the environment the image and `-e` give it,

@@ -37,9 +37,10 @@ def network_state(ports=()) -> dict:
     listening = subprocess.run(["ss", "-Htlnu"], capture_output=True, text=True).stdout
     return {
         "veths": sorted(re.findall(r"^\d+: (veth\w+)", links, re.M)),
+        "taps": sorted(re.findall(r"^\d+: (tap\w+)", links, re.M)),
         "bridge": network.BRIDGE in links,
         "addresses": sorted(line.split()[3] for line in addresses.splitlines()
-                            if not line.split()[1].startswith(("veth", network.BRIDGE))),
+                            if not line.split()[1].startswith(("veth", "tap", network.BRIDGE))),
         "nat rules": subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
                                     text=True).stdout.splitlines(),
         "listeners": sorted(line for line in listening.splitlines()
@@ -349,3 +350,22 @@ def test_loopback_is_up_in_a_vm_guest(guest):
     result = minivm(guest, "hello", "ping", "-c", "1", "-W", "5", "127.0.0.1")
     assert result.returncode == 0, result.stderr
     assert " 0% packet loss" in result.stdout
+
+
+@pytest.mark.vm
+def test_a_vm_on_the_bridge_answers_the_host_through_p_and_a_container_by_name(
+        guest, minirun, nothing_left):
+    from conftest import minivm
+    port, _ = nothing_left
+    vm = minivm(guest, "--hostname", "vmweb", "-p", f"127.0.0.1:{port}:80", "hello", "sh", "-c",
+                HTTPD, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert fetch(f"http://127.0.0.1:{port}/", timeout=300) == "hello from vmweb\n"
+        # a container started now finds the VM by name, and reaches it over the bridge
+        other = minirun("run", "hello", "wget", "-qO-", "http://vmweb/")
+        assert other.returncode == 0, other.stderr
+        assert other.stdout == "hello from vmweb\n"
+    finally:
+        vm.send_signal(signal.SIGINT)               # Ctrl-C: minivm stops the VM in order
+        vm.wait(timeout=120)
+    assert vm.returncode == 130, vm.stderr.read()

@@ -12,6 +12,9 @@
      bridge       the server in a container, at its address: host -> minirun0 -> veth -> eth0
      -p           the same container through its published port on 127.0.0.1: the runtime's
                   userland proxy (ports.py) relays each byte between two sockets
+     vm bridge    the server in a minivm guest, at its address: bridge -> tap -> QEMU ->
+                  virtio-net -> the guest's kernel (TCG here: a software CPU); --no-vm skips it
+     vm -p        the same guest through minivm's published port on 127.0.0.1
    Round trip: the median of 2000 one-byte echoes on one connection. Throughput: MEGABYTES sent
    and echoed back on one connection. Each as a ratio to loopback.
 """
@@ -106,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=64)
+    parser.add_argument("--no-vm", action="store_true", help="leave the VM paths out")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("network.py: run as root")
@@ -134,6 +138,14 @@ def main() -> None:
         address = container.stdout.readline().split()[3].split("/")[0]
         paths = {"loopback": ("127.0.0.1", loopback_port), "bridge": (address, 7),
                  "-p": ("127.0.0.1", published)}
+        if not args.no_vm:
+            vm = subprocess.Popen(
+                [sys.executable, "-m", "minivm", "boot", "-p", f"127.0.0.1:{published + 1}:7",
+                 "hello", "sh", "-c", f"ip -o -4 addr show eth0; {ECHO}"],
+                stdout=subprocess.PIPE, text=True)
+            servers.append(vm)
+            paths["vm bridge"] = (vm.stdout.readline().split()[3].split("/")[0], 7)
+            paths["vm -p"] = ("127.0.0.1", published + 1)
         results = {name: (round_trip_us(where), throughput_mb_s(where, args.megabytes))
                    for name, where in paths.items()}
         base_rtt, base_mb = results["loopback"]
