@@ -387,7 +387,7 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
     try:
         os.write(go_write, b"g")
         if after_go:
-            _second_go(pid, go_write, after_go)
+            _second_go(go_write, after_go)
         master = terminal.receive_master(console) if console else None
         _wait_for_exec(pid, errors_read, command, env)
     finally:
@@ -395,15 +395,11 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
     return pid, master
 
 
-def _second_go(pid: int, go_write: int, work) -> None:
+def _second_go(go_write: int, work) -> None:
     """Do `work` while the child sets itself up, then tell it to go on (see _fork_child). If the
-    work fails, the child is of no use: kill it (it has not exec'd) and reap it, then raise."""
-    try:
-        work()
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
+    work fails, the exception goes up and `go` is closed on the way: the child reads end-of-file
+    instead of "n" and exits before its exec, and run's cleanup removes its cgroup."""
+    work()
     try:
         os.write(go_write, b"n")
     except BrokenPipeError:

@@ -274,7 +274,9 @@ def test_a_container_reaches_an_outside_namespace_through_masquerade(minirun, ou
         server.wait()
 
 
-def test_runtime_killed_then_gc_leaves_nothing(minirun, start_minirun, bridge):
+@pytest.mark.parametrize("collector", [["gc"], ["run", "--network", "none", "hello", "true"]])
+def test_runtime_killed_then_gc_leaves_nothing(minirun, start_minirun, bridge, collector):
+    """After a SIGKILL of the runtime, `minirun gc` or the next run's cleanup pass."""
     port = free_port()
     before = network_state([port])
     process = start_minirun("run", "-p", f"127.0.0.1:{port}:80", "hello", "sh", "-c",
@@ -289,10 +291,10 @@ def test_runtime_killed_then_gc_leaves_nothing(minirun, start_minirun, bridge):
     deadline = time.monotonic() + 10
     while network_state()["veths"] != before["veths"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert minirun("gc").returncode == 0
+    assert minirun(*collector).returncode == 0
     after = network_state([port])
     assert address not in after["leases"]
-    if after["leases"]:                 # someone else's container: the bridge stays for it
+    if after["leases"] or collector != ["gc"]:  # the bridge stays for others, or for a next run                 # someone else's container: the bridge stays for it
         assert after == before
     else:                               # the last lease gone, gc takes the bridge down too
         assert after == {**before, "bridge": False, "nat rules": [
@@ -369,3 +371,25 @@ def test_a_vm_on_the_bridge_answers_the_host_through_p_and_a_container_by_name(
         vm.send_signal(signal.SIGINT)               # Ctrl-C: minivm stops the VM in order
         vm.wait(timeout=120)
     assert vm.returncode == 130, vm.stderr.read()
+
+
+# The runtime's wiring fails after it has made the veth pair, while the child builds its root.
+FAILING_WIRE = """
+import sys
+from minirun import cli, network
+from minirun.errors import RuntimeFailure
+wire = network.wire
+def wire_then_fail(attachment, say):
+    wire(attachment, say)
+    raise RuntimeFailure("the wiring failed (a test's doing)")
+network.wire = wire_then_fail
+sys.argv = ["minirun", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_failure_of_the_wiring_ends_the_child_and_leaves_nothing(minirun_env, nothing_left):
+    result = subprocess.run([sys.executable, "-c", FAILING_WIRE, "run", "hello", "true"],
+                            env=minirun_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr == "minirun: the wiring failed (a test's doing)\n"
