@@ -8,6 +8,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from minirun import hosts, network, ports
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
 from minivm import accel, cache, guest_user, initramfs, kernel, modules
@@ -31,6 +32,8 @@ class BootOptions:
     verbose: bool = False
     explain: bool = False
     user: str | None = None      # -u; None: the image's User
+    network: str = "bridge"      # bridge: a NIC on minirun's bridge; none: only lo
+    publish: list = field(default_factory=list)         # minirun.ports.Port, from -p
 
 
 def boot(options: BootOptions) -> int:
@@ -44,6 +47,30 @@ def boot(options: BootOptions) -> int:
     identity = guest_user.resolve(image, image.config.user if options.user is None else options.user)
     hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
 
+    # The network, as a container's (minirun/network.py): an address from the same leases, on
+    # the same bridge, through a tap device instead of a veth pair; -p through the same proxy.
+    def say(step: str, detail: str) -> None:
+        if options.explain or options.verbose:
+            print(f"minivm: {step}: {detail}", file=sys.stderr, flush=True)
+    tap = network.attach_tap(os.urandom(6).hex(), hostname, hostname, say) \
+        if options.network == "bridge" else None
+    proxies = []
+    try:
+        for port in options.publish:
+            proxies.append(ports.Proxy(port))
+            proxies[-1].start(str(tap.address))
+            say("ports", f"{port}: relaying to the guest's {tap.address}:{port.container_port}")
+        return _boot(options, image, command, identity, hostname, tap)
+    finally:
+        for proxy in proxies:
+            proxy.close()
+        if tap:
+            tap.release()
+
+
+def _boot(options: BootOptions, image, command: list[str], identity, hostname: str,
+          tap: network.Tap | None) -> int:
+
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
     vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
 
@@ -56,7 +83,8 @@ def boot(options: BootOptions) -> int:
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
-                              interactive=options.interactive)
+                              interactive=options.interactive,
+                              nic_mac=tap.mac if tap else None)
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
     drivers = modules.for_hardware(needs, directory) if needs else []
@@ -75,13 +103,17 @@ def boot(options: BootOptions) -> int:
         workdir=options.workdir or image.config.workdir, hostname=hostname,
         interactive=options.interactive, rows=rows, columns=columns,
         become=identity.become_args() if identity else None,
-        become_binary=guest_user.become_binary() if identity else b"", modules=drivers)
+        become_binary=guest_user.become_binary() if identity else b"", modules=drivers,
+        address=f"{tap.address}/{network.SUBNET.prefixlen}" if tap else "",
+        gateway=str(network.GATEWAY) if tap else "",
+        etc=hosts.contents(hostname, hostname, str(tap.address) if tap else None, [],
+                           network.running_peers() if tap else [], False))
     image_initramfs = initramfs.build(image, settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
     machine = Machine(hardware, image_initramfs, verbose=options.verbose, explain=options.explain,
-                      drivers=explained)
+                      drivers=explained, tap_fd=tap.fd if tap else -1)
     machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

@@ -31,6 +31,9 @@ mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each p
 # This run's settings, written by minivm into the second initramfs archive (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
+# The guest's loopback starts down, as in a new network namespace: 127.0.0.1 and localhost
+# answer only once it is up (minirun does the same for a container, network.bring_up_loopback).
+ip link set lo up
 
 # The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py).
 for module in $modules; do
@@ -42,6 +45,12 @@ sent() {
         [ "$key" != "bytes_sent:" ] || echo "$value"
     done <"/sys/kernel/debug/virtio-ports/${1##*/}"
 }
+# eth0, the virtio-net card, is there once its driver is loaded: its address and the default
+# route through the host's bridge, as minirun gives a container's eth0 (minirun/network.py).
+if [ -n "$address" ]; then
+    ip addr add "$address" dev eth0 && ip link set eth0 up &&
+        ip route add default via "$gateway" || fail "could not configure eth0 as $address"
+fi
 report "init running"
 
 # The app runs in its working directory with exactly the environment the image and `-e` give it,

@@ -42,6 +42,7 @@ class Wiring:
     initrd: str             # a path QEMU can read the initramfs from (/dev/fd/N of a memfd)
     streams: dict[str, int] = field(default_factory=dict)  # each of STREAMS -> a connected
                             # socket for the app's port (none with -it: the app has ttyS1)
+    tap_fd: int = -1        # the tap device's /dev/net/tun descriptor: the NIC's host end
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Hardware:
     name: str                       # shown by `ps` and in QMP
     host_tsc: TscRate | None = None  # the host's TSC rate, told to the guest under TCG
     interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
+    nic_mac: str | None = None      # a virtio-net card with this MAC, on a tap (--network bridge)
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -117,6 +119,7 @@ class Hardware:
                  "ttyS0 at I/O port 0x3f8, the machine's built-in UART: the kernel's console, and "
                  "the guest init's reports (the app's exit status), read by minivm"),
             self._app_streams(wiring),
+            *([self._network_card(wiring)] if self.nic_mac else []),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
@@ -144,6 +147,15 @@ class Hardware:
                     "moves in buffers through shared memory rings, not a byte per emulated I/O "
                     "instruction as on a UART",
                     needs=("virtio-mmio", "virtio-serial"))
+
+    def _network_card(self, wiring: Wiring) -> Part:
+        return Part(["-netdev", f"tap,id=net0,fd={wiring.tap_fd}",
+                     "-device", f"virtio-net-device,netdev=net0,mac={self.nic_mac}"],
+                    "a virtio-net card (on microvm a virtio-mmio device), eth0 in the guest; its "
+                    "host end is a tap device on minirun's bridge, whose descriptor QEMU reads "
+                    "and writes whole Ethernet frames on: guest -> virtio ring -> QEMU -> tap -> "
+                    "bridge, where the containers' veths are (minirun/network.py)",
+                    needs=("virtio-mmio", "virtio-net"))
 
     def needs(self) -> list[str]:
         """The drivers the guest must load for this machine (keys of modules.DRIVERS), known

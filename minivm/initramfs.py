@@ -44,6 +44,9 @@ class RunSettings:
     become: list[str] | None = None   # UID GID GROUPS for /.minivm/become; None: stay root
     become_binary: bytes = b""
     modules: list[Module] = field(default_factory=list)   # to load, in order (minivm.modules)
+    address: str = ""           # eth0's, as ADDRESS/PREFIX, and the gateway: "" without a NIC
+    gateway: str = ""
+    etc: dict[str, str] = field(default_factory=dict)     # /etc/hosts and its kin (minirun.hosts)
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
@@ -53,6 +56,7 @@ class RunSettings:
                  f"rows={self.rows} columns={self.columns}",
                  "become=" + q(" ".join(["/.minivm/become", *self.become]) if self.become else ""),
                  "modules=" + q(" ".join(module.name for module in self.modules)),
+                 f"address={q(self.address)} gateway={q(self.gateway)}",
                  "set -- " + " ".join(q(arg) for arg in self.command),
                  "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
         return "\n".join(lines) + "\n"
@@ -93,6 +97,12 @@ def image_archive(image: Image) -> Path:
 def settings_archive(settings: RunSettings) -> bytes:
     archive = Cpio()
     archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
+    # An entry of a later archive replaces the same path of an earlier one: the image's own
+    # /etc/hosts, /etc/hostname and /etc/resolv.conf are shadowed for this boot only.
+    if settings.etc:
+        archive.add_directory("etc")
+    for name, text in settings.etc.items():
+        archive.add_file(f"etc/{name}", text.encode(), 0o644)
     if settings.become:
         archive.add_file(".minivm/become", settings.become_binary, 0o755)
     # The kernel's own modules for this machine's hardware: a few hundred kB, matched to the

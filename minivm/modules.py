@@ -24,6 +24,7 @@ DRIVERS = {
                                             # registers mapped in memory, listed in ACPI tables
     "virtio-pci": ["virtio_pci"],           # the transport on pc and q35: PCI functions
     "virtio-serial": ["virtio_console"],    # serial ports (/dev/vportNpM) and hvc consoles
+    "virtio-net": ["virtio_net"],           # a network card: eth0 in the guest
 }
 
 

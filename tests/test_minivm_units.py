@@ -182,6 +182,9 @@ PACKAGE_MODULES = {
     "kernel/drivers/virtio/virtio_pci_modern_dev.ko": "",
     "kernel/drivers/virtio/virtio_pci.ko": "virtio_pci_modern_dev,virtio,virtio_ring",
     "kernel/drivers/char/virtio_console.ko.xz": "virtio,virtio_ring",
+    "kernel/net/core/failover.ko": "",
+    "kernel/drivers/net/net_failover.ko": "failover",
+    "kernel/drivers/net/virtio_net.ko": "net_failover,virtio,virtio_ring",
     "kernel/fs/unrelated.ko": "virtio",
 }
 
