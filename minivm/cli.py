@@ -1,4 +1,5 @@
 """The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel."""
+import os
 import sys
 
 try:
@@ -37,8 +38,9 @@ def cli():
 @click.option("--tty", "-t", is_flag=True, help="Same as -i: a serial line is a terminal.")
 @click.option("--verbose", is_flag=True, help="Show the guest console and QMP traffic.")
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
-@click.option("--network", type=click.Choice(["bridge", "none"]), default="bridge",
-              show_default=True, help="bridge: a virtio-net card on minirun's bridge; none: only lo.")
+@click.option("--network", type=click.Choice(["bridge", "none"]),
+              help="bridge: a virtio-net card on minirun's bridge (needs root, for the tap "
+                   "device); none: only lo. Default: bridge as root, none otherwise.")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:PORT[/udp]",
               help="Publish a guest's port on the host, as minirun run -p.")
 @click.argument("image", default="hello")
@@ -53,6 +55,9 @@ def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, int
         published = [ports.parse(text) for text in publish]
     except ValueError as error:
         raise RuntimeFailure(str(error)) from None
+    # A VM needs no root, unless it is to join the bridge: a tap device and a port on the
+    # bridge need CAP_NET_ADMIN. (QEMU's user-mode network would be the fallback: not built.)
+    network = network or ("bridge" if os.geteuid() == 0 else "none")
     if published and network == "none":
         raise RuntimeFailure("-p publishes a port of the guest's network card: it has none "
                              "with --network none (use the default, --network bridge)")
