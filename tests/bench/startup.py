@@ -5,7 +5,12 @@
 
 Every command runs /bin/true in the same busybox root filesystem (a copy of the `hello` image's
 layer). The commands take turns, run by run, so a busy moment on this shared machine hits all
-of them alike. Printed: the median and spread of each, and its ratio to runc.
+of them alike. Printed: the median and spread of each, and its ratio to runc; then the import
+budget of minirun's run path (`python -X importtime`), the modules that cost the most, so that a
+new import that slows every start shows here.
+
+minirun runs with `--network none`, as runc's bundle has no network either (the bridged start is
+measured against it in tests/bench/network.py).
 
 Peers:
   unshare+chroot  util-linux's unshare(1) and chroot(1): namespaces and a changed root, no more.
@@ -58,7 +63,7 @@ def main() -> None:
         for mountpoint in ("dev/pts", "dev/shm", "dev/mqueue", "sys/fs/cgroup"):
             (rootfs / mountpoint).mkdir(parents=True, exist_ok=True)   # runc wants them in a read-only root
         commands = {
-            "minirun": [str(VENV_BIN / "minirun"), "run", "hello", "/bin/true"],
+            "minirun": [str(VENV_BIN / "minirun"), "run", "--network", "none", "hello", "/bin/true"],
             "unshare+chroot": ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net",
                                "chroot", str(rootfs), "/bin/true"],
             "python -c pass": [sys.executable, "-c", "pass"],
@@ -88,6 +93,7 @@ def main() -> None:
             median = statistics.median(samples)
             ratio = f"{median / reference:.2f}x" if reference else "-"
             print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}{ratio:>9}")
+        print_import_budget()
     finally:
         shutil.rmtree(workdir)
         for parent in Path("/sys/fs/cgroup").glob("*/minirun-bench"):   # runc's cgroupsPath parent
@@ -95,6 +101,23 @@ def main() -> None:
                 parent.rmdir()
             except OSError:
                 pass
+
+
+def print_import_budget(shown: int = 12) -> None:
+    """What importing the run path costs (cli, click, container and all they import), by the
+    interpreter's own account, and the modules that take most of it (their own time)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                             "import minirun.cli, minirun.container"],
+                            capture_output=True, text=True, check=True)
+    rows = []                                   # "import time: self | cumulative | name"
+    for line in result.stderr.splitlines()[1:]:
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|")
+        rows.append((int(self_us), int(cumulative_us), name.strip()))
+    total = sum(self_us for self_us, _, _ in rows)
+    print(f"\nimports of the run path: {total / 1000:.1f} ms in {len(rows)} modules; "
+          f"the {shown} costliest (own time, ms):")
+    for self_us, _, name in sorted(rows, reverse=True)[:shown]:
+        print(f"  {self_us / 1000:6.1f}  {name}")
 
 
 if __name__ == "__main__":
