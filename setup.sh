@@ -22,9 +22,10 @@ apt-get update -qq
 # qemu-system-x86  minivm's hypervisor; iproute2 for inspecting what minirun sets up
 # runc, crun, hyperfine  peers and timer for the benchmarks in tests/bench
 # umoci, skopeo  real tools that write OCI images, used by the image-import tests
+# erofs-utils  minivm makes each layer of an image into a read-only disk with mkfs.erofs
 apt-get install -y -qq --no-install-recommends \
     busybox-static libcap-dev gcc libc6-dev python3-venv python3-dev \
-    qemu-system-x86 iproute2 xz-utils zstd \
+    qemu-system-x86 iproute2 xz-utils zstd erofs-utils \
     runc crun hyperfine umoci skopeo >/dev/null
 
 # The system interpreter, not a pyenv shim: every `minirun` start pays for the interpreter.

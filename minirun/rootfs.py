@@ -27,6 +27,9 @@ DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("u
 MASKED_FILES = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list", "proc/sched_debug"]
 MASKED_DIRS = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
                "sys/devices/virtual/powercap"]     # (power readings: a side channel, RAPL)
+# overlayfs refuses more lower layers than this (OVL_MAX_STACK in the kernel's fs/overlayfs; Docker
+# itself stops images at 127 layers).
+OVERLAY_MAX_LOWER = 500
 # Kernel tunables that a container may read but not write.
 READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"]
 
@@ -57,6 +60,10 @@ class Bundle:
     @property
     def merged(self) -> Path:       # where the stacked view is mounted; becomes the container's /
         return self.path / "merged"
+
+    @property
+    def layers(self) -> Path:       # short names for the image's layers: see layer_links
+        return self.path / "layers"
 
 
 def create_bundle(containers_dir: Path, container_id: str, record: Path) -> Bundle:
@@ -118,9 +125,38 @@ def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True) -> 
     holds for any process), and a device node made with mknod cannot be opened through the root
     filesystem: devices live only in /dev, where the cgroup's allow-list guards them.
     """
-    lower = ":".join(str(layer) for layer in reversed(layers))
-    mount("overlay", str(bundle.merged), "overlay", MS_NOSUID | MS_NODEV if hardened else 0,
-          f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
+    lower = layer_links(layers, bundle.layers)
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(bundle.layers)         # the short names are relative to it
+        mount("overlay", str(bundle.merged), "overlay", MS_NOSUID | MS_NODEV if hardened else 0,
+              f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def layer_links(layers: list[Path], directory: Path) -> str:
+    """Name the layers 0, 1, 2... (bottom first) by symbolic links in `directory`; the lowerdir
+    option that stacks them, top first, for a mount made from inside `directory`.
+
+    mount(2) copies its options into one page of memory (4096 bytes here), and overlayfs takes
+    every lower directory from that one string: with the store's paths (a 64-digit layer id
+    after /var/lib/minirun/layers/) about 40 layers fill it, and the mount fails. Docker's
+    overlay2 driver meets the same limit with short links (its l/ directory) and mounts from
+    inside that directory, with relative paths; this does both, with links named by position,
+    so that even overlayfs's own limit of lower layers fits in a page many times over. Linux
+    6.8 added `lowerdir+`, one option per layer (overlayfs.rst), but a guest kernel may be
+    older. The links live in the container's bundle and go with it.
+    """
+    if len(layers) > OVERLAY_MAX_LOWER:
+        raise RuntimeFailure(f"the image has {len(layers)} layers and overlayfs stacks at most "
+                             f"{OVERLAY_MAX_LOWER}: flatten it into fewer layers (for instance "
+                             "`docker export` of a container, then `minirun import`)")
+    directory.mkdir(exist_ok=True)
+    for number, layer in enumerate(layers):
+        os.symlink(layer, directory / str(number))
+    return ":".join(str(number) for number in reversed(range(len(layers))))
 
 
 def mountpoint(root: Path, name: str) -> str:

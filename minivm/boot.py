@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
-from minivm import accel, cache, guest_user, initramfs, kernel, modules
+from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate
 from minivm.machine import Machine
 
@@ -51,37 +51,42 @@ def boot(options: BootOptions) -> int:
     host = accel.HostFacts.read()
     accelerator = accel.choose(options.accel, host)
 
-    # 4. The virtual hardware: memory, vCPUs, serial ports, the app's ports, the control channel;
-    #    and the guest kernel's modules that drive it, from the kernel's own package.
+    # 4. The virtual hardware: memory, vCPUs, serial ports, the app's ports, the image's layers
+    #    as read-only disks, the control channel; and the guest kernel's modules that drive it,
+    #    from the kernel's own package.
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
                               interactive=options.interactive)
+    hardware.disks = disks.for_image(image, hardware.free_transports())
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
     drivers = modules.for_hardware(needs, directory) if needs else []
 
-    # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
+    # 5. The guest's first filesystem: the guest init, its tools and modules, this run's settings.
     # The window the user types into is stdin's terminal (cli.py checks there is one); stdout,
     # where os.get_terminal_size() looks by default, may be a file or a pipe.
     size = os.get_terminal_size(sys.stdin.fileno()) if options.interactive else \
         os.terminal_size((0, 0))
     rows, columns = size.lines, size.columns          # (terminal_size is columns first)
     environment = image.config.environment(options.env)
+    environment.setdefault("HOSTNAME", hostname)       # as minirun and Docker set it
+    environment.setdefault("HOME", guest_user.home(image, identity.uid if identity else 0))
     if options.interactive:     # the terminal the app draws on is the user's, as minirun -t says
         environment.setdefault("TERM", os.environ.get("TERM", "xterm"))
     settings = initramfs.RunSettings(
         command=command, environment=environment,
         workdir=options.workdir or image.config.workdir, hostname=hostname,
         interactive=options.interactive, rows=rows, columns=columns,
-        become=identity.become_args() if identity else None,
-        become_binary=guest_user.become_binary() if identity else b"", modules=drivers)
-    image_initramfs = initramfs.build(image, settings)
+        user=identity.become_args() if identity else [],
+        become_binary=guest_user.become_binary(), modules=drivers,
+        disks=[disk.serial for disk in hardware.disks])
+    first_filesystem = initramfs.build(settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
-    machine = Machine(hardware, image_initramfs, verbose=options.verbose, explain=options.explain,
+    machine = Machine(hardware, first_filesystem, verbose=options.verbose, explain=options.explain,
                       drivers=explained)
     machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

@@ -84,8 +84,8 @@ def cache_group(context):
 @click.option("--unused-for", type=click.FloatRange(min=0), default=7, show_default=True,
               metavar="DAYS", help="Remove what no boot has used for this many days.")
 def cache_prune(unused_for):
-    """Remove packed initramfs images and unpacked kernels that no boot has used lately (the
-    next boot that needs one rebuilds it), and what killed writers left half-written."""
+    """Remove layer disks and unpacked kernels that no boot has used lately (the next boot
+    that needs one rebuilds it), and what killed writers left half-written."""
     from minivm import cache
     removed = cache.prune(unused_for * 24 * 3600)
     for path, size in removed:
