@@ -51,6 +51,7 @@ class ContainerSpec:
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
     privileges: security.Privileges = field(default_factory=security.Privileges)
     read_only: bool = False
+    volumes: list[rootfs.Volume] = field(default_factory=list)     # -v HOST_DIR:DIR[:ro]
 
     @classmethod
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
@@ -80,7 +81,8 @@ class ContainerSpec:
                    privileges=security.Privileges.from_options(options.get("cap_add") or (),
                                                                options.get("cap_drop") or (),
                                                                bool(options.get("privileged"))),
-                   read_only=bool(options.get("read_only")))
+                   read_only=bool(options.get("read_only")),
+                   volumes=[rootfs.parse_volume(text) for text in options.get("volumes") or ()])
 
 
 # Docker's floor for --memory: below it the runtime's own steps and the first exec of the
@@ -386,6 +388,10 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         "its own cgroups read-only on /sys/fs/cgroup"
         + (", masks" if not privileged else "; no masks (--privileged)")
         + (", /dev/init" if plan.init_binary else ""))
+    for volume in plan.spec.volumes:        # before --read-only, which leaves their flags alone
+        rootfs.bind_volume(root, volume)
+        say("mount", f"{volume.source} bound on {volume.target}"
+            + (" read-only" if volume.read_only else ""))
     if plan.spec.read_only:
         rootfs.make_read_only(root)
         say("mount", f"{root} remounted read-only (--read-only)")

@@ -218,6 +218,57 @@ def mount_init(root: Path, program: str) -> None:
     mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+# -- volumes: -v HOST_DIR:DIR[:ro] -------------------------------------------------------------
+# Where the kernel's own filesystems and the runtime's /dev go: a volume over them would hide
+# what the container needs (or, over /proc, what masks the host's secrets).
+RESERVED = ("/proc", "/sys", "/dev")
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: Path        # on the host, as given (absolute)
+    target: str         # in the container, absolute and normalized
+    read_only: bool
+
+
+def parse_volume(text: str) -> Volume:
+    """`-v HOST_DIR:DIR[:ro]`, checked before anything is made (minivm uses it too)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise RuntimeFailure(f"-v {text}: give HOST_DIR:DIR, or HOST_DIR:DIR:ro for a read-only "
+                             "one")
+    source, target = parts[0], parts[1]
+    if not source.startswith("/") or not target.startswith("/"):
+        raise RuntimeFailure(f"-v {text}: both paths must be absolute")
+    if not os.path.exists(source):
+        raise RuntimeFailure(f"-v {text}: {source} does not exist on the host: make it first")
+    target = "/" + os.path.normpath(target).lstrip("/")
+    if target == "/" or any(target == name or target.startswith(name + "/") for name in RESERVED):
+        raise RuntimeFailure(f"-v {text}: {target} belongs to the kernel or the runtime (/, "
+                             "/proc, /sys, /dev): mount the volume somewhere else")
+    return Volume(Path(source), target, len(parts) == 3 and parts[2] == "ro")
+
+
+def bind_volume(root: Path, volume: Volume) -> None:
+    """Bind the host's directory (or file) onto its place in the container's root, made if
+    missing. As with mountpoint(), no part of the path may be a symbolic link in the image: it
+    is resolved on the host's side, and a link could aim the mount at the host's own files."""
+    target = root
+    for part in volume.target.strip("/").split("/"):
+        target = target / part
+        if target.is_symlink():
+            raise RuntimeFailure(f"-v: the image's {volume.target} goes through a symbolic link "
+                                 f"(/{target.relative_to(root)}): refusing to mount over it")
+    if volume.source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(exist_ok=True)
+    mount(str(volume.source), str(target), None, MS_BIND | MS_REC)
+    if volume.read_only:        # a second call: MS_RDONLY is ignored on the first (mount(2))
+        mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
 def make_read_only(root: Path) -> None:
     """--read-only: the container's root can no longer be written (mount(2): a bind remount
     changes the flags of this one mount, not of the overlay filesystem). /dev, /dev/shm and the

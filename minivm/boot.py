@@ -9,9 +9,10 @@ import sys
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
+from minirun import rootfs
 from minirun.image import Store
 from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
-from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate
+from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate, volume_tag
 from minivm.machine import Machine
 
 
@@ -31,6 +32,7 @@ class BootOptions:
     verbose: bool = False
     explain: bool = False
     user: str | None = None      # -u; None: the image's User
+    volumes: list[str] = field(default_factory=list)    # -v HOST_DIR:DIR[:ro]
 
 
 def boot(options: BootOptions) -> int:
@@ -43,6 +45,11 @@ def boot(options: BootOptions) -> int:
                              "image name")
     identity = guest_user.resolve(image, image.config.user if options.user is None else options.user)
     hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
+    volumes = [rootfs.parse_volume(text) for text in options.volumes]    # as minirun checks them
+    for volume in volumes:
+        if not volume.source.is_dir():
+            raise RuntimeFailure(f"-v {volume.source}: a VM shares directories only (virtio-9p): "
+                                 "share the directory that holds it")
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
     vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
@@ -57,7 +64,7 @@ def boot(options: BootOptions) -> int:
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
-                              interactive=options.interactive)
+                              interactive=options.interactive, volumes=volumes)
     hardware.disks = disks.for_image(image, hardware.free_transports())
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
@@ -80,7 +87,9 @@ def boot(options: BootOptions) -> int:
         interactive=options.interactive, rows=rows, columns=columns,
         user=identity.become_args() if identity else [],
         become_binary=guest_user.become_binary(), modules=drivers,
-        disks=[disk.serial for disk in hardware.disks])
+        disks=[disk.serial for disk in hardware.disks],
+        volumes=[(volume_tag(number), volume.target, volume.read_only)
+                 for number, volume in enumerate(volumes)])
     first_filesystem = initramfs.build(settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.

@@ -25,6 +25,8 @@ def cli():
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE",
               help="Set an environment variable.")
 @click.option("--workdir", "-w", default="", help="Working directory of the app in the guest.")
+@click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST_DIR:DIR[:ro]",
+              help="Share a host directory with the guest (virtio-9p); :ro makes it read-only.")
 @click.option("--user", "-u", metavar="USER[:GROUP]",
               help="Run the app as this user (name or UID), as minirun run -u [default: the image's].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -39,7 +41,7 @@ def cli():
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, interactive, tty,
+def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, kernel, interactive, tty,
          verbose, explain, image, command):
     """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
     from minivm.boot import BootOptions, boot as boot_vm
@@ -49,7 +51,8 @@ def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, int
     return boot_vm(BootOptions(
         image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
-        kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user))
+        kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user,
+        volumes=list(volumes)))
 
 
 @cli.group("kernel")

@@ -81,6 +81,14 @@ mkdir -p $root/dev/shm
 mount -t devpts devpts $root/dev/pts
 mount -t tmpfs -o mode=1777 shm $root/dev/shm
 
+# The host's shared folders (-v), each a virtio-9p device named by its tag (minivm/hardware.py),
+# mounted where the app expects it, read-only if asked.
+share() {
+    mkdir -p "$root$2" && mount -t 9p -o "trans=virtio,version=9p2000.L,msize=512000,$3" \
+        "$1" "$root$2" || fail "could not mount the shared folder $2"
+}
+shared_folders
+
 # How many bytes of the app's output the guest's driver has handed to the host on a port.
 sent() {
     while read -r key value; do
@@ -145,6 +153,6 @@ else
     report "exit $status out=$(sent "$stdout") err=$(sent "$stderr")"
 fi
 
-# minivm switches the machine off with QMP's `quit` once it has all the app's output: a machine
-# with no disk has nothing to save.
+# minivm switches the machine off with QMP's `quit` once it has all the app's output: its disks
+# are read-only and its writes live in RAM, so there is nothing to save.
 while :; do sleep 3600; done

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from minirun.errors import RuntimeFailure
 from minivm.accel import Accelerator
+from minirun.rootfs import Volume
 from minivm.disks import Disk
 
 QEMU = "qemu-system-x86_64"
@@ -67,6 +68,7 @@ class Hardware:
     host_tsc: TscRate | None = None  # the host's TSC rate, told to the guest under TCG
     interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
     disks: list[Disk] = field(default_factory=list)     # the image's layers, bottom first
+    volumes: list[Volume] = field(default_factory=list)  # -v: the host's folders, shared
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -126,6 +128,7 @@ class Hardware:
                  "the guest init's reports (the app's exit status), read by minivm"),
             self._app_streams(wiring),
             self._layer_disks(),
+            *self._shared_folders(),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
@@ -169,9 +172,24 @@ class Hardware:
                     "layers shares",
                     needs=("virtio-mmio", "virtio-blk", "erofs", "overlayfs"))
 
+    def _shared_folders(self) -> list[Part]:
+        return [Part(["-fsdev", f"local,id=volume{number},path={volume.source},"
+                                "security_model=passthrough" + (",readonly=on" if volume.read_only
+                                                                else ""),
+                      "-device", f"virtio-9p-device,fsdev=volume{number},"
+                                 f"mount_tag={volume_tag(number)}"],
+                     f"{volume.source} shared with the guest (-v), mounted on {volume.target}: "
+                     "a virtio-9p device through which QEMU itself serves the guest's file "
+                     "requests (the 9P2000.L protocol) from the host's directory, as the user "
+                     "QEMU runs as; passthrough keeps owners and modes as they are on the host"
+                     + ("; QEMU refuses every write (readonly=on), and the guest mounts it "
+                        "read-only too" if volume.read_only else ""),
+                     needs=("virtio-mmio", "virtio-9p"))
+                for number, volume in enumerate(self.volumes)]
+
     def free_transports(self) -> int:
         """The virtio-mmio transports left for the image's disks by the other virtio devices."""
-        return VIRTIO_TRANSPORTS - (0 if self.interactive else 1)   # the streams' controller
+        return VIRTIO_TRANSPORTS - (0 if self.interactive else 1) - len(self.volumes)
 
     def needs(self) -> list[str]:
         """The drivers the guest must load for this machine (keys of modules.DRIVERS), known
@@ -182,6 +200,11 @@ class Hardware:
 
     def command(self, wiring: Wiring) -> list[str]:
         return [QEMU] + [flag for part in self.parts(wiring) for flag in part.flags]
+
+
+def volume_tag(number: int) -> str:
+    """The name a shared folder has in the guest: mount -t 9p TAG DIR."""
+    return f"minivm.volume{number}"
 
 
 def host_tsc_rate(cpuinfo: str) -> TscRate | None:

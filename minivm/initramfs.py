@@ -35,6 +35,7 @@ class RunSettings:
     become_binary: bytes = b""      # minivm/become.c, compiled: the step into the app
     modules: list[Module] = field(default_factory=list)   # to load, in order (minivm.modules)
     disks: list[str] = field(default_factory=list)  # serials of the layers' disks, bottom first
+    volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (tag, target, read-only)
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
@@ -45,6 +46,11 @@ class RunSettings:
                  "user=" + q(" ".join(q(arg) for arg in self.user)),
                  "modules=" + q(" ".join(module.name for module in self.modules)),
                  "disks=" + q(" ".join(self.disks)),
+                 "shared_folders() {",
+                 *(f"    share {q(tag)} {q(target)} {'ro' if read_only else 'rw'}"
+                   for tag, target, read_only in self.volumes),
+                 "    :",
+                 "}",
                  "set -- " + " ".join(q(arg) for arg in self.command),
                  "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
         return "\n".join(lines) + "\n"

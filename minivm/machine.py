@@ -10,7 +10,7 @@ start-up on the boot's critical path.)
 
 The end of a normal run: the guest init reports the app's exit status and how many bytes the
 guest sent on stdout and stderr; once that many have reached minivm's own descriptors, nothing
-is in flight any more, and minivm ends QEMU with `quit` (the machine has no disk to flush).
+is in flight any more, and minivm ends QEMU with `quit` (its disks are read-only: nothing to flush).
 
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even

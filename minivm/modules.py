@@ -31,6 +31,8 @@ DRIVERS = {
                                             # for "crc32c" as it loads: a soft dependency
                                             # (`softdep=pre: crc32c`) modules.dep does not list
     "overlayfs": ["overlay"],               # stacks the layers' filesystems, as in a container
+    "virtio-9p": ["9pnet_virtio", "9p"],    # shared folders (-v): the 9P protocol over virtio,
+                                            # and the filesystem that speaks it
 }
 
 

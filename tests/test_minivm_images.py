@@ -158,3 +158,47 @@ def test_a_300_mb_image_boots_at_the_default_memory(guest, minirun, minirun_env,
     assert "virtio-blk-device,drive=layer0,serial=minivm.layer0" in result.stderr
     assert "guest kernel modules for erofs: crc32c_generic, libcrc32c, erofs" in result.stderr
     assert leftovers(guest) == ([], [])
+
+
+def test_a_volume_round_trips_in_both_and_read_only_holds(guest, minirun, minirun_env, native,
+                                                        tmp_path):
+    """-v HOST_DIR:DIR a bind mount in the container, a virtio-9p shared folder in the VM."""
+    command = ["sh", "-c", "cat /rw/in /ro/in; echo from-$0 > /rw/out; "
+                           "echo x 2>/dev/null >/ro/out || echo refused"]
+    for runner in ("minirun", "minivm"):
+        writable, read_only = tmp_path / runner / "rw", tmp_path / runner / "ro"
+        for directory in (writable, read_only):
+            directory.mkdir(parents=True)
+            (directory / "in").write_text(f"host to {runner} via {directory.name}\n")
+        flags = ["-v", f"{writable}:/rw", "-v", f"{read_only}:/ro:ro"]
+        if runner == "minirun":
+            result = minirun("run", *flags, native, *command[:3], "container")
+        else:
+            result = minivm(with_store(guest, minirun_env["MINIRUN_ROOT"]), *flags, native,
+                            *command[:3], "vm")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"host to {runner} via rw\nhost to {runner} via ro\nrefused\n"
+        assert (writable / "out").read_text() == \
+            ("from-container\n" if runner == "minirun" else "from-vm\n")
+        assert sorted(os.listdir(read_only)) == ["in"]
+    assert leftovers(guest) == ([], [])
+
+
+@pytest.mark.parametrize("volume, message", [
+    ("relative:/data", "both paths must be absolute"),
+    ("/no/such/dir:/data", "/no/such/dir does not exist on the host"),
+    ("{tmp}:/proc/x", "/proc/x belongs to the kernel or the runtime"),
+    ("{tmp}:/data:rx", "give HOST_DIR:DIR, or HOST_DIR:DIR:ro"),
+    ("{tmp}:/bin/sh/inside", "goes through a symbolic link"),      # /bin/sh -> /usr/bin/dash
+])
+def test_a_bad_volume_is_one_line(guest, minirun, minirun_env, native, tmp_path, volume, message):
+    volume = volume.format(tmp=tmp_path)
+    container = minirun("run", "-v", volume, native, "true")
+    assert container.returncode == 125 and container.stdout == ""
+    assert container.stderr.count("\n") == 1 and message in container.stderr, container.stderr
+    assert not os.listdir(minirun_env["MINIRUN_STATE"]) or \
+        all(name.startswith(".") for name in os.listdir(minirun_env["MINIRUN_STATE"]))
+    if "symbolic link" not in message:      # checked on the host before a boot: no QEMU at all
+        vm = minivm(with_store(guest, minirun_env["MINIRUN_ROOT"]), "-v", volume, native, "true")
+        assert vm.returncode == 125 and vm.stderr == container.stderr.replace("minirun:", "minivm:")
+        assert leftovers(guest) == ([], [])

@@ -191,6 +191,9 @@ PACKAGE_MODULES = {
     "kernel/lib/libcrc32c.ko": "",
     "kernel/fs/erofs/erofs.ko": "libcrc32c",
     "kernel/fs/overlayfs/overlay.ko": "",
+    "kernel/net/9p/9pnet.ko": "",
+    "kernel/net/9p/9pnet_virtio.ko": "9pnet,virtio,virtio_ring",
+    "kernel/fs/9p/9p.ko": "9pnet",
     "kernel/fs/unrelated.ko": "virtio",
 }
 
@@ -536,3 +539,15 @@ def test_a_guest_out_of_memory_says_so_and_names_memory():
                        r"'Out of memory: Killed process 1 .*'\); give it more with --memory "
                        r"\(it had 96M\)$"):
         machine._outcome()
+
+
+def test_more_layers_than_overlayfs_stacks_is_one_line(tmp_path):
+    from minirun import rootfs
+    layers = [tmp_path / f"layer{number}" for number in range(rootfs.OVERLAY_MAX_LOWER + 1)]
+    with pytest.raises(RuntimeFailure, match=r"^the image has 501 layers and overlayfs stacks at "
+                                             r"most 500: flatten it[^\n]*$"):
+        rootfs.layer_links(layers, tmp_path / "links")
+    assert not (tmp_path / "links").exists()
+    links = rootfs.layer_links(layers[:127], tmp_path / "links")        # Docker's most
+    assert links.split(":")[:2] == ["126", "125"] and len(f"lowerdir={links}") < 600
+    assert os.readlink(tmp_path / "links/0") == str(layers[0])
