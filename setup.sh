@@ -22,11 +22,13 @@ apt-get update -qq
 # qemu-system-x86  minivm's hypervisor; iproute2 for inspecting what minirun sets up
 # runc, crun, hyperfine  peers and timer for the benchmarks in tests/bench
 # umoci, skopeo  real tools that write OCI images, used by the image-import tests
+# podman (with conmon)  an engine that drives minirun through the OCI runtime interface
+#                 (tests/test_podman.py, tests/bench/oci.py); libseccomp2 comes with it
 # erofs-utils  minivm makes each layer of an image into a read-only disk with mkfs.erofs
 apt-get install -y -qq --no-install-recommends \
     busybox-static libcap-dev gcc libc6-dev python3-venv python3-dev \
     qemu-system-x86 iproute2 xz-utils zstd erofs-utils \
-    runc crun hyperfine umoci skopeo >/dev/null
+    runc crun hyperfine umoci skopeo podman >/dev/null
 
 # The system interpreter, not a pyenv shim: every `minirun` start pays for the interpreter.
 # editable_mode=compat puts the checkout on sys.path with a plain .pth line; the default

@@ -63,6 +63,8 @@ class Limits:
     memory: int | None = None       # bytes of RAM; there is no swap beyond it
     cpus: float | None = None       # CPU time per period, in CPUs: 0.5 is half of one core
     pids: int | None = None         # processes (and threads) alive at once
+    swap: int | None = None         # memory + swap, bytes (an OCI bundle's memory.swap); None:
+                                    # as much as `memory`, so no swap at all
 
     def __post_init__(self):
         if self.cpus is not None:
@@ -152,17 +154,19 @@ def host_uses_v2() -> bool:
 
 # --- The interface ----------------------------------------------------------------------------
 
-def create(container_id: str, limits: Limits, allow_all_devices: bool = False) -> "Cgroup":
+def create(container_id: str, limits: Limits, allow_all_devices: bool = False,
+           path: str | None = None, device_rules=devices.DEFAULT_RULES) -> "Cgroup":
     """Make the container's cgroups, one in every hierarchy, and write its limits (on whichever
     version holds the controllers) and its device allow-list, unless allow_all_devices (for a
-    privileged container). On failure, raise RuntimeFailure and leave nothing behind."""
+    privileged container). On failure, raise RuntimeFailure and leave nothing behind.
+    `path`: where in each hierarchy, if not minirun/ID (an OCI bundle's cgroupsPath, oci.py)."""
     driver = CgroupV2 if host_uses_v2() else CgroupV1
-    return driver.create(container_id, limits, _mounts(), allow_all_devices)
+    return driver.create(container_id, limits, _mounts(), allow_all_devices, path, device_rules)
 
 
-def of_container(container_id: str) -> "Cgroup":
+def of_container(container_id: str, path: str | None = None) -> "Cgroup":
     """The cgroups `create` made for a running container, for `minirun exec` to join."""
-    return (CgroupV2 if host_uses_v2() else CgroupV1).at(container_id, _mounts())
+    return (CgroupV2 if host_uses_v2() else CgroupV1).at(container_id, _mounts(), path)
 
 
 def mount_view(target_dir: str) -> None:
@@ -245,9 +249,10 @@ class Cgroup:
         self.written: list[str] = []    # "memory.max=33554432", in the order written
 
     @classmethod
-    def at(cls, container_id: str, mounts: _Mounts) -> "Cgroup":
-        return cls({name: tree / PARENT / container_id for name, tree in mounts.v1.items()},
-                   mounts.unified / PARENT / container_id if mounts.unified else None)
+    def at(cls, container_id: str, mounts: _Mounts, path: str | None = None) -> "Cgroup":
+        relative = path.strip("/") if path else f"{PARENT}/{container_id}"
+        return cls({name: tree / relative for name, tree in mounts.v1.items()},
+                   mounts.unified / relative if mounts.unified else None)
 
     def directories(self) -> list[Path]:
         """One directory per hierarchy: each v1 tree's (cpu and cpuacct may share a tree), then
@@ -265,19 +270,22 @@ class Cgroup:
 
     @classmethod
     def create(cls, container_id: str, limits: Limits, mounts: _Mounts,
-               allow_all_devices: bool = False) -> "Cgroup":
+               allow_all_devices: bool = False, path: str | None = None,
+               device_rules=devices.DEFAULT_RULES) -> "Cgroup":
         cls._require_controllers(limits, mounts)
-        cgroup = cls.at(container_id, mounts)
+        cgroup = cls.at(container_id, mounts, path)
         made = []
         try:
             for directory in cgroup.directories():
+                if path:                # an engine's path: its parents may need making first
+                    _make_ancestors(directory, cgroup._prepare_parent(directory))
                 cgroup._make(directory)
                 made.append(directory)
             if "cpuset" in cgroup.paths:                # v1 cpuset: no task may join it empty
                 _inherit_cpuset(cgroup.paths["cpuset"])
             cgroup._write_limits(limits)
             if not allow_all_devices:
-                cgroup._allow_only_default_devices()
+                cgroup._allow_only_default_devices(device_rules)
         except BaseException:
             for directory in made:          # only what we made: no process is in them yet
                 os.rmdir(directory)
@@ -287,18 +295,20 @@ class Cgroup:
 
     def _make(self, directory: Path) -> None:
         """mkdir the container's cgroup in one hierarchy (and minirun/ above it if missing)."""
-        cpuset = directory == self.paths.get("cpuset")
-        _make_under_parent(directory, _inherit_cpuset if cpuset else None)
+        _make_under_parent(directory, self._prepare_parent(directory))
 
-    def _allow_only_default_devices(self) -> None:
+    def _prepare_parent(self, directory: Path):
+        return _inherit_cpuset if directory == self.paths.get("cpuset") else None
+
+    def _allow_only_default_devices(self, rules=devices.DEFAULT_RULES) -> None:
         """The device allow-list (devices.py): in the v1 devices controller if the host mounts
         one, else as a BPF program on the cgroup2 directory (v2 has no devices controller)."""
         if "devices" in self.paths:
-            for name, line in devices.v1_writes():
+            for name, line in devices.v1_writes(rules):
                 _write(self.paths["devices"] / name, line, f"restrict devices ({line})")
             self.written.append("devices.allow=the default allow-list")
         elif self.unified:
-            devices.attach_program(self.unified)
+            devices.attach_program(self.unified, rules)
             self.written.append("BPF_CGROUP_DEVICE=the default allow-list")
         else:
             raise RuntimeFailure("this host mounts neither the devices cgroup controller nor "
@@ -329,7 +339,8 @@ class Cgroup:
         remove them all, and each tree's minirun/ if they were the last. Safe to call twice."""
         for directory in self.directories():
             _remove(directory, kill=True)   # the first kills all: a process is in every tree
-            _remove_if_unused(directory.parent)
+            if directory.parent.name == PARENT:     # never an engine's parent (oci.py)
+                _remove_if_unused(directory.parent)
 
 
 # --- cgroup v2 --------------------------------------------------------------------------------
@@ -363,9 +374,11 @@ class CgroupV2(Cgroup):
             # Above memory.max the kernel reclaims the cgroup's memory; if that is not enough,
             # it OOM-kills a process in the cgroup ("memory.max", cgroup-v2.rst).
             self._limit(self.path / "memory.max", limits.memory, "set the memory limit")
-            # And no swap on top of it: --memory means all the memory there is, as in a VM.
-            # The file exists only when the kernel accounts swap.
-            self._limit(self.path / "memory.swap.max", 0, "turn off swap", missing_ok=True)
+            # And no swap on top of it: --memory means all the memory there is, as in a VM
+            # (unless an OCI bundle gives memory.swap, memory + swap). The file exists only
+            # when the kernel accounts swap.
+            swap = (limits.swap or limits.memory) - limits.memory
+            self._limit(self.path / "memory.swap.max", swap, "set the swap limit", missing_ok=True)
         if limits.cpus is not None:
             # "$MAX $PERIOD": the cgroup may run MAX microseconds in each PERIOD, summed over
             # all CPUs, then waits for the next period ("cpu.max", cgroup-v2.rst).
@@ -424,8 +437,8 @@ class CgroupV1(Cgroup):
             self._limit(memory / "memory.limit_in_bytes", limits.memory, "set the memory limit")
             # memsw limits memory + swap; the same value means no swap (memory.rst, 2.4). It
             # exists only with swap accounting, and may never be below limit_in_bytes, so second.
-            self._limit(memory / "memory.memsw.limit_in_bytes", limits.memory, "turn off swap",
-                        missing_ok=True)
+            self._limit(memory / "memory.memsw.limit_in_bytes", limits.swap or limits.memory,
+                        "set the swap limit", missing_ok=True)
         if limits.cpus is not None:
             cpu = self.paths["cpu"]
             # CFS bandwidth control: quota microseconds of CPU time per period, summed over
@@ -499,6 +512,20 @@ def _make_under_parent(cgroup: Path, prepare_parent=None) -> None:
         except RuntimeFailure:
             if attempt == 2 or cgroup.parent.exists():
                 raise
+
+
+def _make_ancestors(cgroup: Path, prepare=None) -> None:
+    """The missing parents of an engine's cgroupsPath (e.g. /libpod_parent), top down; each
+    `prepare`d (v1 cpuset: its CPUs) before a child is made in it."""
+    missing = []
+    for parent in cgroup.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        _make_dir(parent, exist_ok=True)
+        if prepare:
+            prepare(parent)
 
 
 def _remove_if_unused(parent: Path) -> None:

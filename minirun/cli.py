@@ -43,11 +43,41 @@ from minirun import errors          # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", "oci_root", metavar="DIR",
+              help="Where OCI containers' state is kept (default $MINIRUN_STATE/oci).")
+@click.option("--log", "log_file", metavar="FILE", help="Also write errors to FILE (as engines ask).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="The format of --log's lines.")
+@click.option("--systemd-cgroup", is_flag=True, help="Refused: minirun writes cgroupfs itself.")
 @click.pass_context
-def cli(context) -> None:
+def cli(context, oci_root, log_file, log_format, systemd_cgroup) -> None:
     """minirun: a minimal container runtime built from raw Linux namespaces, cgroups and pivot_root."""
     if context.invoked_subcommand != "run":     # run keeps them held: see _steady_the_process
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
+    _LOG.update(file=log_file, format=log_format)
+    context.obj = oci_root
+    if systemd_cgroup:
+        raise errors.RuntimeFailure("--systemd-cgroup: minirun manages cgroups through the "
+                                    "cgroup filesystem only: set the engine's cgroup manager "
+                                    "to cgroupfs")
+
+
+_LOG = {"file": None, "format": "text"}     # the engine's --log: where errors go too
+
+
+def _also_log(message: str) -> None:
+    if not _LOG["file"]:
+        return
+    import json
+    import time
+    line = json.dumps({"level": "error", "msg": message,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) \
+        if _LOG["format"] == "json" else f"minirun: {message}"
+    try:
+        with open(_LOG["file"], "a") as log:
+            log.write(line + "\n")
+    except OSError:
+        pass
 
 
 def _need_root(command: str) -> None:
@@ -68,7 +98,11 @@ def _need_root(command: str) -> None:
               help="Run as this user (a name or UID, from the image's /etc/passwd).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is; for Docker's sake).")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
-@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits (always, for now).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Run in the background under a supervisor; print the container's id.")
+@click.option("--rm", "remove", is_flag=True,
+              help="Remove the container when it exits (a foreground run always is; with -d, "
+                   "an exited container stays for `logs` and `ps -a` until `minirun rm`).")
 @click.option("--init", "use_init", is_flag=True,
               help="Run a tiny init as PID 1 that forwards signals and reaps orphans.")
 @click.option("--chroot", "use_chroot", is_flag=True,
@@ -95,7 +129,13 @@ def _need_root(command: str) -> None:
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
     from minirun.container import ContainerSpec, run as run_container
-    return run_container(ContainerSpec.from_options(image, list(command), options))
+    spec = ContainerSpec.from_options(image, list(command), options)
+    if options["detach"]:
+        from minirun import supervisor
+        _need_root("run")
+        click.echo(supervisor.run_detached(spec))
+        return 0
+    return run_container(spec)
 
 
 @cli.command("exec", context_settings={"allow_interspersed_args": False})
@@ -105,11 +145,30 @@ def run(image, command, **options) -> int:
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it always is).")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a pseudo-terminal.")
 @click.option("--explain", is_flag=True, help="Narrate each step on stderr.")
+@click.option("-p", "--process", "process_file", metavar="FILE",
+              help="An OCI process.json to run (the form engines use), instead of COMMAND.")
+@click.option("-d", "--detach", is_flag=True, help="With --process: return once it runs.")
+@click.option("--pid-file", metavar="FILE", help="With --process: write its host PID here.")
+@click.option("--console-socket", metavar="PATH", help="With --process: where to send its pty.")
 @click.argument("container")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_command(container, command, env, workdir, user, interactive, tty, explain) -> int:
-    """Run COMMAND inside the running CONTAINER (a name or id from `minirun ps`)."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def exec_command(oci_root, container, command, env, workdir, user, interactive, tty, explain,
+                 process_file, detach, pid_file, console_socket) -> int:
+    """Run COMMAND inside the running CONTAINER (a name or id from `minirun ps`); or, as an
+    engine calls it, the process of --process FILE in OCI container CONTAINER."""
     _need_root("exec")
+    if process_file:
+        import json
+        from minirun import oci
+        try:
+            with open(process_file) as file:
+                process = json.load(file)
+        except (OSError, ValueError) as error:
+            raise errors.RuntimeFailure(f"cannot read --process {process_file}: {error}") from None
+        return oci.exec_process(container, process, detach, pid_file, console_socket, oci_root)
+    if not command:
+        raise click.UsageError("give a COMMAND to run, or --process FILE")
     from minirun.container import exec_in
     return exec_in(container, list(command), list(env), workdir=workdir, user=user, tty=tty,
                    explain=explain)
@@ -128,15 +187,123 @@ def stop(containers, grace) -> None:
 
 
 @cli.command()
-def ps() -> None:
-    """List running containers."""
+@click.option("-a", "--all", "everything", is_flag=True,
+              help="Show exited containers too (those started with -d and not removed).")
+def ps(everything) -> None:
+    """List running containers (with -a, exited ones too)."""
     import time
-    from minirun import state
+    from minirun import state, supervisor
     _need_root("ps")
+    now = time.time()
+    running = {record.id: record for record in state.containers() if state.is_alive(record)}
     rows = [(record.id[:12], record.name, record.image, str(record.pid),
-             f"{int(time.time() - record.created)}s ago", " ".join(record.command))
-            for record in state.containers() if state.is_alive(record)]
-    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "COMMAND"), rows)
+             f"{int(now - record.created)}s ago", "Up", " ".join(record.command))
+            for record in running.values()]
+    if everything:
+        rows += [(record.id[:12], record.name, record.image, "-", f"{int(now - record.created)}s ago",
+                  f"Exited ({record.exit_code}) {int(now - record.finished)}s ago"
+                  if record.status == "exited" else "Dead (supervisor killed: `minirun gc`)",
+                  " ".join(record.command))
+                 for record in supervisor.records()
+                 if record.id not in running and not supervisor.is_supervised(record)]
+    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "STATUS", "COMMAND"), rows)
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what comes, until it exits.")
+@click.argument("container")
+def logs(container, follow) -> None:
+    """Print a detached container's output: its stdout on stdout, its stderr on stderr."""
+    _need_root("logs")
+    from minirun import supervisor
+    supervisor.print_logs(container, follow)
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+def wait(containers) -> None:
+    """Wait until detached containers exit; print each one's exit code."""
+    _need_root("wait")
+    from minirun import supervisor
+    for container in containers:
+        click.echo(supervisor.wait(container))
+
+
+@cli.command()
+@click.option("-b", "--bundle", default=".", show_default=True, metavar="DIR",
+              help="The bundle: a directory with config.json (and usually the root in rootfs/).")
+@click.option("--pid-file", metavar="FILE", help="Write the container's host PID here.")
+@click.option("--console-socket", metavar="PATH",
+              help="A unix socket to send the pty's master end to (process.terminal).")
+@click.argument("container_id")
+@click.pass_obj
+def create(oci_root, container_id, bundle, pid_file, console_socket) -> None:
+    """OCI: set up container CONTAINER_ID from a bundle; its process waits for `start`."""
+    _need_root("create")
+    from minirun import oci
+    oci.create(container_id, bundle, pid_file, console_socket, oci_root)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_obj
+def state(oci_root, container_id) -> None:
+    """OCI: print the state of container CONTAINER_ID as JSON (created, running or stopped)."""
+    _need_root("state")
+    import json
+    from minirun import oci
+    click.echo(json.dumps(oci.state_of(container_id, oci_root), indent=2))
+
+
+@cli.command()
+@click.option("-a", "--all", "everything", is_flag=True,
+              help="Signal every process of the container, not only its first.")
+@click.argument("container_id")
+@click.argument("signal_name", default="TERM")
+@click.pass_obj
+def kill(oci_root, container_id, signal_name, everything) -> None:
+    """OCI: send SIGNAL (a name or number, default TERM) to container CONTAINER_ID."""
+    _need_root("kill")
+    from minirun import oci
+    oci.kill(container_id, signal_name, everything, oci_root)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill it first if it still runs.")
+@click.argument("container_id")
+@click.pass_obj
+def delete(oci_root, container_id, force) -> None:
+    """OCI: remove container CONTAINER_ID (its cgroup and state) once it has stopped."""
+    _need_root("delete")
+    from minirun import oci
+    oci.delete(container_id, force, oci_root)
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_obj
+def start(oci_root, container) -> None:
+    """OCI: let created container CONTAINER run its program. (An exited `run -d` container
+    cannot start again: its writable layer is gone.)"""
+    _need_root("start")
+    from minirun import oci, supervisor
+    if oci.exists(container, oci_root):
+        return oci.start(container, oci_root)
+    record = supervisor.find(container)
+    raise errors.RuntimeFailure(f"container {record.name} has {record.status}: minirun does not "
+                                "keep an exited container's writable layer, only its logs and "
+                                "status; start a new one with `minirun run`")
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+def rm(containers, force) -> None:
+    """Remove detached containers that have exited (with -f, running ones too)."""
+    _need_root("rm")
+    from minirun import supervisor
+    for container in containers:
+        click.echo(supervisor.remove(container, force)[:12])
 
 
 @cli.command()
@@ -146,7 +313,8 @@ def gc() -> None:
     stay (`minirun rmi` removes those)."""
     _need_root("gc")
     from minirun.container import collect_garbage
-    for container_id in collect_garbage():
+    from minirun import supervisor
+    for container_id in sorted({*collect_garbage(), *supervisor.remove_stale()}):
         click.echo(f"removed {container_id[:12]}")
 
 
@@ -205,11 +373,16 @@ def rmi(name) -> None:
 @cli.command()
 @click.argument("name")
 def inspect(name) -> None:
-    """Print image NAME's record as JSON: its layers, their directories, its config."""
+    """Print container NAME's state (status, pid, limits, mounts, network) as JSON; or, if no
+    container has that name, image NAME's record: its layers, their directories, its config."""
     _need_root("inspect")       # it builds a built-in image on first use
     import json
-    from minirun.image import Store
-    click.echo(json.dumps(Store().inspect(name), indent=2))
+    from minirun import supervisor
+    container = supervisor.describe(name)
+    if container is None:
+        from minirun.image import Store
+        container = Store().inspect(name)
+    click.echo(json.dumps(container, indent=2))
 
 
 def main() -> None:
@@ -219,6 +392,7 @@ def main() -> None:
     except click.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         click.echo(f"minirun: {error.format_message()}{hint}", err=True)
+        _also_log(error.format_message())
         status = errors.RUNTIME_FAILED
     except click.ClickException as error:
         click.echo(f"minirun: {error.format_message()}", err=True)
@@ -227,6 +401,7 @@ def main() -> None:
         status = 128 + signal.SIGINT
     except errors.RuntimeFailure as failure:
         click.echo(f"minirun: {failure}", err=True)
+        _also_log(str(failure))
         status = failure.exit_code
     except OSError as error:    # what no step foresaw: still one line, and the cleanup has run
         where = f"{error.filename}: " if error.filename else ""

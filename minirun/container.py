@@ -51,6 +51,10 @@ class ContainerSpec:
     limits: cgroups.Limits = field(default_factory=cgroups.Limits)
     privileges: security.Privileges = field(default_factory=security.Privileges)
     read_only: bool = False
+    interactive: bool = False
+    remove: bool = False        # --rm: only `run -d` keeps an exited container (supervisor.py)
+    id: str | None = None       # chosen by the caller (the supervisor), else at random
+    notify_fd: int | None = None    # "s" is written here once the command has been exec'd
     volumes: list[rootfs.Volume] = field(default_factory=list)     # -v HOST_DIR:DIR[:ro]
 
     @classmethod
@@ -82,6 +86,8 @@ class ContainerSpec:
                                                                options.get("cap_drop") or (),
                                                                bool(options.get("privileged"))),
                    read_only=bool(options.get("read_only")),
+                   interactive=bool(options.get("interactive")),
+                   remove=bool(options.get("remove")),
                    volumes=[rootfs.parse_volume(text) for text in options.get("volumes") or ()])
 
 
@@ -188,6 +194,9 @@ def run(spec: ContainerSpec) -> int:
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record.pid, record.pid_start = child, state.start_time(child)
             state.save(record)
+            if spec.notify_fd is not None:          # a supervisor's cue: the command runs
+                os.write(spec.notify_fd, b"s")
+                os.close(spec.notify_fd)
 
             # 6. Stand by: pass signals on (and with -t relay the terminal) until PID 1 exits.
             status = _supervise(child, pty_master)
@@ -250,7 +259,7 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
     if not command:
         raise RuntimeFailure(f"image {image.name!r} has no default command: "
                              f"give one, as in `minirun run {image.name} /bin/sh`")
-    container_id = os.urandom(32).hex()
+    container_id = spec.id or os.urandom(32).hex()
     hostname = spec.hostname or container_id[:12]
     env = image.config.environment(spec.env)
     env.setdefault("HOSTNAME", hostname)

@@ -189,19 +189,27 @@ def mount_dev(root: Path) -> None:
     """A minimal /dev on a tmpfs: a few character devices, a private devpts for ptys, and shm."""
     dev = Path(mountpoint(root, "dev"))
     mount("tmpfs", str(dev), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
-    for name, major, minor in DEVICES:
-        os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))   # S_IFCHR
-        os.chmod(dev / name, 0o666)                                          # umask ignored
+    make_devices(dev)
     # A new devpts instance: its ptys are the container's own, numbered from 0 (devpts.rst).
     (dev / "pts").mkdir()
     mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
           "newinstance,ptmxmode=0666,mode=0620")
-    os.symlink("pts/ptmx", dev / "ptmx")
     (dev / "shm").mkdir()
     mount("shm", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
-    for number, name in enumerate(("stdin", "stdout", "stderr")):
-        os.symlink(f"/proc/self/fd/{number}", dev / name)
-    os.symlink("/proc/self/fd", dev / "fd")
+
+
+def make_devices(dev: Path) -> None:
+    """The few device nodes (DEVICES) and the links every program expects, in an empty /dev
+    (here, or an OCI bundle's tmpfs on /dev: oci.py). Links whose name exists are left."""
+    for name, major, minor in DEVICES:
+        if not (dev / name).exists():
+            os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))   # S_IFCHR
+            os.chmod(dev / name, 0o666)                                          # umask ignored
+    links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+    for name, target in links.items():
+        if not os.path.lexists(dev / name):
+            os.symlink(target, dev / name)
 
 
 # Where --init's program appears inside the container (/dev is always the container's own tmpfs,
@@ -289,10 +297,10 @@ def mask_host_paths(root: Path) -> None:
             mount("tmpfs", str(root / name), "tmpfs", MS_RDONLY)
     for name in READ_ONLY:
         if (root / name).exists():
-            _bind_read_only(root / name)
+            bind_read_only(root / name)
 
 
-def _bind_read_only(path: Path) -> None:
+def bind_read_only(path: Path) -> None:
     # A bind mount takes its flags from the mount it binds; read-only needs a second remount
     # (mount(2), "Creating a bind mount": MS_RDONLY is ignored on the first call).
     mount(str(path), str(path), None, MS_BIND | MS_REC)

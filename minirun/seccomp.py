@@ -253,7 +253,12 @@ def install_default() -> int:
     if DEFAULT_FILTER is None:
         raise RuntimeFailure(f"minirun has no seccomp filter for {MACHINE}: "
                              "run with --security-opt seccomp=unconfined")
-    fprog = _SockFprog(len(DEFAULT_FILTER) // 8, DEFAULT_FILTER)
+    return install(DEFAULT_FILTER)
+
+
+def install(program: bytes) -> int:
+    """Install an assembled filter (the default, or an OCI bundle's: oci.py) on this thread."""
+    fprog = _SockFprog(len(program) // 8, program)
     number = NUMBERS["seccomp"][ARCHITECTURES[MACHINE][1]]
     if _libc.syscall(ctypes.c_long(number), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
                      ctypes.c_uint(0), ctypes.byref(fprog)) != 0:

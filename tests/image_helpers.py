@@ -155,3 +155,26 @@ def docker_save(path: Path, layer_tars: list, config=None, tags=("example/app:1.
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
+
+
+def build_static(source: Path, directory: Path, *flags: str) -> Path:
+    """Compile a test's C probe statically (the container's image has no C library to link
+    against) into `directory`; returns the binary."""
+    import shutil
+    if not shutil.which("gcc"):
+        raise AssertionError(f"gcc is needed to build {source.name}: apt-get install gcc libc6-dev")
+    binary = Path(directory) / source.stem
+    subprocess.run(["gcc", "-static", "-O2", *flags, "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def hello_with(store, binary: Path, image: str) -> str:
+    """Save image `image`: `hello` plus one layer holding `binary` in /usr/local/bin."""
+    import shutil
+    hello = store.get("hello")
+    tree = store.scratch_dir()
+    (tree / "usr/local/bin").mkdir(parents=True)
+    shutil.copy2(binary, tree / "usr/local/bin" / binary.name)
+    layer = store.commit_layer(tree, hashlib.sha256(binary.read_bytes()).hexdigest())
+    store.save_image(image, [path.name for path in hello.layers] + [layer], hello.config)
+    return image

@@ -213,7 +213,7 @@ def test_failed_create_leaves_nothing_and_never_touches_an_existing_cgroup(v1_ho
 
 def test_a_create_that_fails_last_leaves_nothing_in_any_hierarchy(v1_host, monkeypatch):
     # The device list is written last, after a directory in every hierarchy and the limits.
-    monkeypatch.setattr(cgroups.devices, "v1_writes", lambda: [("devices.allow", "x 1:3 rwm")])
+    monkeypatch.setattr(cgroups.devices, "v1_writes", lambda rules=None: [("devices.allow", "x 1:3 rwm")])
     with pytest.raises(RuntimeFailure, match=r"cannot restrict devices \(x 1:3 rwm\)"):
         cgroups.create(new_id("late"), cgroups.Limits(memory=32 * MiB, pids=10))
     assert own_cgroups() == []

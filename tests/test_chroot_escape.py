@@ -1,11 +1,9 @@
 """Why runtimes use pivot_root: root in a chroot can walk out; after pivot_root there is no out."""
-import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from image_helpers import build_static, hello_with
 from minirun.image import Store
 
 SOURCE = Path(__file__).parent / "programs" / "chroot_escape.c"
@@ -14,18 +12,8 @@ SOURCE = Path(__file__).parent / "programs" / "chroot_escape.c"
 @pytest.fixture(scope="module")
 def escape_image(store_root, tmp_path_factory) -> str:
     """`hello` plus one layer holding a statically linked chroot_escape."""
-    if not shutil.which("gcc"):
-        pytest.fail("gcc is needed to build the escape program: apt-get install gcc libc6-dev")
-    binary = tmp_path_factory.mktemp("escape") / "chroot_escape"
-    subprocess.run(["gcc", "-static", "-O2", "-o", binary, SOURCE], check=True)
-    store = Store(store_root)
-    hello = store.get("hello")
-    tree = store.scratch_dir()
-    (tree / "usr/local/bin").mkdir(parents=True)
-    shutil.copy2(binary, tree / "usr/local/bin/chroot_escape")
-    layer = store.commit_layer(tree, hashlib.sha256(binary.read_bytes()).hexdigest())
-    store.save_image("escape-test", [path.name for path in hello.layers] + [layer], hello.config)
-    return "escape-test"
+    return hello_with(Store(store_root), build_static(SOURCE, tmp_path_factory.mktemp("escape")),
+                      "escape-test")
 
 
 @pytest.fixture

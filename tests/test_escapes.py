@@ -14,7 +14,6 @@ reverted, and say so where they stand.
 """
 import contextlib
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_line, wait_for_container
+from image_helpers import build_static, hello_with
 from minirun.image import Store
 
 SOURCE = Path(__file__).parent / "programs" / "escape_probe.c"
@@ -36,27 +36,12 @@ NOBODY = 65534
 
 @pytest.fixture(scope="session")
 def probe_binary(tmp_path_factory) -> Path:
-    if not shutil.which("gcc"):
-        pytest.fail("gcc is needed to build the escape probe: apt-get install gcc libc6-dev")
-    binary = tmp_path_factory.mktemp("probe") / "escape_probe"
-    subprocess.run(["gcc", "-static", "-O2", "-o", binary, SOURCE], check=True)
-    return binary
-
-
-def add_probe_image(store: Store, binary: Path) -> str:
-    """`hello` plus one layer holding the probe at /usr/local/bin/escape_probe."""
-    hello = store.get("hello")
-    tree = store.scratch_dir()
-    (tree / "usr/local/bin").mkdir(parents=True)
-    shutil.copy2(binary, tree / "usr/local/bin/escape_probe")
-    layer = store.commit_layer(tree, hashlib.sha256(binary.read_bytes()).hexdigest())
-    store.save_image("escape-probe", [path.name for path in hello.layers] + [layer], hello.config)
-    return "escape-probe"
+    return build_static(SOURCE, tmp_path_factory.mktemp("probe"))
 
 
 @pytest.fixture(scope="module")
 def probe(store_root, probe_binary) -> str:
-    return add_probe_image(Store(store_root), probe_binary)
+    return hello_with(Store(store_root), probe_binary, "escape-probe")
 
 
 def outcome(result) -> str:
@@ -351,7 +336,7 @@ def test_a_setuid_file_made_in_a_container_is_no_way_up_for_a_host_user(
         minirun_env, open_parent, probe_binary):
     env = {**minirun_env, "MINIRUN_ROOT": str(open_parent / "store")}
     assert run(minirun_env, "run", "hello", "true", env=env).returncode == 0   # minirun makes the store
-    image = add_probe_image(Store(open_parent / "store"), probe_binary)
+    image = hello_with(Store(open_parent / "store"), probe_binary, "escape-probe")
     plant = "cp /usr/local/bin/escape_probe /tmp/suid && chmod 4755 /tmp/suid && echo ready && exec sleep 60"
     with running(env, "planter", image, "sh", "-c", plant) as (planter, _):
         assert read_line(planter) == "ready\n"

@@ -1,19 +1,17 @@
 """The default seccomp filter: what it refuses inside a real container, and that it is what does
 the refusing (each refusal is checked again with `--security-opt seccomp=unconfined`)."""
 import ctypes
-import hashlib
 import os
 import re
-import shutil
 import signal
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import read_line, wait_for_container
 from minirun import seccomp
+from image_helpers import build_static, hello_with
 from minirun.image import Store
 from test_leftovers import host_mounts, leftovers
 
@@ -124,18 +122,8 @@ def test_the_assembler_resolves_labels_and_refuses_a_jump_out_of_reach():
 @pytest.fixture(scope="module")
 def probe_image(store_root, tmp_path_factory) -> str:
     """`hello` plus one layer holding a statically linked seccomp_probe."""
-    if not shutil.which("gcc"):
-        pytest.fail("gcc is needed to build the probe: apt-get install gcc libc6-dev")
-    binary = tmp_path_factory.mktemp("probe") / "seccomp_probe"
-    subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", binary, SOURCE], check=True)
-    store = Store(store_root)
-    hello = store.get("hello")
-    tree = store.scratch_dir()
-    (tree / "usr/local/bin").mkdir(parents=True)
-    shutil.copy2(binary, tree / "usr/local/bin/seccomp_probe")
-    layer = store.commit_layer(tree, hashlib.sha256(binary.read_bytes()).hexdigest())
-    store.save_image("seccomp-probe", [path.name for path in hello.layers] + [layer], hello.config)
-    return "seccomp-probe"
+    binary = build_static(SOURCE, tmp_path_factory.mktemp("probe"), "-pthread")
+    return hello_with(Store(store_root), binary, "seccomp-probe")
 
 
 def probe(minirun, image, *calls, flags=()) -> dict[str, str]:

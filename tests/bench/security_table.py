@@ -19,10 +19,8 @@ deleted, and runc's cgroups under an absolute parent of our own (never a relativ
 which runc would resolve under the caller's own cgroup) removed.
 """
 import argparse
-import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -32,6 +30,8 @@ import time
 from pathlib import Path
 
 PROBE_SOURCE = Path(__file__).resolve().parent.parent / "programs" / "escape_probe.c"
+sys.path.insert(0, str(PROBE_SOURCE.parent.parent))
+from image_helpers import build_static, hello_with  # noqa: E402
 CGROUP_PARENT = "minirun-security"          # runc's cgroupsPath is /minirun-security/<name>
 MASKED = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
           "/proc/latency_stats", "/proc/acpi", "/proc/scsi", "/sys/firmware"]
@@ -284,23 +284,12 @@ def measure(runtime: Runtime, hostdir: Path, secret: str) -> dict[str, str]:
 
 # --- Setting up: the probe, a private store, the rootfs for runc --------------------------------
 
-def build_probe(workdir: Path) -> Path:
-    binary = workdir / "escape_probe"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(binary), str(PROBE_SOURCE)], check=True)
-    return binary
-
-
 def make_probe_image(binary: Path) -> Path:
     """`hello` plus the probe, as image `probe` in the private store; returns hello's layer."""
     from minirun.image import Store
     store = Store()
-    hello = store.get("hello")
-    tree = store.scratch_dir()
-    (tree / "usr/local/bin").mkdir(parents=True)
-    shutil.copy2(binary, tree / "usr/local/bin/escape_probe")
-    layer = store.commit_layer(tree, hashlib.sha256(binary.read_bytes()).hexdigest())
-    store.save_image("probe", [path.name for path in hello.layers] + [layer], hello.config)
-    return hello.layers[0]
+    hello_with(store, binary, "probe")
+    return store.get("hello").layers[0]
 
 
 def runc_rootfs(layer: Path, binary: Path, workdir: Path) -> Path:
@@ -363,7 +352,7 @@ def main() -> None:
     existed = set(Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"))
     columns = {}
     try:
-        binary = build_probe(workdir)
+        binary = build_static(PROBE_SOURCE, workdir)
         layer = make_probe_image(binary)
         runtimes: list[Runtime] = []
         if not args.no_runc and shutil.which("runc"):

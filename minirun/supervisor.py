@@ -1,0 +1,435 @@
+"""The supervisor: what keeps a detached container (`minirun run -d`) company once the command
+that started it has returned. conmon is this to podman's runc, containerd-shim to containerd's.
+
+A container's processes need a parent that waits for them, and their output needs a reader:
+with `run -d` the terminal that asked is gone a moment later. So `run -d` forks a small process
+of minirun's own, lets it leave the caller's session (setsid(2)) and its process tree (a second
+fork: its parent exits at once, so it is reparented to init, or to the nearest subreaper), and
+returns. That supervisor then:
+
+- runs the ordinary foreground runtime (container.run) as its child, with stdin on /dev/null
+  (or, with -i/-t, on a pipe it never writes and never closes: a shell keeps waiting for
+  input, as under Docker), and stdout and stderr on two pipes of its own;
+- copies each pipe into its own log file (stdout.log, stderr.log), each bounded: at
+  LOG_LIMIT bytes it is rotated once (to .1), so a chatty container holds at most twice that;
+- waits for the runtime's exit status (the container's, Docker-coded) and writes it into the
+  container's record here, where `ps -a`, `wait`, `logs` and `inspect` find it; with --rm it
+  removes everything instead.
+
+Everything a detached container leaves in the state directory is in one directory:
+
+    $MINIRUN_STATE/supervised/ID/
+        record.json          id, name, image, command, status (running|exited), exit code
+        lock                 flock'ed by the supervisor for its whole life (state.hold_for_life)
+        stdout.log(.1)       the container's output, bounded
+        stderr.log(.1)
+
+The lock says what kind of directory it is: held, its supervisor lives; free with the status
+"exited", the container ended and stays until `minirun rm`; free with any other status, the
+supervisor was killed, and `minirun gc` removes it. (Its runtime, the supervisor's child, then
+notices that the reader of its stdout is gone, kills the container and cleans up its bundle and
+cgroup, as any runtime whose `| reader` went away does: see container._supervise.)
+"""
+import json
+import os
+import select
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from minirun import state
+from minirun.errors import RUNTIME_FAILED, RuntimeFailure, status_from_wait
+
+LOG_LIMIT = 1024 * 1024     # bytes per log file before it is rotated once (so at most 2 MiB)
+STREAMS = ("stdout", "stderr")
+
+
+@dataclass
+class SupervisedRecord:
+    id: str
+    name: str
+    image: str
+    command: list[str]
+    created: float
+    supervisor_pid: int = 0
+    status: str = "created"         # created -> running -> exited
+    exit_code: int | None = None
+    finished: float | None = None
+    remove: bool = False            # --rm: nothing stays once it exits
+    tty: bool = False
+    limits: dict = field(default_factory=dict)
+    hostname: str = ""
+
+
+def directory() -> Path:
+    return state.state_dir() / "supervised"
+
+
+def load(path: Path) -> SupervisedRecord | None:
+    try:
+        return SupervisedRecord(**json.loads((path / "record.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def records() -> list[SupervisedRecord]:
+    if not directory().is_dir():
+        return []
+    found = (load(path) for path in sorted(directory().iterdir()) if not path.name.startswith("."))
+    return sorted((record for record in found if record), key=lambda record: record.created)
+
+
+def _save(record: SupervisedRecord, home: Path) -> None:
+    tmp = home / ".record.json.tmp"
+    tmp.write_text(json.dumps(asdict(record)))
+    os.rename(tmp, home / "record.json")     # readers see the old record or the new, never half
+
+
+def is_supervised(record: SupervisedRecord) -> bool:
+    """True while its supervisor lives (it holds the lock)."""
+    lock = state.take_if_free(directory() / record.id / "lock")
+    if lock is None:
+        return (directory() / record.id / "lock").exists()
+    os.close(lock)
+    return False
+
+
+# -- Starting: `minirun run -d` ------------------------------------------------------------------
+
+def run_detached(spec) -> str:
+    """Start the container of `spec` (a container.ContainerSpec) under a supervisor; return its
+    id once its command has been exec'd. A container that cannot start fails here, with its
+    one line and its status, as `docker run -d` does, and leaves nothing."""
+    name = spec.name
+    if name and any(record.name == name for record in records()):
+        raise RuntimeFailure(f"the name {name!r} is in use by a container (running or exited): "
+                             "choose another --name, or `minirun rm` that one")
+    container_id = os.urandom(32).hex()
+    spec = replace(spec, id=container_id, name=name or container_id[:12])
+    home = directory() / container_id
+    for attempt in range(3):        # the last `rm` may remove supervised/ between two mkdirs
+        try:
+            home.mkdir(parents=True, mode=0o700)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    os.chmod(directory(), 0o700)
+    # The lock is taken here and inherited by the supervisor: flock(2) locks belong to the open
+    # file, which the fork shares, so there is no moment when the directory is there unowned.
+    lock = state.hold_for_life(home / "lock")
+    limits = {key: value for key, value in asdict(spec.limits).items() if value is not None}
+    record = SupervisedRecord(id=container_id, name=spec.name, image=spec.image,
+                              command=list(spec.command), created=time.time(),
+                              remove=spec.remove, tty=spec.tty, limits=limits,
+                              hostname=spec.hostname or container_id[:12])
+    _save(record, home)
+    report_read, report_write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        try:
+            os.close(report_read)
+            os.setsid()                     # no controlling terminal, no caller's session
+            if os.fork() == 0:
+                _supervise(spec, record, home, lock, report_write)
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    os.close(lock)
+    os.waitpid(first, 0)
+    with os.fdopen(report_read, "rb") as report:
+        outcome = report.read().decode(errors="replace")
+    if outcome == "started":
+        return container_id
+    code, _, message = outcome.partition("\n")
+    raise RuntimeFailure(message or "the supervisor died before the container started",
+                         int(code) if code.isdigit() else RUNTIME_FAILED)
+
+
+def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: int) -> None:
+    """The supervisor's life: start the runtime, copy its output into the logs, keep its status."""
+    from minirun import container
+    record.supervisor_pid = os.getpid()
+    null = os.open(os.devnull, os.O_RDWR)
+    stdin_read, keep_open = os.pipe() if spec.interactive or spec.tty else (null, None)
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    started_read, started_write = os.pipe()
+    runtime = os.fork()
+    if runtime == 0:
+        status = RUNTIME_FAILED
+        try:
+            for fd in (out_read, err_read, started_read, report, lock):
+                os.close(fd)
+            for target, source in enumerate((stdin_read, out_write, err_write)):
+                os.dup2(source, target)
+            status = container.run(replace(spec, notify_fd=started_write))
+        except RuntimeFailure as failure:
+            os.write(2, f"minirun: {failure}\n".encode())
+            status = failure.exit_code
+        except BaseException as error:        # a bug: still one line in the log
+            os.write(2, f"minirun: internal error: {error!r}\n".encode())
+        finally:
+            os._exit(status)
+    for fd in {out_write, err_write, started_write, null, stdin_read}:
+        os.close(fd)
+    for fd in (0, 1, 2):                       # the caller's terminal is not ours to hold
+        os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP, signal.SIGTERM})
+    logs = {out_read: Log(home / "stdout.log"), err_read: Log(home / "stderr.log")}
+    started = _copy_until_closed(logs, started_read, lambda: _started(record, home, report))
+    _, wait_status = os.waitpid(runtime, 0)
+    code = status_from_wait(wait_status)
+    if not started:                            # it never ran: say why to `run -d`, keep nothing
+        message = _last_line(home / "stderr.log").removeprefix("minirun: ")
+        os.write(report, f"{code}\n{message}".encode())
+        remove_directory(home)
+        return
+    record.status, record.exit_code, record.finished = "exited", code, time.time()
+    os.pwrite(lock, str(code).encode(), 0)     # for a `minirun wait` of a --rm container
+    if record.remove:
+        remove_directory(home)
+    else:
+        _save(record, home)
+
+
+def remove_directory(home: Path) -> None:
+    """Remove a container's directory, and supervised/ itself once it is empty, so that a
+    state directory without containers is empty again."""
+    shutil.rmtree(home, ignore_errors=True)
+    try:
+        home.parent.rmdir()
+    except OSError:
+        pass                    # another container's directory is there: it stays
+
+
+def _started(record: SupervisedRecord, home: Path, report: int) -> None:
+    record.status = "running"
+    _save(record, home)
+    os.write(report, b"started")
+    os.close(report)
+
+
+def _copy_until_closed(logs: dict, started: int, on_started) -> bool:
+    """Copy each pipe into its log until every writer is gone (the runtime and the container
+    have exited); call on_started() when the runtime says the command runs. Return whether it
+    did."""
+    poller = select.poll()
+    for fd in (*logs, started):
+        poller.register(fd, select.POLLIN)
+    open_fds, was_started = {*logs, started}, False
+    while open_fds - {started}:
+        for fd, _ in poller.poll():
+            data = os.read(fd, 65536)
+            if fd == started and data and not was_started:
+                was_started = True
+                on_started()
+            elif fd in logs and data:
+                logs[fd].write(data)
+            if not data:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                os.close(fd)
+    for log in logs.values():
+        log.close()
+    return was_started
+
+
+class Log:
+    """A log file that never grows past LOG_LIMIT: when full it becomes NAME.1 (replacing the
+    previous one) and a new NAME begins, so the last LOG_LIMIT to 2*LOG_LIMIT bytes are kept."""
+
+    def __init__(self, path: Path):
+        self.path, self.size = path, 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def write(self, data: bytes) -> None:
+        while data:
+            room = LOG_LIMIT - self.size
+            chunk, data = data[:room], data[room:]
+            os.write(self.fd, chunk)
+            self.size += len(chunk)
+            if self.size >= LOG_LIMIT:
+                os.close(self.fd)
+                os.rename(self.path, self.path.with_name(self.path.name + ".1"))
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                                  0o600)
+                self.size = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+# -- Looking after it: logs, wait, rm, gc -------------------------------------------------------
+
+def find(target: str) -> SupervisedRecord:
+    """The detached container whose name is `target`, or whose id starts with it."""
+    matches = _matching(records(), target)
+    if len(matches) != 1:
+        what = "no container" if not matches else "more than one container matches"
+        raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps -a`")
+    return matches[0]
+
+
+def _matching(found: list, target: str) -> list:
+    """Those named `target`, or else those whose id starts with it (as `docker` matches)."""
+    return [r for r in found if r.name == target] or \
+        [r for r in found if target and r.id.startswith(target)]
+
+
+def log_files(record: SupervisedRecord, stream: str) -> list[Path]:
+    home = directory() / record.id
+    return [home / f"{stream}.log.1", home / f"{stream}.log"]
+
+
+def print_logs(target: str, follow: bool) -> None:
+    """`minirun logs`: the stdout log to our stdout, the stderr log to our stderr; with -f,
+    then what comes, until the container has exited."""
+    record = find(target)
+    home = directory() / record.id
+    offsets = {}
+    for stream, out in zip(STREAMS, (1, 2)):
+        for path in log_files(record, stream):
+            offsets[stream] = _copy_file(path, out, 0)
+    while follow:
+        running = is_supervised(record)
+        for stream, out in zip(STREAMS, (1, 2)):
+            path = home / f"{stream}.log"
+            if path.exists() and path.stat().st_size < offsets[stream]:   # rotated meanwhile
+                offsets[stream] = 0
+            offsets[stream] = _copy_file(path, out, offsets[stream])
+        if not running:
+            return
+        time.sleep(0.1)
+
+
+def _copy_file(path: Path, out: int, offset: int) -> int:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            while chunk := log.read(65536):
+                while chunk:
+                    chunk = chunk[os.write(out, chunk):]
+            return log.tell()
+    except FileNotFoundError:
+        return 0
+
+
+def wait(target: str) -> int:
+    """`minirun wait`: block until the container has exited; return its exit code. The
+    supervisor's lock is the clock: a shared flock waits for its holder to let go."""
+    import fcntl
+    record = find(target)
+    try:
+        lock = os.open(directory() / record.id / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        lock = None
+    if lock is not None:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        written = os.pread(lock, 16, 0).decode()
+        os.close(lock)
+        if written.isdigit():
+            return int(written)
+    ended = load(directory() / record.id)
+    if ended is None or ended.exit_code is None:
+        raise RuntimeFailure(f"container {record.id[:12]} ended without an exit status "
+                             "(its supervisor was killed): `minirun gc` removes it")
+    return ended.exit_code
+
+
+def remove(target: str, force: bool) -> str:
+    """`minirun rm`: remove an exited container (its record and logs); with -f stop a running
+    one first (SIGKILL, as `docker rm -f`)."""
+    record = find(target)
+    if is_supervised(record):
+        if not force:
+            raise RuntimeFailure(f"container {record.name} is running: stop it first, or "
+                                 "use `minirun rm -f`")
+        from minirun.container import stop
+        try:
+            stop(record.id, grace=0)
+        except RuntimeFailure:
+            pass                            # it ended meanwhile
+        wait(record.id)
+    lock = state.take_if_free(directory() / record.id / "lock")
+    remove_directory(directory() / record.id)
+    if lock is not None:
+        os.close(lock)
+    return record.id
+
+
+def remove_stale() -> list[str]:
+    """For gc: the directories of supervisors that were killed (lock free, never exited)."""
+    removed = []
+    for record_dir in (directory().iterdir() if directory().is_dir() else ()):
+        lock = state.take_if_free(record_dir / "lock")
+        if lock is None:
+            continue
+        record = load(record_dir)
+        if record is None or record.status != "exited":
+            remove_directory(record_dir)
+            removed.append(record_dir.name)
+        os.close(lock)
+    return removed
+
+
+def describe(target: str) -> dict | None:
+    """`minirun inspect` of a container: its state, pid, limits, and while it runs its mounts
+    and network devices as its own namespaces show them (/proc/PID/mountinfo, /proc/PID/net/dev).
+    None if `target` names no container (then it may name an image)."""
+    live = _matching([r for r in state.containers() if state.is_alive(r)], target)
+    kept = _matching(records(), target)
+    if len(live) > 1 or len(kept) > 1:
+        raise RuntimeFailure(f"more than one container matches {target!r}: give more of its id")
+    if not live and not kept:
+        return None
+    record = live[0] if live else None
+    supervised = kept[0] if kept and (not record or kept[0].id == record.id) else None
+    described = {"id": (record or supervised).id, "name": (record or supervised).name,
+                 "image": (record or supervised).image, "command": (record or supervised).command,
+                 "state": {"status": "running" if record else supervised.status,
+                           "pid": record.pid if record else 0,
+                           "exit_code": supervised.exit_code if supervised else None,
+                           "detached": supervised is not None}}
+    if supervised:
+        described.update(limits=supervised.limits, hostname=supervised.hostname, tty=supervised.tty,
+                         remove=supervised.remove, logs=[str(path) for stream in STREAMS
+                                                         for path in log_files(supervised, stream)])
+    if record:
+        described.update(user=record.user or "root", workdir=record.workdir,
+                         capabilities=record.capabilities, seccomp=record.seccomp,
+                         mounts=_mounts_of(record.pid), network=_network_of(record.pid))
+    return described
+
+
+def _mounts_of(pid: int) -> list[str]:
+    """The container's mount table: mount point, type, source (proc(5), mountinfo)."""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        mounts.append(f"{fields.split()[4]} {rest.split()[0]} {rest.split()[1]}")
+    return mounts
+
+
+def _network_of(pid: int) -> list[str]:
+    """The network devices of the container's network namespace (/proc/PID/net/dev)."""
+    try:
+        with open(f"/proc/{pid}/net/dev") as devices:
+            return [line.split(":")[0].strip() for line in devices.read().splitlines()[2:]]
+    except OSError:
+        return []

@@ -1,0 +1,163 @@
+"""Detached containers: `run -d` under a supervisor, then logs, ps -a, stop, wait, rm, inspect;
+a killed supervisor, and gc. Every test counts what is left: bundles, records, cgroups."""
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from minirun import supervisor
+
+# Traps TERM, so that `stop` ends it with a status of its own choosing (7), not a SIGKILL.
+SERVER = ["sh", "-c", "trap 'echo bye; exit 7' TERM; echo out; echo err >&2; "
+                      "while :; do sleep 0.1; done"]
+
+
+def cgroups_of(container_id: str) -> list[Path]:
+    return [path for path in Path("/sys/fs/cgroup").glob(f"*/minirun/{container_id}")]
+
+
+def leftovers(env: dict) -> dict:
+    containers = Path(env["MINIRUN_ROOT"]) / "containers"
+    state = Path(env["MINIRUN_STATE"])
+    return {"bundles": sorted(os.listdir(containers)) if containers.exists() else [],
+            "records": sorted(p.name for p in state.glob("*"))}     # supervised/ too
+
+
+@pytest.fixture
+def nothing_left(minirun_env):
+    before = leftovers(minirun_env)
+    yield
+    assert leftovers(minirun_env) == before
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def supervised_record(env, container_id) -> dict:
+    return json.loads((Path(env["MINIRUN_STATE"]) / "supervised" / container_id / "record.json").read_text())
+
+
+def test_detached_lifecycle_end_to_end(minirun, minirun_env, nothing_left):
+    started = minirun("run", "-d", "--name", "web", "hello", *SERVER)
+    assert started.returncode == 0, started.stderr
+    container_id = started.stdout.strip()
+    assert len(container_id) == 64 and started.stderr == ""
+    # `run -d` has returned; the container runs on, under its supervisor.
+    wait_until(lambda: minirun("logs", "web").stdout == "out\n")
+    logs = minirun("logs", "web")
+    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")       # kept apart
+    row = minirun("ps").stdout.splitlines()[1].split()
+    assert row[:3] == [container_id[:12], "web", "hello"] and "Up" in row
+    assert cgroups_of(container_id)
+    assert minirun("stop", "web").returncode == 0
+    assert minirun("wait", "web").stdout == "7\n"
+    assert "Exited (7)" in minirun("ps", "-a").stdout
+    assert minirun("ps").stdout.splitlines()[1:] == []             # not running any more
+    assert minirun("logs", "web").stdout == "out\nbye\n"
+    assert minirun("inspect", "web").returncode == 0
+    assert json.loads(minirun("inspect", "web").stdout)["state"] == \
+        {"status": "exited", "pid": 0, "exit_code": 7, "detached": True}
+    assert cgroups_of(container_id) == []                # the runtime removed it at the exit
+    assert minirun("rm", "web").stdout == f"{container_id[:12]}\n"
+    assert minirun("ps", "-a").stdout.splitlines()[1:] == []
+    assert minirun("logs", "web").returncode == 125
+
+
+def test_the_supervisor_left_the_callers_session(minirun, minirun_env, nothing_left):
+    container_id = minirun("run", "-d", "hello", "sleep", "60").stdout.strip()
+    pid = supervised_record(minirun_env, container_id)["supervisor_pid"]
+    # setsid'd in a session of its own, and not its leader (the second fork), so it can never
+    # take a controlling terminal again.
+    assert os.getsid(pid) not in (pid, os.getsid(0))
+    assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(os.getpid())
+    assert minirun("rm", "-f", container_id[:12]).returncode == 0
+
+
+def test_inspect_shows_pid_limits_mounts_and_network(minirun, minirun_env, nothing_left):
+    container_id = minirun("run", "-d", "-m", "64M", "--pids-limit", "50", "--name", "lim",
+                           "hello", "sleep", "60").stdout.strip()
+    described = json.loads(minirun("inspect", "lim").stdout)
+    assert described["id"] == container_id and described["state"]["status"] == "running"
+    assert Path(f"/proc/{described['state']['pid']}/cmdline").read_bytes() == b"sleep\x0060\x00"
+    assert described["limits"] == {"memory": 64 * 1024 ** 2, "pids": 50}
+    assert "/ overlay overlay" in described["mounts"] and "/proc proc proc" in described["mounts"]
+    assert described["network"] == ["lo"]
+    assert minirun("rm", "lim").returncode == 125                  # running: -f needed
+    assert minirun("rm", "-f", "lim").returncode == 0
+    assert cgroups_of(container_id) == []
+
+
+def test_logs_are_bounded_and_keep_the_end(minirun, minirun_env, nothing_left):
+    # About 2.9 MB of numbered lines: more than the two files of LOG_LIMIT each can hold.
+    container_id = minirun("run", "-d", "--name", "chatty", "hello", "seq", "1", "400000").stdout.strip()
+    assert minirun("wait", "chatty").stdout == "0\n"
+    home = Path(minirun_env["MINIRUN_STATE"]) / "supervised" / container_id
+    sizes = [path.stat().st_size for path in home.glob("stdout.log*")]
+    assert len(sizes) == 2 and all(size <= supervisor.LOG_LIMIT for size in sizes)
+    out = minirun("logs", "chatty").stdout
+    assert out.endswith("\n399999\n400000\n") and len(out) == sum(sizes)
+    assert minirun("rm", "chatty").returncode == 0
+
+
+def test_logs_follow_until_the_container_exits(minirun, nothing_left):
+    minirun("run", "-d", "--name", "ticker", "hello", "sh", "-c",
+            "for i in 1 2 3; do echo $i; sleep 0.3; done")
+    assert minirun("logs", "-f", "ticker").stdout == "1\n2\n3\n"
+    assert minirun("rm", "ticker").returncode == 0
+
+
+def test_rm_flag_leaves_nothing_once_it_exits(minirun, nothing_left):
+    assert minirun("run", "-d", "--rm", "--name", "gone", "hello", "sh", "-c", "exit 4").returncode == 0
+    assert minirun("wait", "gone").stdout in ("4\n", "")    # gone already: nothing to wait for
+
+
+def test_a_container_that_cannot_start_fails_run_d_and_leaves_nothing(minirun, nothing_left):
+    result = minirun("run", "-d", "--name", "bad", "hello", "no-such-command")
+    assert result.returncode == 127 and result.stdout == ""
+    assert result.stderr.startswith("minirun: 'no-such-command' not found in the container")
+    assert minirun("ps", "-a").stdout.splitlines()[1:] == []
+
+
+def test_names_of_exited_containers_stay_taken_and_start_says_why_not(minirun, nothing_left):
+    minirun("run", "-d", "--name", "once", "hello", "true")
+    assert minirun("wait", "once").stdout == "0\n"
+    again = minirun("run", "-d", "--name", "once", "hello", "true")
+    assert again.returncode == 125 and "in use" in again.stderr
+    start = minirun("start", "once")
+    assert start.returncode == 125 and "writable layer" in start.stderr
+    assert minirun("rm", "once").returncode == 0
+
+
+def test_an_interactive_shell_on_a_pty_waits_for_input_and_takes_exec(minirun, nothing_left):
+    container_id = minirun("run", "-dit", "--name", "shell", "hello", "sh").stdout.strip()
+    time.sleep(0.5)
+    assert minirun("ps").stdout.count(container_id[:12]) == 1     # stdin not at its end
+    assert minirun("exec", "shell", "sh", "-c", "tty < /proc/1/fd/0").stdout == "/dev/pts/0\n"
+    assert minirun("rm", "-f", "shell").returncode == 0
+
+
+@pytest.mark.parametrize("victims", [("supervisor",), ("supervisor", "runtime")])
+def test_a_killed_supervisor_leaves_nothing_gc_does_not_remove(minirun, minirun_env, nothing_left,
+                                                               victims):
+    container_id = minirun("run", "-d", "--name", "victim", "hello", "sleep", "60").stdout.strip()
+    pids = {"supervisor": supervised_record(minirun_env, container_id)["supervisor_pid"],
+            "runtime": json.loads((Path(minirun_env["MINIRUN_STATE"]) / f"{container_id}.json")
+                                  .read_text())["runtime_pid"]}
+    for victim in victims:
+        os.kill(pids[victim], signal.SIGKILL)
+    # Without its supervisor, the runtime's output has no reader: it ends the container; killed
+    # too, the parent-death signal ends it. Either way the container is gone...
+    wait_until(lambda: "Dead" in minirun("ps", "-a").stdout)
+    # ...and `gc` removes what is left: the supervisor's directory, and the bundle and cgroup
+    # of a killed runtime.
+    wait_until(lambda: minirun("gc").returncode == 0 and not cgroups_of(container_id)
+               and minirun("ps", "-a").stdout.splitlines()[1:] == [])
