@@ -100,8 +100,8 @@ def boot(source: Path, env: dict, image: str, memory: str, command: list[str]) -
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "minivm", "boot", "--memory", memory,
                              "--hostname", marker, image, *command],
-                            env={**env, "PYTHONPATH": str(source)}, capture_output=True,
-                            text=True, timeout=600)
+                            env={**env, "PYTHONPATH": str(source)}, cwd=source,
+                            capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - started
     watcher.stop.set()
     watcher.join()
@@ -162,6 +162,11 @@ def main() -> None:
                                       image, memory[design], command)
                         if turn == 0:
                             cold[design] = result
+                            # `python -m` puts its working directory first on sys.path: check
+                            # that each design's own code ran, by what it left in its cache.
+                            built = caches[design] / ("initramfs" if design == "initramfs"
+                                                      else "disks")
+                            assert built.is_dir(), f"the {design} design did not run"
                         elif result:
                             warm[design].append(result)
                 for design, _ in designs:
