@@ -158,8 +158,11 @@ class Hardware:
                     needs=("virtio-mmio", "virtio-serial"))
 
     def _layer_disks(self) -> Part:
-        flags = []
+        flags, merged = [], ""
         for number, disk in enumerate(self.disks):
+            if len(disk.layers) > 1:
+                merged = (f"; {disk.serial} holds the bottom {len(disk.layers)} layers merged, "
+                          f"for want of device slots ({VIRTIO_TRANSPORTS} virtio transports)")
             flags += ["-drive", f"file={disk.path},if=none,id=layer{number},format=raw,"
                                 "readonly=on",
                       "-device", f"virtio-blk-device,drive=layer{number},serial={disk.serial}"]
@@ -169,7 +172,7 @@ class Hardware:
                     "the guest init stacks them with overlayfs under a tmpfs, as a container's "
                     "root is stacked on the host. The guest reads only the blocks the app "
                     "touches, through the host's page cache, which every VM booting the same "
-                    "layers shares",
+                    "layers shares" + merged,
                     needs=("virtio-mmio", "virtio-blk", "erofs", "overlayfs"))
 
     def _shared_folders(self) -> list[Part]:

@@ -112,6 +112,11 @@ def same_in_both(guest, minirun, minirun_env, image: str, *command: str, vm_flag
     assert vm.returncode == 0, vm.stderr
     assert vm.stdout == container.stdout
     assert leftovers(guest) == ([], [])
+    if "--explain" in vm_flags:     # the disks and the modules beside them
+        assert "virtio-blk-device,drive=layer0,serial=minivm.layer0" in vm.stderr
+        assert "guest kernel modules for overlayfs: overlay" in vm.stderr
+        if image == "sixty":
+            assert "minivm.layer0 holds the bottom 39 layers merged" in vm.stderr
     return vm.stdout
 
 
@@ -138,7 +143,7 @@ def test_an_image_of_60_layers_runs_in_both(guest, minirun, minirun_env, native_
                               for number in range(1, 60)]
     image = import_layers(tmp_path, minirun_env["MINIRUN_ROOT"], "sixty", layers)
     out = same_in_both(guest, minirun, minirun_env, image, "sh", "-c",
-                       "ls /layers; cat /layers/01 /layers/59")
+                       "ls /layers; cat /layers/01 /layers/59", vm_flags=["--explain"])
     assert out.split() == [f"{number:02}" for number in range(1, 60)] + ["1", "59"]
 
 
