@@ -23,6 +23,7 @@ Not a test: pytest does not collect it (no test_ prefix).
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,13 +83,13 @@ class QemuWatcher(threading.Thread):
             self.stop.wait(0.02)
 
     def _find(self) -> int | None:
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                argv = cmdline.read_bytes().split(b"\0")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:                    # the process may end while we look
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
             if b"qemu-system" in argv[0] and self.marker in b" ".join(argv):
-                return int(cmdline.parent.name)
+                return int(pid)
         return None
 
 
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--before", help="the commit of the initramfs design [default: the "
                         "parent of the commit that added minivm/disks.py]")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # so the worktree is removed
     before = args.before or subprocess.run(
         ["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "--",
          "minivm/disks.py"], capture_output=True, text=True, check=True).stdout.split()[-1] + "^"
