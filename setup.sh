@@ -20,7 +20,8 @@ apt-get update -qq
 # libcap-dev, gcc, python3-dev  python-prctl is built from source against libcap
 # gcc, libc6-dev  minivm builds its static user-switching helper (minivm/become.c) with them
 # qemu-system-x86  minivm's hypervisor; iproute2 for inspecting what minirun sets up
-# runc, crun, hyperfine  peers and timer for the benchmarks in tests/bench
+# runc  the peer of tests/bench/startup.py, tests/bench/oci.py and the security table
+#       (tests/bench/security_table.py)
 # umoci, skopeo  real tools that write OCI images, used by the image-import tests
 # podman (with conmon)  an engine that drives minirun through the OCI runtime interface
 #                 (tests/test_podman.py, tests/bench/oci.py); libseccomp2 comes with it
@@ -28,7 +29,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     busybox-static libcap-dev gcc libc6-dev python3-venv python3-dev \
     qemu-system-x86 iproute2 xz-utils zstd erofs-utils \
-    runc crun hyperfine umoci skopeo podman >/dev/null
+    runc umoci skopeo podman >/dev/null
 
 # The system interpreter, not a pyenv shim: every `minirun` start pays for the interpreter.
 # editable_mode=compat puts the checkout on sys.path with a plain .pth line; the default
@@ -39,6 +40,7 @@ apt-get install -y -qq --no-install-recommends \
 .venv/bin/python -m compileall -q minirun minivm
 ln -sf "$PWD/.venv/bin/minirun" /usr/local/bin/minirun
 ln -sf "$PWD/.venv/bin/minivm" /usr/local/bin/minivm
+ln -sf "$PWD/.venv/bin/minicompare" /usr/local/bin/minicompare
 
 # A guest kernel for minivm, unpacked from Debian's linux-image-amd64 into minivm's cache.
 .venv/bin/minivm kernel fetch

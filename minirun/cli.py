@@ -121,6 +121,11 @@ def _need_root(command: str) -> None:
               help="Bind a host directory (or file) into the container; :ro makes it read-only.")
 @click.option("--security-opt", "security_opt", multiple=True, metavar="OPT",
               help="seccomp=unconfined turns off the default system call filter.")
+@click.option("--network", default="bridge", show_default=True, metavar="MODE",
+              help="bridge (an address on minirun0), none (only lo) or host (the host's).")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:PORT[/udp]",
+              help="Publish a container's port on the host.")
+@click.option("--add-host", multiple=True, metavar="NAME:IP", help="Add a line to /etc/hosts.")
 @click.option("--explain", is_flag=True, help="Narrate each step of the run on stderr.")
 @click.option("--stats", is_flag=True,
               help="At the end, print the peak memory and CPU time the container used.")

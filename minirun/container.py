@@ -55,6 +55,9 @@ class ContainerSpec:
     remove: bool = False        # --rm: only `run -d` keeps an exited container (supervisor.py)
     id: str | None = None       # chosen by the caller (the supervisor), else at random
     notify_fd: int | None = None    # "s" is written here once the command has been exec'd
+    network: str = "bridge"     # bridge, none or host (network.py)
+    publish: list = field(default_factory=list)         # ports.Port, from -p
+    add_hosts: list = field(default_factory=list)       # (name, address), from --add-host
     volumes: list[rootfs.Volume] = field(default_factory=list)     # -v HOST_DIR:DIR[:ro]
 
     @classmethod
@@ -88,7 +91,27 @@ class ContainerSpec:
                    read_only=bool(options.get("read_only")),
                    interactive=bool(options.get("interactive")),
                    remove=bool(options.get("remove")),
-                   volumes=[rootfs.parse_volume(text) for text in options.get("volumes") or ()])
+                   volumes=[rootfs.parse_volume(text) for text in options.get("volumes") or ()],
+                   **_network_options(options))
+
+
+def _network_options(options: dict) -> dict:
+    """--network, -p and --add-host, checked: a bad one fails before anything is made."""
+    from minirun import hosts, ports
+    mode = network.check_mode(options.get("network") or "bridge")
+    try:
+        publish = [ports.parse(text) for text in options.get("publish") or ()]
+        add_hosts = [hosts.check_add_host(text) for text in options.get("add_host") or ()]
+    except ValueError as error:
+        raise RuntimeFailure(str(error)) from None
+    if publish and mode == "none":
+        raise RuntimeFailure("-p publishes a port of the container's network: it has none with "
+                             "--network none (use the default, --network bridge)")
+    if publish and mode == "host":
+        print("minirun: warning: published ports are discarded with --network host: the "
+              "container's ports are the host's", file=sys.stderr)
+        publish = []
+    return {"network": mode, "publish": publish, "add_hosts": add_hosts}
 
 
 # Docker's floor for --memory: below it the runtime's own steps and the first exec of the
@@ -158,7 +181,7 @@ def run(spec: ContainerSpec) -> int:
                                    capabilities=sorted(plan.privileges.capabilities),
                                    privileged=plan.privileges.privileged,
                                    seccomp=plan.seccomp)
-    bundle = cgroup = None
+    bundle = cgroup = net = None
     # From here to the end of the cleanup, signals sent to minirun wait, held, until step 6
     # passes them on to the container: none can cut a step, or the cleanup, short. (They have
     # been held since minirun started, see cli.py; one that came before the container exists
@@ -186,14 +209,23 @@ def run(spec: ContainerSpec) -> int:
             say("cgroup", f"{cgroup}: {', '.join(cgroup.written) or 'no limits, usage counted'}")
             _stop_if_interrupted()
 
+            # 4b. The network (network.py): with a bridge, an address and an empty network
+            #     namespace; the /etc files naming the container; the published ports' sockets.
+            net = network.ContainerNetwork(spec.network, spec.publish, spec.add_hosts)
+            net.prepare(plan.id, record.name, plan.hostname, bundle.upper, say)
+            _stop_if_interrupted()
+
             # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
+            #    Meanwhile the runtime wires its network namespace (veth, address, route).
             child, pty_master = _fork_child(
                 lambda: _new_pid_namespace(say),
-                lambda link: _become_container(plan, bundle, cgroup, link, say),
-                spec.tty, "setting up the container failed", plan.command, plan.env)
+                lambda link: _become_container(plan, bundle, cgroup, net, link, say),
+                spec.tty, "setting up the container failed", plan.command, plan.env,
+                after_go=(lambda: net.wire(say)) if net.attachment else None)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record.pid, record.pid_start = child, state.start_time(child)
             state.save(record)
+            net.publish(say)
             if spec.notify_fd is not None:          # a supervisor's cue: the command runs
                 os.write(spec.notify_fd, b"s")
                 os.close(spec.notify_fd)
@@ -208,7 +240,10 @@ def run(spec: ContainerSpec) -> int:
         finally:
             # 8. Leave nothing behind. The mounts went away with the mount namespace. The cgroup
             #    goes too, after its last processes are killed (normally none: they died with PID 1).
+            #    The veth, the address's lease and the published ports' sockets go here.
             #    The lock goes last, with the bundle: until then, no gc takes any of this for garbage.
+            if net:
+                net.close()
             if cgroup:
                 cgroup.remove()
             state.release(state.record_path(plan.id))
@@ -294,6 +329,11 @@ class _Link:
     errors: int                     # write end, close-on-exec: why setup or exec failed
     console: socket.socket | None   # with -t: where the child sends its pty's master end
 
+    def wait_for_runtime(self) -> None:
+        """The second go (see _fork_child): block until the runtime's work for us is done."""
+        if os.read(self.go, 1) != b"n":         # end-of-file: the runtime failed, or died
+            os._exit(RUNTIME_FAILED)
+
     def runtime_is_gone(self) -> bool:
         """The runtime keeps its end of `go` open until the exec: a hang-up means it died."""
         poller = select.poll()
@@ -302,7 +342,7 @@ class _Link:
 
 
 def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
-                command: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+                command: list[str], env: dict[str, str], after_go=None) -> tuple[int, int | None]:
     """Fork a child into a PID namespace and let `become(link)` turn it into a container
     process that execs `command`; return its host PID and, with `tty`, its pty's master end.
     Used by `run` (a new PID namespace) and by `exec` (a running container's).
@@ -318,6 +358,9 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
       the runtime is still there (after a user switch, see _give_up_privileges);
     - `errors`: close-on-exec, so it reaches end-of-file exactly when the command has been
       exec'd; if setup or exec fails instead, the child writes why into it first;
+    - `after_go()`, if given, is work the runtime does while the child sets itself up (wiring
+      its network); then a second byte, "n", on `go` tells the child it may exec
+      (_Link.wait_for_runtime);
     - with -t, `console`: a unix socket on which the child sends the master end of a pty that it
       opened inside the container (SCM_RIGHTS, unix(7)), as runc's --console-socket does: the
       pty then belongs to the container's own /dev/pts, where `tty` can name it.
@@ -354,6 +397,8 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
         console_child.close()
     try:
         os.write(go_write, b"g")
+        if after_go:
+            _second_go(go_write, after_go)
         master = terminal.receive_master(console) if console else None
         _wait_for_exec(pid, errors_read, command, env)
     finally:
@@ -361,8 +406,19 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
     return pid, master
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup, link: _Link,
-                      say) -> None:
+def _second_go(go_write: int, work) -> None:
+    """Do `work` while the child sets itself up, then tell it to go on (see _fork_child). If the
+    work fails, the exception goes up and `go` is closed on the way: the child reads end-of-file
+    instead of "n" and exits before its exec, and run's cleanup removes its cgroup."""
+    work()
+    try:
+        os.write(go_write, b"n")
+    except BrokenPipeError:
+        pass                            # the child has failed already: _wait_for_exec says why
+
+
+def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
+                      net: network.ContainerNetwork, link: _Link, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
     # 1. Resources: join the container's cgroup. Every process forked from here on is born in
     #    it, counted and limited with the rest of the container.
@@ -371,8 +427,17 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
 
     # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen are
     #    the container's own.
-    namespaces.unshare(CONTAINER_NAMESPACES)
-    say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
+    #    The network namespace: a new one (--network none), the one the runtime has made and
+    #    wires for it (bridge), or the host's (--network host).
+    if net.mode == "none":
+        namespaces.unshare(CONTAINER_NAMESPACES)
+        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
+    else:
+        namespaces.unshare(CONTAINER_NAMESPACES & ~namespaces.CLONE_NEWNET)
+        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP")
+    if net.netns >= 0:
+        namespaces.setns(net.netns, namespaces.CLONE_NEWNET)
+        say("setns", "the network namespace the runtime made; it is wiring eth0 meanwhile")
     namespaces.sethostname(plan.hostname)
     say("sethostname", plan.hostname)
 
@@ -413,9 +478,14 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         rootfs.pivot_into(root)
         say("pivot_root", f"{root} is now /; the old root is unmounted")
 
-    # 5. The network namespace holds only `lo`; bring it up.
-    network.bring_up_loopback()
-    say("network", "lo up; no other device")
+    # 5. The network: `lo` up (a new namespace has it down) and, on the bridge, eth0 once the
+    #    runtime has wired it.
+    if net.mode != "host":
+        network.bring_up_loopback()
+        say("network", "lo up" + ("" if net.attachment else "; no other device"))
+    if net.attachment:
+        link.wait_for_runtime()
+        say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
 
     # 6. Where the command starts.
     os.makedirs(plan.workdir, exist_ok=True)
@@ -765,6 +835,7 @@ def collect_garbage(everything: bool = True) -> list[str]:
     minirun processes in this state directory (with a bundle in another store, or none yet),
     cgroups under minirun/ that no one owns, half-written records, names of gone records.
     """
+    network.collect_leases(everything)     # leases of dead runs; gc: the idle bridge too
     containers_dir = store_root() / "containers"
     removed, held = set(), set()
     names = set(os.listdir(containers_dir)) if containers_dir.is_dir() else set()

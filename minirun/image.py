@@ -15,9 +15,10 @@ The root is mode 0700: no one but root may even look in. The layers hold what im
 set-user-ID-root programs included, and so do the containers' writable layers: were the store
 open to all, any local user could run such a program through the store's path and be root.
 
-A layer's <id> is its diff_id without the "sha256:" (the sha256 of the layer's uncompressed tar,
-OCI image spec config.md): the same layer in two images has the same id, so it is unpacked and
-stored once. (The bare hex also keeps ':' out of the path, as overlayfs's lowerdir= option uses
+An imported layer's <id> is its diff_id without the "sha256:" (the sha256 of the layer's
+uncompressed tar, OCI image spec config.md): the same layer in two images has the same id, so it
+is unpacked and stored once. A built-in image's layer has no tar and so no diff_id: its <id> is a
+hash of the recipe's inputs (see Store._build_builtin). (The bare hex also keeps ':' out of the path, as overlayfs's lowerdir= option uses
 ':' to separate layers.)
 
 A container stacks the layers with overlayfs (minirun.rootfs); a VM packs them into its

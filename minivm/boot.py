@@ -8,8 +8,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from minirun import hosts, network, ports, rootfs
 from minirun.errors import RuntimeFailure
-from minirun import rootfs
 from minirun.image import Store
 from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate, volume_tag
@@ -33,6 +33,8 @@ class BootOptions:
     explain: bool = False
     user: str | None = None      # -u; None: the image's User
     volumes: list[str] = field(default_factory=list)    # -v HOST_DIR:DIR[:ro]
+    network: str = "bridge"      # bridge: a NIC on minirun's bridge; none: only lo
+    publish: list = field(default_factory=list)         # minirun.ports.Port, from -p
 
 
 def boot(options: BootOptions) -> int:
@@ -51,6 +53,30 @@ def boot(options: BootOptions) -> int:
             raise RuntimeFailure(f"-v {volume.source}: a VM shares directories only (virtio-9p): "
                                  "share the directory that holds it")
 
+    # The network, as a container's (minirun/network.py): an address from the same leases, on
+    # the same bridge, through a tap device instead of a veth pair; -p through the same proxy.
+    def say(step: str, detail: str) -> None:
+        if options.explain or options.verbose:
+            print(f"minivm: {step}: {detail}", file=sys.stderr, flush=True)
+    tap = network.attach_tap(os.urandom(6).hex(), hostname, hostname, say) \
+        if options.network == "bridge" else None
+    proxies = []
+    try:
+        for port in options.publish:
+            proxies.append(ports.Proxy(port))
+            proxies[-1].start(str(tap.address))
+            say("ports", f"{port}: relaying to the guest's {tap.address}:{port.container_port}")
+        return _boot(options, image, command, identity, hostname, volumes, tap)
+    finally:
+        for proxy in proxies:
+            proxy.close()
+        if tap:
+            tap.release()
+
+
+def _boot(options: BootOptions, image, command: list[str], identity, hostname: str,
+          volumes: list[rootfs.Volume], tap: network.Tap | None) -> int:
+
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
     vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
 
@@ -64,7 +90,8 @@ def boot(options: BootOptions) -> int:
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
-                              interactive=options.interactive, volumes=volumes)
+                              interactive=options.interactive, volumes=volumes,
+                              nic_mac=tap.mac if tap else None)
     hardware.disks = disks.for_image(image, hardware.free_transports())
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
@@ -89,13 +116,17 @@ def boot(options: BootOptions) -> int:
         become_binary=guest_user.become_binary(), modules=drivers,
         disks=[disk.serial for disk in hardware.disks],
         volumes=[(volume_tag(number), volume.target, volume.read_only)
-                 for number, volume in enumerate(volumes)])
+                 for number, volume in enumerate(volumes)],
+        address=f"{tap.address}/{network.SUBNET.prefixlen}" if tap else "",
+        gateway=str(network.GATEWAY) if tap else "",
+        etc=hosts.contents(hostname, hostname, str(tap.address) if tap else None, [],
+                           network.running_peers() if tap else [], False))
     first_filesystem = initramfs.build(settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
-    machine = Machine(hardware, first_filesystem, verbose=options.verbose, explain=options.explain,
-                      drivers=explained)
+    machine = Machine(hardware, first_filesystem, verbose=options.verbose,
+                      explain=options.explain, drivers=explained, tap_fd=tap.fd if tap else -1)
     machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

@@ -39,20 +39,32 @@ def cli():
 @click.option("--tty", "-t", is_flag=True, help="Same as -i: a serial line is a terminal.")
 @click.option("--verbose", is_flag=True, help="Show the guest console and QMP traffic.")
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
+@click.option("--network", type=click.Choice(["bridge", "none"]), default="bridge",
+              show_default=True, help="bridge: a virtio-net card on minirun's bridge; none: only lo.")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:PORT[/udp]",
+              help="Publish a guest's port on the host, as minirun run -p.")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, kernel, interactive, tty,
-         verbose, explain, image, command):
+def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, kernel, interactive,
+         tty, verbose, explain, network, publish, image, command):
     """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
     from minivm.boot import BootOptions, boot as boot_vm
     interactive = interactive or tty
+    from minirun import ports
+    try:
+        published = [ports.parse(text) for text in publish]
+    except ValueError as error:
+        raise RuntimeFailure(str(error)) from None
+    if published and network == "none":
+        raise RuntimeFailure("-p publishes a port of the guest's network card: it has none "
+                             "with --network none (use the default, --network bridge)")
     if interactive and not sys.stdin.isatty():
         raise RuntimeFailure("-i/-t needs a terminal on stdin; drop -it to run without input")
     return boot_vm(BootOptions(
         image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
         kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user,
-        volumes=list(volumes)))
+        network=network, publish=published, volumes=list(volumes)))
 
 
 @cli.group("kernel")

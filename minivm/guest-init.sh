@@ -31,6 +31,9 @@ mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each p
 # This run's settings, written by minivm into the initramfs (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
+# The guest's loopback starts down, as in a new network namespace: 127.0.0.1 and localhost
+# answer only once it is up (minirun does the same for a container, network.bring_up_loopback).
+ip link set lo up
 
 # The drivers of the virtual hardware, in the order modules.dep gives (minivm/modules.py).
 for module in $modules; do
@@ -89,12 +92,27 @@ share() {
 }
 shared_folders
 
+# /etc/hosts, /etc/hostname and /etc/resolv.conf for this boot (minirun/hosts.py), as a
+# container gets them, written into the writable layer over the image's own.
+mkdir -p $root/etc
+for file in /.minivm/etc/*; do
+    [ -f "$file" ] || continue
+    rm -f "$root/etc/${file##*/}" && cat "$file" >"$root/etc/${file##*/}" ||
+        fail "could not write /etc/${file##*/}"
+done
+
 # How many bytes of the app's output the guest's driver has handed to the host on a port.
 sent() {
     while read -r key value; do
         [ "$key" != "bytes_sent:" ] || echo "$value"
     done <"/sys/kernel/debug/virtio-ports/${1##*/}"
 }
+# eth0, the virtio-net card, is there once its driver is loaded: its address and the default
+# route through the host's bridge, as minirun gives a container's eth0 (minirun/network.py).
+if [ -n "$address" ]; then
+    ip addr add "$address" dev eth0 && ip link set eth0 up &&
+        ip route add default via "$gateway" || fail "could not configure eth0 as $address"
+fi
 
 # The app runs with exactly the environment the image and `-e` give it, in the image's root (a
 # mount namespace of its own where the overlay is /), in its working directory, as the image's user ($user: become's -u UID:GID:GROUPS, or nothing for root). busybox `env -i`

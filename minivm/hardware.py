@@ -50,6 +50,7 @@ class Wiring:
     initrd: str             # a path QEMU can read the initramfs from (/dev/fd/N of a memfd)
     streams: dict[str, int] = field(default_factory=dict)  # each of STREAMS -> a connected
                             # socket for the app's port (none with -it: the app has ttyS1)
+    tap_fd: int = -1        # the tap device's /dev/net/tun descriptor: the NIC's host end
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Hardware:
     interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
     disks: list[Disk] = field(default_factory=list)     # the image's layers, bottom first
     volumes: list[Volume] = field(default_factory=list)  # -v: the host's folders, shared
+    nic_mac: str | None = None      # a virtio-net card with this MAC, on a tap (--network bridge)
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -129,6 +131,7 @@ class Hardware:
             self._app_streams(wiring),
             self._layer_disks(),
             *self._shared_folders(),
+            *([self._network_card(wiring)] if self.nic_mac else []),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
@@ -192,7 +195,17 @@ class Hardware:
 
     def free_transports(self) -> int:
         """The virtio-mmio transports left for the image's disks by the other virtio devices."""
-        return VIRTIO_TRANSPORTS - (0 if self.interactive else 1) - len(self.volumes)
+        return VIRTIO_TRANSPORTS - (0 if self.interactive else 1) - len(self.volumes) \
+            - (1 if self.nic_mac else 0)
+
+    def _network_card(self, wiring: Wiring) -> Part:
+        return Part(["-netdev", f"tap,id=net0,fd={wiring.tap_fd}",
+                     "-device", f"virtio-net-device,netdev=net0,mac={self.nic_mac}"],
+                    "a virtio-net card (on microvm a virtio-mmio device), eth0 in the guest; its "
+                    "host end is a tap device on minirun's bridge, whose descriptor QEMU reads "
+                    "and writes whole Ethernet frames on: guest -> virtio ring -> QEMU -> tap -> "
+                    "bridge, where the containers' veths are (minirun/network.py)",
+                    needs=("virtio-mmio", "virtio-net"))
 
     def needs(self) -> list[str]:
         """The drivers the guest must load for this machine (keys of modules.DRIVERS), known

@@ -36,6 +36,9 @@ class RunSettings:
     modules: list[Module] = field(default_factory=list)   # to load, in order (minivm.modules)
     disks: list[str] = field(default_factory=list)  # serials of the layers' disks, bottom first
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (tag, target, read-only)
+    address: str = ""           # eth0's, as ADDRESS/PREFIX, and the gateway: "" without a NIC
+    gateway: str = ""
+    etc: dict[str, str] = field(default_factory=dict)     # /etc/hosts and its kin (minirun.hosts)
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
@@ -51,6 +54,7 @@ class RunSettings:
                    for tag, target, read_only in self.volumes),
                  "    :",
                  "}",
+                 f"address={q(self.address)} gateway={q(self.gateway)}",
                  "set -- " + " ".join(q(arg) for arg in self.command),
                  "environment=" + q(" ".join(q(f"{k}={v}") for k, v in self.environment.items()))]
         return "\n".join(lines) + "\n"
@@ -64,6 +68,11 @@ def build(settings: RunSettings) -> bytes:
     archive.add_file(INIT_PATH.lstrip("/"), GUEST_INIT.read_bytes(), 0o755)
     archive.add_file(".minivm/become", settings.become_binary, 0o755)
     archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
+    # The image's own /etc/hosts, /etc/hostname and /etc/resolv.conf are shadowed for this boot
+    # only: the guest init copies these into the writable layer of its root.
+    archive.add_directory(".minivm/etc")
+    for name, text in settings.etc.items():
+        archive.add_file(f".minivm/etc/{name}", text.encode(), 0o644)
     archive.add_directory(".minivm/modules")
     for module in settings.modules:
         archive.add_file(f".minivm/modules/{module.name}.ko", module.contents(), 0o644)

@@ -73,8 +73,10 @@ class Console:
 
 class Machine:
     def __init__(self, hardware: Hardware, initramfs: bytes, verbose: bool = False,
-                 explain: bool = False, drivers: dict[str, list[str]] | None = None):
+                 explain: bool = False, drivers: dict[str, list[str]] | None = None,
+                 tap_fd: int = -1):
         self.hardware = hardware
+        self.tap_fd = tap_fd            # the NIC's host end (minirun.network.Tap), or -1
         self.initramfs = initramfs
         self.drivers = drivers or {}    # for --explain: hardware -> the modules loaded for it
         self.verbose = verbose
@@ -119,7 +121,8 @@ class Machine:
                 wiring = Wiring(console_fd=console_for_qemu.fileno(),
                                 monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}",
                                 streams={stream: theirs.fileno()
-                                         for stream, (_, theirs) in ports.items()})
+                                         for stream, (_, theirs) in ports.items()},
+                                tap_fd=self.tap_fd)
                 if not stop_request.done():
                     await self._launch(wiring, keep_open=[*for_qemu, initrd])
             finally:
@@ -156,6 +159,8 @@ class Machine:
             for argument, why in self.hardware.kernel_arguments():
                 self.say(f"kernel command line: {argument}\n        {why}")
         fds = [item if isinstance(item, int) else item.fileno() for item in keep_open]
+        if wiring.tap_fd >= 0:
+            fds.append(wiring.tap_fd)       # QEMU's copy; the tap goes when both are closed
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *command, pass_fds=fds,

@@ -33,6 +33,7 @@ DRIVERS = {
     "overlayfs": ["overlay"],               # stacks the layers' filesystems, as in a container
     "virtio-9p": ["9pnet_virtio", "9p"],    # shared folders (-v): the 9P protocol over virtio,
                                             # and the filesystem that speaks it
+    "virtio-net": ["virtio_net"],           # a network card: eth0 in the guest
 }
 
 

@@ -15,7 +15,7 @@ def test_default_image_runs_its_app(minirun):
     assert result.returncode == 0, result.stderr
     assert "pid:        1" in result.stdout
     assert f"kernel:     {os.uname().release}" in result.stdout   # a container shares the host's kernel
-    assert "network:    lo \n" in result.stdout
+    assert "network:    lo eth0 \n" in result.stdout    # the default, --network bridge
 
 
 def test_command_is_pid_1(minirun):
@@ -63,11 +63,12 @@ def test_workdir(minirun):
 
 
 def test_network_namespace_has_only_loopback_and_it_is_up(minirun):
-    result = minirun("run", "hello", "ip", "-o", "link")
+    result = minirun("run", "--network", "none", "hello", "ip", "-o", "link")
     links = [line.split(":")[1].strip() for line in result.stdout.splitlines()]
     assert links == ["lo"]
     assert ",UP" in result.stdout
-    assert minirun("run", "hello", "ping", "-c", "1", "-W", "2", "127.0.0.1").returncode == 0
+    assert minirun("run", "--network", "none", "hello", "ping", "-c", "1", "-W", "2",
+                   "127.0.0.1").returncode == 0
 
 
 def test_minimal_dev_and_read_only_sys(minirun):

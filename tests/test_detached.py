@@ -90,7 +90,7 @@ def test_inspect_shows_pid_limits_mounts_and_network(minirun, minirun_env, nothi
     assert Path(f"/proc/{described['state']['pid']}/cmdline").read_bytes() == b"sleep\x0060\x00"
     assert described["limits"] == {"memory": 64 * 1024 ** 2, "pids": 50}
     assert "/ overlay overlay" in described["mounts"] and "/proc proc proc" in described["mounts"]
-    assert described["network"] == ["lo"]
+    assert described["network"] == ["lo", "eth0"]                # the default: --network bridge
     assert minirun("rm", "lim").returncode == 125                  # running: -f needed
     assert minirun("rm", "-f", "lim").returncode == 0
     assert cgroups_of(container_id) == []

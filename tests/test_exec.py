@@ -37,7 +37,7 @@ def test_exec_joins_the_containers_cgroup_and_network(minirun, start_minirun, we
                minirun("exec", "web", "cat", "/proc/self/cgroup").stdout.splitlines()}
     assert cgroups == {"/"}                                   # at the root of its cgroup namespace
     links = minirun("exec", "web", "ip", "-o", "link").stdout.splitlines()
-    assert [line.split(":")[1].strip() for line in links] == ["lo"]
+    assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["lo", "eth0"]
     # Seen from the host, the exec'd process is in the container's own cgroup, limits and all.
     marker = f"sleep 60.{os.getpid()}"
     process = start_minirun("exec", "web", "sh", "-c", f"echo ready; exec {marker}")

@@ -30,7 +30,7 @@ PROGRAM = r"""
 import os, subprocess, sys
 
 def minirun(*args):
-    return subprocess.run([sys.executable, "-S", "-m", "minirun", "run", *args],
+    return subprocess.run([sys.executable, "-S", "-m", "minirun", "run", "--network", "none", *args],
                           capture_output=True, text=True)
 
 # The guest's root is an overlay, and overlayfs refuses another overlay as its upper directory

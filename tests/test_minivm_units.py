@@ -194,6 +194,9 @@ PACKAGE_MODULES = {
     "kernel/net/9p/9pnet.ko": "",
     "kernel/net/9p/9pnet_virtio.ko": "9pnet,virtio,virtio_ring",
     "kernel/fs/9p/9p.ko": "9pnet",
+    "kernel/net/core/failover.ko": "",
+    "kernel/drivers/net/net_failover.ko": "failover",
+    "kernel/drivers/net/virtio_net.ko": "net_failover,virtio,virtio_ring",
     "kernel/fs/unrelated.ko": "virtio",
 }
 

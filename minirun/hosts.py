@@ -1,0 +1,82 @@
+"""Names: the container's /etc/hosts, /etc/hostname and /etc/resolv.conf, written at run time.
+
+An image's /etc holds whatever its build machine left there. As Docker does, minirun writes
+these three files for each container at run time, without changing the image: into the
+container's own writable layer (the overlay's upper directory, in its bundle), before the
+overlay is mounted. There they hide the image's files as any file the container writes would,
+and they go with the bundle. (Docker bind-mounts files of its own over these paths instead,
+which shows the host's disk in the container's /proc/mounts; this needs no mount at all.)
+
+Names of other containers resolve through /etc/hosts: each container's file lists every container
+on the bridge at the moment it starts (from the leases, network.running_peers). That is Docker's
+old `--link` way, not its embedded DNS server: a container started later is not in the file of
+one started earlier. A resolver would see them all, but it is one more process (or thread) per
+host to keep alive and to reach from every namespace; static files need nothing to run, and
+every libc reads them with no configuration (nsswitch.conf's "files" comes before "dns").
+"""
+import ipaddress
+from pathlib import Path
+
+def check_add_host(text: str) -> tuple[str, str]:
+    """--add-host NAME:IP, as Docker's (the IP may be IPv6, so split at the first colon)."""
+    name, _, address = text.partition(":")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        name = ""
+    if not name or any(c.isspace() for c in name):
+        raise ValueError(f"invalid --add-host {text!r}: use NAME:IP, as in db:10.0.0.5")
+    return name, address
+
+
+def write(directory: Path, *args) -> None:
+    """Write the three files into `directory`, the upper layer's etc/ (made here: it is new)."""
+    directory.mkdir(mode=0o755)
+    for name, text in contents(*args).items():
+        (directory / name).write_text(text)
+
+
+def contents(hostname: str, name: str, address: str | None, extra: list[tuple[str, str]],
+             peers: list[dict], host_network: bool) -> dict[str, str]:
+    """The three files' texts: the same for a container and for a VM's guest (minivm)."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if address:
+        lines.append(f"{address}\t{' '.join(dict.fromkeys([hostname, name]))}")
+    else:
+        lines.append(f"127.0.1.1\t{hostname}")
+    for peer in peers:
+        if peer.get("address") != address:
+            lines.append(f"{peer['address']}\t{peer['name']}")
+    lines += [f"{ip}\t{host}" for host, ip in extra]
+    return {"hosts": "\n".join(lines) + "\n", "hostname": hostname + "\n",
+            "resolv.conf": resolv_conf(host_network)}
+
+
+def resolv_conf(host_network: bool, source: Path = Path("/etc/resolv.conf")) -> str:
+    """The host's resolv.conf; without a loopback nameserver (127.0.0.53 of systemd-resolved,
+    a local dnsmasq), which inside a network namespace of its own is the container's own
+    loopback, where nothing answers. With --network host, the host's file as it is."""
+    try:
+        text = source.read_text()
+    except OSError:
+        text = ""
+    if host_network:
+        return text
+    kept, dropped = [], []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and _is_loopback(words[1]):
+            dropped.append(words[1])
+        else:
+            kept.append(line)
+    if dropped:
+        kept.append(f"# minirun: left out the host's loopback nameserver(s) {' '.join(dropped)}, "
+                    "which cannot be reached from the container")
+    return "\n".join(kept) + "\n"
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
