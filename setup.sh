@@ -25,9 +25,10 @@ apt-get update -qq
 # umoci, skopeo  real tools that write OCI images, used by the image-import tests
 # podman (with conmon)  an engine that drives minirun through the OCI runtime interface
 #                 (tests/test_podman.py, tests/bench/oci.py); libseccomp2 comes with it
+# erofs-utils  minivm makes each layer of an image into a read-only disk with mkfs.erofs
 apt-get install -y -qq --no-install-recommends \
     busybox-static libcap-dev gcc libc6-dev python3-venv python3-dev \
-    qemu-system-x86 iproute2 xz-utils zstd \
+    qemu-system-x86 iproute2 xz-utils zstd erofs-utils \
     runc umoci skopeo podman >/dev/null
 
 # The system interpreter, not a pyenv shim: every `minirun` start pays for the interpreter.

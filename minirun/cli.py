@@ -117,6 +117,8 @@ def _need_root(command: str) -> None:
 @click.option("--privileged", is_flag=True,
               help="Turn off every protection: all capabilities and devices, no seccomp, no masks.")
 @click.option("--read-only", is_flag=True, help="Mount the container's root read-only.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:DIR[:ro]",
+              help="Bind a host directory (or file) into the container; :ro makes it read-only.")
 @click.option("--security-opt", "security_opt", multiple=True, metavar="OPT",
               help="seccomp=unconfined turns off the default system call filter.")
 @click.option("--network", default="bridge", show_default=True, metavar="MODE",

@@ -58,6 +58,7 @@ class ContainerSpec:
     network: str = "bridge"     # bridge, none or host (network.py)
     publish: list = field(default_factory=list)         # ports.Port, from -p
     add_hosts: list = field(default_factory=list)       # (name, address), from --add-host
+    volumes: list[rootfs.Volume] = field(default_factory=list)     # -v HOST_DIR:DIR[:ro]
 
     @classmethod
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
@@ -90,6 +91,7 @@ class ContainerSpec:
                    read_only=bool(options.get("read_only")),
                    interactive=bool(options.get("interactive")),
                    remove=bool(options.get("remove")),
+                   volumes=[rootfs.parse_volume(text) for text in options.get("volumes") or ()],
                    **_network_options(options))
 
 
@@ -460,6 +462,10 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         "its own cgroups read-only on /sys/fs/cgroup"
         + (", masks" if not privileged else "; no masks (--privileged)")
         + (", /dev/init" if plan.init_binary else ""))
+    for volume in plan.spec.volumes:        # before --read-only, which leaves their flags alone
+        rootfs.bind_volume(root, volume)
+        say("mount", f"{volume.source} bound on {volume.target}"
+            + (" read-only" if volume.read_only else ""))
     if plan.spec.read_only:
         rootfs.make_read_only(root)
         say("mount", f"{root} remounted read-only (--read-only)")

@@ -27,6 +27,9 @@ DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("u
 MASKED_FILES = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list", "proc/sched_debug"]
 MASKED_DIRS = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
                "sys/devices/virtual/powercap"]     # (power readings: a side channel, RAPL)
+# overlayfs refuses more lower layers than this (OVL_MAX_STACK in the kernel's fs/overlayfs; Docker
+# itself stops images at 127 layers).
+OVERLAY_MAX_LOWER = 500
 # Kernel tunables that a container may read but not write.
 READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"]
 
@@ -57,6 +60,10 @@ class Bundle:
     @property
     def merged(self) -> Path:       # where the stacked view is mounted; becomes the container's /
         return self.path / "merged"
+
+    @property
+    def layers(self) -> Path:       # short names for the image's layers: see layer_links
+        return self.path / "layers"
 
 
 def create_bundle(containers_dir: Path, container_id: str, record: Path) -> Bundle:
@@ -118,9 +125,38 @@ def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True) -> 
     holds for any process), and a device node made with mknod cannot be opened through the root
     filesystem: devices live only in /dev, where the cgroup's allow-list guards them.
     """
-    lower = ":".join(str(layer) for layer in reversed(layers))
-    mount("overlay", str(bundle.merged), "overlay", MS_NOSUID | MS_NODEV if hardened else 0,
-          f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
+    lower = layer_links(layers, bundle.layers)
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(bundle.layers)         # the short names are relative to it
+        mount("overlay", str(bundle.merged), "overlay", MS_NOSUID | MS_NODEV if hardened else 0,
+              f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def layer_links(layers: list[Path], directory: Path) -> str:
+    """Name the layers 0, 1, 2... (bottom first) by symbolic links in `directory`; the lowerdir
+    option that stacks them, top first, for a mount made from inside `directory`.
+
+    mount(2) copies its options into one page of memory (4096 bytes here), and overlayfs takes
+    every lower directory from that one string: with the store's paths (a 64-digit layer id
+    after /var/lib/minirun/layers/) about 40 layers fill it, and the mount fails. Docker's
+    overlay2 driver meets the same limit with short links (its l/ directory) and mounts from
+    inside that directory, with relative paths; this does both, with links named by position,
+    so that even overlayfs's own limit of lower layers fits in a page many times over. Linux
+    6.8 added `lowerdir+`, one option per layer (overlayfs.rst), but a guest kernel may be
+    older. The links live in the container's bundle and go with it.
+    """
+    if len(layers) > OVERLAY_MAX_LOWER:
+        raise RuntimeFailure(f"the image has {len(layers)} layers and overlayfs stacks at most "
+                             f"{OVERLAY_MAX_LOWER}: flatten it into fewer layers (for instance "
+                             "`docker export` of a container, then `minirun import`)")
+    directory.mkdir(exist_ok=True)
+    for number, layer in enumerate(layers):
+        os.symlink(layer, directory / str(number))
+    return ":".join(str(number) for number in reversed(range(len(layers))))
 
 
 def mountpoint(root: Path, name: str) -> str:
@@ -188,6 +224,57 @@ def mount_init(root: Path, program: str) -> None:
     target.touch()
     mount(program, str(target), None, MS_BIND)
     mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+# -- volumes: -v HOST_DIR:DIR[:ro] -------------------------------------------------------------
+# Where the kernel's own filesystems and the runtime's /dev go: a volume over them would hide
+# what the container needs (or, over /proc, what masks the host's secrets).
+RESERVED = ("/proc", "/sys", "/dev")
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: Path        # on the host, as given (absolute)
+    target: str         # in the container, absolute and normalized
+    read_only: bool
+
+
+def parse_volume(text: str) -> Volume:
+    """`-v HOST_DIR:DIR[:ro]`, checked before anything is made (minivm uses it too)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise RuntimeFailure(f"-v {text}: give HOST_DIR:DIR, or HOST_DIR:DIR:ro for a read-only "
+                             "one")
+    source, target = parts[0], parts[1]
+    if not source.startswith("/") or not target.startswith("/"):
+        raise RuntimeFailure(f"-v {text}: both paths must be absolute")
+    if not os.path.exists(source):
+        raise RuntimeFailure(f"-v {text}: {source} does not exist on the host: make it first")
+    target = "/" + os.path.normpath(target).lstrip("/")
+    if target == "/" or any(target == name or target.startswith(name + "/") for name in RESERVED):
+        raise RuntimeFailure(f"-v {text}: {target} belongs to the kernel or the runtime (/, "
+                             "/proc, /sys, /dev): mount the volume somewhere else")
+    return Volume(Path(source), target, len(parts) == 3 and parts[2] == "ro")
+
+
+def bind_volume(root: Path, volume: Volume) -> None:
+    """Bind the host's directory (or file) onto its place in the container's root, made if
+    missing. As with mountpoint(), no part of the path may be a symbolic link in the image: it
+    is resolved on the host's side, and a link could aim the mount at the host's own files."""
+    target = root
+    for part in volume.target.strip("/").split("/"):
+        target = target / part
+        if target.is_symlink():
+            raise RuntimeFailure(f"-v: the image's {volume.target} goes through a symbolic link "
+                                 f"(/{target.relative_to(root)}): refusing to mount over it")
+    if volume.source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(exist_ok=True)
+    mount(str(volume.source), str(target), None, MS_BIND | MS_REC)
+    if volume.read_only:        # a second call: MS_RDONLY is ignored on the first (mount(2))
+        mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
 def make_read_only(root: Path) -> None:

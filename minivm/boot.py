@@ -8,11 +8,11 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from minirun import hosts, network, ports
+from minirun import hosts, network, ports, rootfs
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
-from minivm import accel, cache, guest_user, initramfs, kernel, modules
-from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate
+from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
+from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate, volume_tag
 from minivm.machine import Machine
 
 
@@ -32,6 +32,7 @@ class BootOptions:
     verbose: bool = False
     explain: bool = False
     user: str | None = None      # -u; None: the image's User
+    volumes: list[str] = field(default_factory=list)    # -v HOST_DIR:DIR[:ro]
     network: str = "bridge"      # bridge: a NIC on minirun's bridge; none: only lo
     publish: list = field(default_factory=list)         # minirun.ports.Port, from -p
 
@@ -46,6 +47,11 @@ def boot(options: BootOptions) -> int:
                              "image name")
     identity = guest_user.resolve(image, image.config.user if options.user is None else options.user)
     hostname = options.hostname or re.sub(r"[^a-zA-Z0-9-]", "-", image.name)[:63]
+    volumes = [rootfs.parse_volume(text) for text in options.volumes]    # as minirun checks them
+    for volume in volumes:
+        if not volume.source.is_dir():
+            raise RuntimeFailure(f"-v {volume.source}: a VM shares directories only (virtio-9p): "
+                                 "share the directory that holds it")
 
     # The network, as a container's (minirun/network.py): an address from the same leases, on
     # the same bridge, through a tap device instead of a veth pair; -p through the same proxy.
@@ -60,7 +66,7 @@ def boot(options: BootOptions) -> int:
             proxies.append(ports.Proxy(port))
             proxies[-1].start(str(tap.address))
             say("ports", f"{port}: relaying to the guest's {tap.address}:{port.container_port}")
-        return _boot(options, image, command, identity, hostname, tap)
+        return _boot(options, image, command, identity, hostname, volumes, tap)
     finally:
         for proxy in proxies:
             proxy.close()
@@ -69,7 +75,7 @@ def boot(options: BootOptions) -> int:
 
 
 def _boot(options: BootOptions, image, command: list[str], identity, hostname: str,
-          tap: network.Tap | None) -> int:
+          volumes: list[rootfs.Volume], tap: network.Tap | None) -> int:
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
     vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
@@ -78,42 +84,49 @@ def _boot(options: BootOptions, image, command: list[str], identity, hostname: s
     host = accel.HostFacts.read()
     accelerator = accel.choose(options.accel, host)
 
-    # 4. The virtual hardware: memory, vCPUs, serial ports, the app's ports, the control channel;
-    #    and the guest kernel's modules that drive it, from the kernel's own package.
+    # 4. The virtual hardware: memory, vCPUs, serial ports, the app's ports, the image's layers
+    #    as read-only disks, the control channel; and the guest kernel's modules that drive it,
+    #    from the kernel's own package.
     hardware = Hardware.sized(options.memory, options.cpus, accelerator=accelerator,
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
-                              interactive=options.interactive,
+                              interactive=options.interactive, volumes=volumes,
                               nic_mac=tap.mac if tap else None)
+    hardware.disks = disks.for_image(image, hardware.free_transports())
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
     drivers = modules.for_hardware(needs, directory) if needs else []
 
-    # 5. The guest's first filesystem: the image, the guest init, and this run's settings.
+    # 5. The guest's first filesystem: the guest init, its tools and modules, this run's settings.
     # The window the user types into is stdin's terminal (cli.py checks there is one); stdout,
     # where os.get_terminal_size() looks by default, may be a file or a pipe.
     size = os.get_terminal_size(sys.stdin.fileno()) if options.interactive else \
         os.terminal_size((0, 0))
     rows, columns = size.lines, size.columns          # (terminal_size is columns first)
     environment = image.config.environment(options.env)
+    environment.setdefault("HOSTNAME", hostname)       # as minirun and Docker set it
+    environment.setdefault("HOME", guest_user.home(image, identity.uid if identity else 0))
     if options.interactive:     # the terminal the app draws on is the user's, as minirun -t says
         environment.setdefault("TERM", os.environ.get("TERM", "xterm"))
     settings = initramfs.RunSettings(
         command=command, environment=environment,
         workdir=options.workdir or image.config.workdir, hostname=hostname,
         interactive=options.interactive, rows=rows, columns=columns,
-        become=identity.become_args() if identity else None,
-        become_binary=guest_user.become_binary() if identity else b"", modules=drivers,
+        user=identity.become_args() if identity else [],
+        become_binary=guest_user.become_binary(), modules=drivers,
+        disks=[disk.serial for disk in hardware.disks],
+        volumes=[(volume_tag(number), volume.target, volume.read_only)
+                 for number, volume in enumerate(volumes)],
         address=f"{tap.address}/{network.SUBNET.prefixlen}" if tap else "",
         gateway=str(network.GATEWAY) if tap else "",
         etc=hosts.contents(hostname, hostname, str(tap.address) if tap else None, [],
                            network.running_peers() if tap else [], False))
-    image_initramfs = initramfs.build(image, settings)
+    first_filesystem = initramfs.build(settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
-    machine = Machine(hardware, image_initramfs, verbose=options.verbose, explain=options.explain,
-                      drivers=explained, tap_fd=tap.fd if tap else -1)
+    machine = Machine(hardware, first_filesystem, verbose=options.verbose,
+                      explain=options.explain, drivers=explained, tap_fd=tap.fd if tap else -1)
     machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

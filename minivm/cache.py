@@ -1,5 +1,5 @@
-"""minivm's cache: Debian's kernel and its modules, the vmlinux taken out of it, packed initramfs
-images.
+"""minivm's cache: Debian's kernel and its modules, the vmlinux taken out of it, the images'
+layers as disks.
 
 Everything here can be rebuilt from its inputs, so deleting the directory is always safe. Entries
 are named after what they were made from and written under a temporary name then renamed, so two
@@ -10,7 +10,7 @@ killed half-way leaves it behind, and the next write or boot removes every tempo
 writer is gone. A PID alone could be a new process by now; with its start time it names one
 process for good (minirun/state.py:start_time).
 
-The cache only grows by itself (a Debian image packs into an initramfs of about 250 MB), so each
+The cache only grows by itself (a Debian image's layers make disks of about 250 MB), so each
 boot marks the entries it uses (their modification time is the last use), and `minivm cache
 prune` removes those unused for a while.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from minirun.state import start_time
 
 DEFAULT_CACHE = "/var/cache/minivm"
-REBUILT = ("initramfs", "vmlinux")      # what prune may remove: rebuilt by the next boot
+REBUILT = ("disks", "vmlinux")          # what prune may remove: rebuilt by the next boot
                                         # (a fetched kernel needs a download: it stays)
 TEMPORARY = re.compile(r"\..+\.(\d+)-(\d+)\.[^.]+")
 

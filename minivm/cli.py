@@ -26,6 +26,8 @@ def cli():
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE",
               help="Set an environment variable.")
 @click.option("--workdir", "-w", default="", help="Working directory of the app in the guest.")
+@click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST_DIR:DIR[:ro]",
+              help="Share a host directory with the guest (virtio-9p); :ro makes it read-only.")
 @click.option("--user", "-u", metavar="USER[:GROUP]",
               help="Run the app as this user (name or UID), as minirun run -u [default: the image's].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -45,8 +47,8 @@ def cli():
               help="Publish a guest's port on the host, as minirun run -p.")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, interactive, tty,
-         verbose, explain, network, publish, image, command):
+def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, kernel, interactive,
+         tty, verbose, explain, network, publish, image, command):
     """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
     from minivm.boot import BootOptions, boot as boot_vm
     interactive = interactive or tty
@@ -67,7 +69,7 @@ def boot(memory, cpus, hostname, env, workdir, user, timeout, accel, kernel, int
         image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
         kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user,
-        network=network, publish=published))
+        network=network, publish=published, volumes=list(volumes)))
 
 
 @cli.group("kernel")
@@ -102,8 +104,8 @@ def cache_group(context):
 @click.option("--unused-for", type=click.FloatRange(min=0), default=7, show_default=True,
               metavar="DAYS", help="Remove what no boot has used for this many days.")
 def cache_prune(unused_for):
-    """Remove packed initramfs images and unpacked kernels that no boot has used lately (the
-    next boot that needs one rebuilds it), and what killed writers left half-written."""
+    """Remove layer disks and unpacked kernels that no boot has used lately (the next boot
+    that needs one rebuilds it), and what killed writers left half-written."""
     from minivm import cache
     removed = cache.prune(unused_for * 24 * 3600)
     for path, size in removed:

@@ -28,7 +28,7 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t cgroup2 cgroup2 /sys/fs/cgroup     # a VM is its own cgroup v2 host, all controllers in it
 mount -t debugfs debugfs /sys/kernel/debug  # where virtio_console counts each port's bytes
 
-# This run's settings, written by minivm into the second initramfs archive (initramfs.py).
+# This run's settings, written by minivm into the initramfs (initramfs.py).
 . /.minivm/run.sh
 hostname "$hostname"
 # The guest's loopback starts down, as in a new network namespace: 127.0.0.1 and localhost
@@ -39,6 +39,68 @@ ip link set lo up
 for module in $modules; do
     insmod "/.minivm/modules/$module.ko" || fail "could not load the kernel module $module"
 done
+report "init running"
+
+# The image: its layers are read-only disks (minivm/disks.py), told apart by their serials. Once
+# virtio_blk is loaded, the kernel finds each disk and makes /dev/vdX within milliseconds; the
+# order of the letters is the order of discovery, not of the layers, so each disk is found by
+# its serial. Each is mounted read-only, and the layers are stacked with overlayfs as
+# `minirun run` stacks them (minirun/rootfs.py:mount_overlay): top first in lowerdir, the writes
+# in an upper directory on a tmpfs (guest RAM, half of it at most, used only as it is written).
+# Unlike a container's, this root is mounted without nosuid and nodev: it is the whole machine's
+# root filesystem, as on a real system, and the guest's devices are the VM's own.
+disk() {    # the /dev/vdX whose serial is $1, once the kernel has found it
+    for block in /sys/block/vd*; do
+        [ "$(cat "$block/serial" 2>/dev/null)" != "$1" ] || echo "/dev/${block##*/}"
+    done
+}
+tries=0 lower= number=0
+for serial in $disks; do
+    until device=$(disk "$serial") && [ -n "$device" ]; do
+        [ "$tries" -lt 1000 ] || fail "the image's disk $serial did not appear in 10 s"
+        tries=$((tries + 1))
+        sleep 0.01
+    done
+    mkdir -p "/.minivm/layers/$number"
+    mount -t erofs -o ro "$device" "/.minivm/layers/$number" ||
+        fail "could not mount the image's disk $serial ($device)"
+    lower="$number${lower:+:$lower}"
+    number=$((number + 1))
+done
+root=/.minivm/root
+mkdir -p /.minivm/rw $root
+mount -t tmpfs -o mode=0755 tmpfs /.minivm/rw && mkdir /.minivm/rw/upper /.minivm/rw/work
+(cd /.minivm/layers && mount -t overlay overlay -o \
+    "volatile,lowerdir=$lower,upperdir=/.minivm/rw/upper,workdir=/.minivm/rw/work" \
+    "$root") || fail "could not stack the image's layers with overlayfs"
+# The kernel's views, in the image's root as a container has them (proc, sys, dev); here the
+# devices are the VM's own, so /dev is the kernel's devtmpfs.
+mkdir -p $root/proc $root/sys $root/dev
+mount -t proc proc $root/proc
+mount -t sysfs sysfs $root/sys
+mount -t cgroup2 cgroup2 $root/sys/fs/cgroup
+mount -t devtmpfs devtmpfs $root/dev
+mkdir -p $root/dev/shm
+mount -t devpts devpts $root/dev/pts
+mount -t tmpfs -o mode=1777 shm $root/dev/shm
+
+# The host's shared folders (-v), each a virtio-9p device named by its tag (minivm/hardware.py),
+# mounted where the app expects it, read-only if asked.
+share() {
+    mkdir -p "$root$2" && mount -t 9p -o "trans=virtio,version=9p2000.L,msize=512000,$3" \
+        "$1" "$root$2" || fail "could not mount the shared folder $2"
+}
+shared_folders
+
+# /etc/hosts, /etc/hostname and /etc/resolv.conf for this boot (minirun/hosts.py), as a
+# container gets them, written into the writable layer over the image's own.
+mkdir -p $root/etc
+for file in /.minivm/etc/*; do
+    [ -f "$file" ] || continue
+    rm -f "$root/etc/${file##*/}" && cat "$file" >"$root/etc/${file##*/}" ||
+        fail "could not write /etc/${file##*/}"
+done
+
 # How many bytes of the app's output the guest's driver has handed to the host on a port.
 sent() {
     while read -r key value; do
@@ -51,15 +113,15 @@ if [ -n "$address" ]; then
     ip addr add "$address" dev eth0 && ip link set eth0 up &&
         ip route add default via "$gateway" || fail "could not configure eth0 as $address"
 fi
-report "init running"
 
-# The app runs in its working directory with exactly the environment the image and `-e` give it,
-# as the image's user: $become, if set, is /.minivm/become UID GID GROUPS (minivm/become.c).
-# `env` (or become) execs the command: 127 if it does not exist, 126 if it cannot be executed,
-# else the app's own status, 128+N if signal N killed it.
+# The app runs with exactly the environment the image and `-e` give it, in the image's root (a
+# mount namespace of its own where the overlay is /), in its working directory, as the image's user ($user: become's -u UID:GID:GROUPS, or nothing for root). busybox `env -i`
+# only sets the environment: the program it runs is become (minivm/become.c), by its full path,
+# and become finds the command on the app's PATH, so no busybox applet can stand in for it.
+# The status is 127 if the command does not exist, 126 if it cannot be executed, else the app's
+# own, 128+N if signal N killed it.
 run_app() {
-    mkdir -p "$workdir" && cd "$workdir" || exit 126     # created if missing, as Docker does
-    eval "exec $session env -i $environment $become \"\$@\""
+    eval "exec $session env -i $environment /.minivm/become -r $root -w \"\${workdir:-/}\" $user \"\$@\""
 }
 
 if [ -n "$interactive" ]; then
@@ -109,6 +171,6 @@ else
     report "exit $status out=$(sent "$stdout") err=$(sent "$stderr")"
 fi
 
-# minivm switches the machine off with QMP's `quit` once it has all the app's output: a machine
-# with no disk has nothing to save.
+# minivm switches the machine off with QMP's `quit` once it has all the app's output: its disks
+# are read-only and its writes live in RAM, so there is nothing to save.
 while :; do sleep 3600; done

@@ -18,12 +18,20 @@ from pathlib import Path
 
 from minirun.errors import RuntimeFailure
 from minivm.accel import Accelerator
+from minirun.rootfs import Volume
+from minivm.disks import Disk
 
 QEMU = "qemu-system-x86_64"
 MIB = 1024 * 1024
 DEFAULT_MEMORY = 512 * MIB
 SMALLEST_MEMORY = 64 * MIB      # the kernel plus the initramfs unpacked in RAM need about this
 STREAMS = ("stdin", "stdout", "stderr")     # the app's, each on a port of its own
+# microvm has no PCI bus: each virtio device sits on a virtio-mmio transport of its own, a
+# window of registers and an interrupt line listed in the ACPI tables. QEMU 7.2 makes 24 with
+# acpi=on (the 25th `-device virtio-blk-device` finds "No 'virtio-bus' bus"), but with all 24
+# in use Debian's 6.1 guest kernel stops early in its boot, every time; 23 boot (measured with
+# an image of 60 layers), so minivm uses 23.
+VIRTIO_TRANSPORTS = 23
 
 
 @dataclass
@@ -60,6 +68,8 @@ class Hardware:
     name: str                       # shown by `ps` and in QMP
     host_tsc: TscRate | None = None  # the host's TSC rate, told to the guest under TCG
     interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
+    disks: list[Disk] = field(default_factory=list)     # the image's layers, bottom first
+    volumes: list[Volume] = field(default_factory=list)  # -v: the host's folders, shared
     nic_mac: str | None = None      # a virtio-net card with this MAC, on a tap (--network bridge)
 
     @classmethod
@@ -119,6 +129,8 @@ class Hardware:
                  "ttyS0 at I/O port 0x3f8, the machine's built-in UART: the kernel's console, and "
                  "the guest init's reports (the app's exit status), read by minivm"),
             self._app_streams(wiring),
+            self._layer_disks(),
+            *self._shared_folders(),
             *([self._network_card(wiring)] if self.nic_mac else []),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
@@ -148,6 +160,44 @@ class Hardware:
                     "instruction as on a UART",
                     needs=("virtio-mmio", "virtio-serial"))
 
+    def _layer_disks(self) -> Part:
+        flags, merged = [], ""
+        for number, disk in enumerate(self.disks):
+            if len(disk.layers) > 1:
+                merged = (f"; {disk.serial} holds the bottom {len(disk.layers)} layers merged, "
+                          f"for want of device slots ({VIRTIO_TRANSPORTS} virtio transports)")
+            flags += ["-drive", f"file={disk.path},if=none,id=layer{number},format=raw,"
+                                "readonly=on",
+                      "-device", f"virtio-blk-device,drive=layer{number},serial={disk.serial}"]
+        return Part(flags,
+                    "the image's layers, bottom first, each a read-only virtio disk holding an "
+                    "EROFS filesystem (minivm/disks.py), on a virtio-mmio transport of its own; "
+                    "the guest init stacks them with overlayfs under a tmpfs, as a container's "
+                    "root is stacked on the host. The guest reads only the blocks the app "
+                    "touches, through the host's page cache, which every VM booting the same "
+                    "layers shares" + merged,
+                    needs=("virtio-mmio", "virtio-blk", "erofs", "overlayfs"))
+
+    def _shared_folders(self) -> list[Part]:
+        return [Part(["-fsdev", f"local,id=volume{number},path={volume.source},"
+                                "security_model=passthrough" + (",readonly=on" if volume.read_only
+                                                                else ""),
+                      "-device", f"virtio-9p-device,fsdev=volume{number},"
+                                 f"mount_tag={volume_tag(number)}"],
+                     f"{volume.source} shared with the guest (-v), mounted on {volume.target}: "
+                     "a virtio-9p device through which QEMU itself serves the guest's file "
+                     "requests (the 9P2000.L protocol) from the host's directory, as the user "
+                     "QEMU runs as; passthrough keeps owners and modes as they are on the host"
+                     + ("; QEMU refuses every write (readonly=on), and the guest mounts it "
+                        "read-only too" if volume.read_only else ""),
+                     needs=("virtio-mmio", "virtio-9p"))
+                for number, volume in enumerate(self.volumes)]
+
+    def free_transports(self) -> int:
+        """The virtio-mmio transports left for the image's disks by the other virtio devices."""
+        return VIRTIO_TRANSPORTS - (0 if self.interactive else 1) - len(self.volumes) \
+            - (1 if self.nic_mac else 0)
+
     def _network_card(self, wiring: Wiring) -> Part:
         return Part(["-netdev", f"tap,id=net0,fd={wiring.tap_fd}",
                      "-device", f"virtio-net-device,netdev=net0,mac={self.nic_mac}"],
@@ -166,6 +216,11 @@ class Hardware:
 
     def command(self, wiring: Wiring) -> list[str]:
         return [QEMU] + [flag for part in self.parts(wiring) for flag in part.flags]
+
+
+def volume_tag(number: int) -> str:
+    """The name a shared folder has in the guest: mount -t 9p TAG DIR."""
+    return f"minivm.volume{number}"
 
 
 def host_tsc_rate(cpuinfo: str) -> TscRate | None:

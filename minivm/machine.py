@@ -10,7 +10,7 @@ start-up on the boot's critical path.)
 
 The end of a normal run: the guest init reports the app's exit status and how many bytes the
 guest sent on stdout and stderr; once that many have reached minivm's own descriptors, nothing
-is in flight any more, and minivm ends QEMU with `quit` (the machine has no disk to flush).
+is in flight any more, and minivm ends QEMU with `quit` (its disks are read-only: nothing to flush).
 
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
-from minivm.hardware import QEMU, STREAMS, Hardware, Wiring
+from minivm.hardware import MIB, QEMU, STREAMS, Hardware, Wiring
 from minivm.streams import AppStreams
 
 BOOT_WATCHDOG = 60.0        # seconds from QEMU's start to the guest init's first report; a boot
@@ -52,6 +52,9 @@ GRACE = 1.0                 # seconds a guest gets to react to the power button 
                             # (this one never does: see above)
 REPORT = "@minivm: "        # how the guest init's lines on the console start (guest-init.sh)
 PANIC = "Kernel panic - not syncing"
+# What the guest kernel prints when memory runs out: its OOM killer at work, or a kernel that
+# could not even allocate what it needed to go on.
+OUT_OF_MEMORY = re.compile(r"Out of memory|deadlocked on memory|Initramfs unpacking failed")
 PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our parent dies
 
 
@@ -64,6 +67,7 @@ class Console:
     sent: dict[str, int] = field(default_factory=dict)  # bytes the guest sent on stdout, stderr
     failure: str = ""           # why the guest init could not run the app
     panic: str = ""
+    out_of_memory: str = ""     # the kernel's first line saying memory ran out
     last_line: str = ""
 
 
@@ -221,6 +225,7 @@ class Machine:
         if not await first_sign(booted, bounds=(BOOT_WATCHDOG, time_left())):
             if deadline and time.monotonic() >= deadline:
                 raise past_timeout()
+            self._check_memory()
             raise RuntimeFailure(
                 f"the guest showed no sign of life {BOOT_WATCHDOG:g} s after it started (last "
                 f"console line: {self.console.last_line or 'none'!r}); it was stopped; run with "
@@ -263,6 +268,7 @@ class Machine:
         self.say(f"QEMU exited with status {self.process.returncode}")
         if self.console.exit_status is not None:
             return self.console.exit_status
+        self._check_memory()
         if self.console.failure:
             raise RuntimeFailure(f"the guest could not run the app: {self.console.failure}")
         if self.console.panic:
@@ -271,6 +277,15 @@ class Machine:
             raise RuntimeFailure(f"QEMU failed: {self._qemu_error()}")
         raise RuntimeFailure("the guest stopped without reporting the app's exit status; run "
                              "with --verbose to see its console")
+
+    def _check_memory(self) -> None:
+        """A guest that ended (or hung) without the app's status, after the kernel said memory
+        ran out: that is the one line, whatever panic or silence followed. (An app that the OOM
+        killer ends while the init lives on is only the app's status, 137, as in a container.)"""
+        if self.console.out_of_memory:
+            raise RuntimeFailure(f"the guest ran out of memory (its kernel said: "
+                                 f"{self.console.out_of_memory!r}); give it more with --memory "
+                                 f"(it had {self.hardware.memory // MIB}M)")
 
     # -- listening to the guest ----------------------------------------------------------------
     async def _read_console(self, console: socket.socket) -> None:
@@ -307,6 +322,8 @@ class Machine:
                 self.console.failure = report.removeprefix("fail ")
         elif PANIC in text:
             self.console.panic = text[text.index(PANIC):]
+        if OUT_OF_MEMORY.search(text) and not self.console.out_of_memory:
+            self.console.out_of_memory = text
 
     async def _follow_events(self) -> None:
         async for event in self.qmp.events:

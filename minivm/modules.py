@@ -8,7 +8,8 @@ each names them in its own `.modinfo` ELF section (`depends=`, written by the ke
 and `depmod` gathers them into `modules.dep`, one line per module with everything it needs
 (Documentation/kbuild/modules.rst, depmod(8), modules.dep(5)).
 
-DRIVERS below is the table: a piece of virtual hardware -> the modules of its driver. The rest is
+DRIVERS below is the table: a piece of virtual hardware (or a filesystem the guest reads from
+it) -> the modules of its driver. The rest is
 finding those files for a kernel release, with their dependencies, in the order to load them.
 """
 import lzma
@@ -24,6 +25,14 @@ DRIVERS = {
                                             # registers mapped in memory, listed in ACPI tables
     "virtio-pci": ["virtio_pci"],           # the transport on pc and q35: PCI functions
     "virtio-serial": ["virtio_console"],    # serial ports (/dev/vportNpM) and hvc consoles
+    "virtio-blk": ["virtio_blk"],           # disks (/dev/vdX): the image's layers
+    "erofs": ["crc32c_generic", "erofs"],   # the read-only filesystem on each layer's disk;
+                                            # erofs needs libcrc32c, which asks the crypto API
+                                            # for "crc32c" as it loads: a soft dependency
+                                            # (`softdep=pre: crc32c`) modules.dep does not list
+    "overlayfs": ["overlay"],               # stacks the layers' filesystems, as in a container
+    "virtio-9p": ["9pnet_virtio", "9p"],    # shared folders (-v): the 9P protocol over virtio,
+                                            # and the filesystem that speaks it
     "virtio-net": ["virtio_net"],           # a network card: eth0 in the guest
 }
 

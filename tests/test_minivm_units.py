@@ -3,6 +3,7 @@ the supervision of a machine (with a stand-in for QEMU)."""
 import asyncio
 import bz2
 import gzip
+import json
 import lzma
 import os
 import socket
@@ -12,15 +13,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from minirun.errors import RuntimeFailure
-from minivm import accel, cache, initramfs, kernel, modules
+from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import Hardware, host_tsc_rate
 from minivm.machine import Machine
 from minivm.streams import AppStreams
+
+import image_helpers
 
 # /proc/cpuinfo of three kinds of host, cut down to the lines that matter.
 INTEL_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu de pse tsc msr vmx sse2\n"
@@ -182,6 +186,14 @@ PACKAGE_MODULES = {
     "kernel/drivers/virtio/virtio_pci_modern_dev.ko": "",
     "kernel/drivers/virtio/virtio_pci.ko": "virtio_pci_modern_dev,virtio,virtio_ring",
     "kernel/drivers/char/virtio_console.ko.xz": "virtio,virtio_ring",
+    "kernel/drivers/block/virtio_blk.ko": "virtio,virtio_ring",
+    "kernel/crypto/crc32c_generic.ko": "",
+    "kernel/lib/libcrc32c.ko": "",
+    "kernel/fs/erofs/erofs.ko": "libcrc32c",
+    "kernel/fs/overlayfs/overlay.ko": "",
+    "kernel/net/9p/9pnet.ko": "",
+    "kernel/net/9p/9pnet_virtio.ko": "9pnet,virtio,virtio_ring",
+    "kernel/fs/9p/9p.ko": "9pnet",
     "kernel/net/core/failover.ko": "",
     "kernel/drivers/net/net_failover.ko": "failover",
     "kernel/drivers/net/virtio_net.ko": "net_failover,virtio,virtio_ring",
@@ -263,36 +275,6 @@ def test_cpio_archive_unpacks_with_another_implementation(tmp_path):
     assert os.readlink(out / "bin/link") == "odd-size"
 
 
-class FourGiB(bytes):
-    """File data that says it is 4 GiB long, without taking 4 GiB of memory."""
-    def __len__(self):
-        return 4 << 30
-
-
-def test_cpio_refuses_a_file_of_4_gib_in_one_line(tmp_path):
-    with pytest.raises(RuntimeFailure, match=r"^/big is 4294967296 bytes.*4 GiB[^\n]*$"):
-        initramfs.Cpio().add_file("big", FourGiB())
-    sparse = tmp_path / "sparse"                    # takes no disk space, read by no one
-    with sparse.open("wb") as file:
-        file.truncate(4 << 30)
-    with pytest.raises(RuntimeFailure, match="4 GiB"):
-        initramfs.Cpio().add_path("srv/sparse", sparse)
-
-
-def test_image_archive_is_cached_per_layers_and_per_packing_code(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
-    layer = tmp_path / "layer"
-    (layer / "etc").mkdir(parents=True)
-    (layer / "etc/hostname").write_text("guest\n")
-    image = SimpleNamespace(layers=[layer])                 # all image_archive reads of an Image
-    first = initramfs.image_archive(image)
-    assert initramfs.image_archive(image) == first          # the second boot packs nothing
-    changed = tmp_path / "initramfs.py"                     # the same module, edited
-    changed.write_bytes(initramfs.WRITER.read_bytes() + b"\n# a changed cpio writer\n")
-    monkeypatch.setattr(initramfs, "WRITER", changed)
-    assert initramfs.image_archive(image) != first
-
-
 def overlay_layers(tmp_path):
     """Two layers where the upper one deletes a file and a tree, makes a directory opaque,
     and turns a directory into a file."""
@@ -307,37 +289,31 @@ def overlay_layers(tmp_path):
     (upper / "a").mkdir()
     os.mknod(upper / "a/deleted", stat.S_IFCHR | 0o600, os.makedev(0, 0))    # a whiteout
     os.mknod(upper / "e", stat.S_IFCHR | 0o600, os.makedev(0, 0))            # deletes a tree
-    os.setxattr(upper / "b", initramfs.OPAQUE_XATTR, b"y")
+    os.setxattr(upper / "b", guest_user.OPAQUE_XATTR, b"y")
     return [lower, upper]
 
 
-def test_merged_view_honours_whiteouts_and_opaque_directories(tmp_path):
-    merged = dict(initramfs.merged_view(overlay_layers(tmp_path)))
-
-    assert sorted(merged) == ["a", "a/kept", "b", "b/new", "c", "c/replaced", "d"]
-    assert merged["c/replaced"].read_text() == "upper"
-    assert merged["d"].read_text() == "a file now"
-    assert merged["a/kept"].read_text() == "lower"
-
-
-def test_lookup_of_one_file_agrees_with_the_merged_view(tmp_path):
+def test_lookup_of_one_file_agrees_with_overlayfs(tmp_path):
     layers = overlay_layers(tmp_path)
-    merged = dict(initramfs.merged_view(layers))
+    merged = image_helpers.merged_view(layers, tmp_path)     # the kernel's own merge
     for path in ["a/deleted", "a/kept", "b/hidden", "b/new", "c/replaced", "d", "d/file",
                  "e/sub/deep", "nowhere/at/all"]:
-        shown = merged.get(path)
-        assert initramfs.lookup(layers, path) == (shown if shown and shown.is_file() else None), path
+        found = guest_user.lookup(layers, path)
+        if merged.get(path, [None])[0] == "file":
+            assert found and image_helpers.snapshot(found.parent)[found.name] == merged[path]
+        else:
+            assert found is None, path
 
 
 def test_lookup_never_follows_a_link_out_of_the_image(tmp_path):
     layer = tmp_path / "layer"
     layer.mkdir()
     (layer / "etc").symlink_to("/etc")                  # the host's /etc/passwd is behind it
-    assert initramfs.lookup([layer], "etc/passwd") is None
+    assert guest_user.lookup([layer], "etc/passwd") is None
     (layer / "etc").unlink()
     (layer / "etc").mkdir()
     (layer / "etc/passwd").symlink_to("/etc/passwd")
-    assert initramfs.lookup([layer], "etc/passwd") is None
+    assert guest_user.lookup([layer], "etc/passwd") is None
 
 
 def test_run_settings_survive_any_characters(tmp_path):
@@ -424,7 +400,7 @@ def test_a_reused_pid_does_not_keep_a_dead_writers_temporary(tmp_path):
 
 def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVM_CACHE", str(tmp_path))
-    old, recent = tmp_path / "initramfs/old.cpio", tmp_path / "initramfs/recent.cpio"
+    old, recent = tmp_path / "disks/old.erofs", tmp_path / "disks/recent.erofs"
     kernel_file = tmp_path / "kernels/vmlinuz-1"
     for path, size in ((old, 3_000_000), (recent, 1_000_000), (kernel_file, 2_000_000)):
         cache.write_atomically(path, b"x" * size)
@@ -435,11 +411,11 @@ def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, 
     env = {**os.environ, "MINIVM_CACHE": str(tmp_path)}
     listing = subprocess.run([sys.executable, "-m", "minivm", "cache"], env=env,
                              capture_output=True, text=True, check=True).stdout
-    assert "3.0 MB" in listing and "initramfs/old.cpio" in listing
+    assert "3.0 MB" in listing and "disks/old.erofs" in listing
     assert listing.splitlines()[-1].split()[:2] == ["6.0", "MB"]
     pruned = subprocess.run([sys.executable, "-m", "minivm", "cache", "prune"], env=env,
                             capture_output=True, text=True, check=True).stdout
-    assert pruned == "removed initramfs/old.cpio (3.0 MB)\nfreed 3.0 MB\n"
+    assert pruned == "removed disks/old.erofs (3.0 MB)\nfreed 3.0 MB\n"
     assert recent.exists() and kernel_file.exists()         # a fetched kernel needs a download
 
 
@@ -479,10 +455,11 @@ def test_output_is_waited_for_until_the_last_byte_the_guest_sent(sent, reader_wa
 
 def test_the_hardware_names_the_drivers_it_needs_and_builtin_ones_load_nothing(tmp_path):
     tcg = accel.Accelerator("tcg", "")
+    layer_disks = ["virtio-blk", "erofs", "overlayfs"]
     assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm").needs() == \
-        ["virtio-mmio", "virtio-serial"]
+        ["virtio-mmio", "virtio-serial", *layer_disks]
     assert Hardware(memory=0, vcpus=1, accelerator=tcg, kernel=None, name="vm",
-                    interactive=True).needs() == []            # -it: ttyS1, a built-in UART
+                    interactive=True).needs() == ["virtio-mmio", *layer_disks]  # -it: ttyS1, a UART
     # A kernel that has virtio_mmio built in lists it in modules.builtin: nothing to load for it.
     (tmp_path / "modules.dep").write_text("kernel/virtio_console.ko: kernel/virtio.ko\n"
                                           "kernel/virtio.ko:\n")
@@ -493,3 +470,87 @@ def test_the_hardware_names_the_drivers_it_needs_and_builtin_ones_load_nothing(t
         modules.load_order(["virtio_pci"], tmp_path)
     with pytest.raises(RuntimeFailure, match="module virtio is not in .*minivm kernel fetch"):
         modules.for_hardware(["virtio-serial"], tmp_path)     # listed, but no file: re-fetch
+
+
+# -- the layers as disks -----------------------------------------------------------------------
+def test_the_bottom_layers_share_a_disk_when_the_slots_run_out():
+    layers = [f"layer{number}" for number in range(5)]
+    assert disks.stack(layers, 24) == [[layer] for layer in layers]
+    assert disks.stack(layers, 5) == [[layer] for layer in layers]
+    assert disks.stack(layers, 3) == [layers[:3], [layers[3]], [layers[4]]]
+    assert disks.stack(layers, 1) == [layers]
+    with pytest.raises(RuntimeFailure, match="no device slot left"):
+        disks.for_image(SimpleNamespace(layers=layers), 0)
+
+
+_READ_DISK = """
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[3])
+from image_helpers import snapshot
+subprocess.run(["mount", "-t", "erofs", "-o", "ro,loop", sys.argv[1], sys.argv[2]], check=True)
+print(json.dumps(snapshot(sys.argv[2])))
+"""
+
+
+def disk_contents(disk: Path, scratch: Path) -> dict:
+    """The files of an EROFS disk image, as the kernel reads them (a loop mount in a private
+    mount namespace that ends with the reader)."""
+    mountpoint = scratch / "disk"
+    mountpoint.mkdir(exist_ok=True)
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                          _READ_DISK, str(disk), str(mountpoint), str(image_helpers.HERE)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_a_layer_disk_keeps_whiteouts_and_opaque_directories_and_is_built_once(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
+    lower, upper = overlay_layers(tmp_path)
+    disk, = disks.for_image(SimpleNamespace(layers=[upper]), 24)
+    seen = disk_contents(disk.path, tmp_path)
+    assert seen == image_helpers.snapshot(upper)        # the whiteouts are 0/0 devices still
+    assert seen["a/deleted"] == ["other", oct(stat.S_IFCHR | 0o600), 0, 0]
+    # the opaque mark survives too: overlayfs on the disks hides the lower b/ (the boot tests
+    # show it in a guest); here, its xattr is on the disk's b
+    first = disk.path.stat()
+    again = disks.for_image(SimpleNamespace(layers=[lower, upper]), 24)  # another image, same top
+    assert again[1].path == disk.path and disk.path.stat().st_ino == first.st_ino   # not rebuilt
+    assert [d.serial for d in again] == ["minivm.layer0", "minivm.layer1"]
+
+
+def test_a_merged_disk_shows_what_overlayfs_shows(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVM_CACHE", str(tmp_path / "cache"))
+    layers = overlay_layers(tmp_path)
+    disk, = disks.for_image(SimpleNamespace(layers=layers), 1)      # one slot: both merged
+    assert disk.layers == ("lower", "upper")
+    merged = image_helpers.merged_view(layers, tmp_path)
+    seen = disk_contents(disk.path, tmp_path)
+    assert seen == merged and "a/deleted" not in seen and "b/hidden" not in seen
+    assert list((tmp_path / "cache" / "disks").iterdir()) == [disk.path]   # no scratch left
+
+
+def test_a_guest_out_of_memory_says_so_and_names_memory():
+    """The kernel's OOM killer took the init itself, and the kernel panicked: the line is about
+    memory and --memory, not about the panic that followed."""
+    machine = Machine(hardware=SimpleNamespace(memory=96 << 20), initramfs=b"")
+    machine.process = SimpleNamespace(returncode=0)
+    for line in ["[    3.1] Out of memory: Killed process 1 (init) total-vm:2680kB",
+                 "[    3.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009"]:
+        machine._hear(line)
+    with pytest.raises(RuntimeFailure, match=r"^the guest ran out of memory \(its kernel said: "
+                       r"'Out of memory: Killed process 1 .*'\); give it more with --memory "
+                       r"\(it had 96M\)$"):
+        machine._outcome()
+
+
+def test_more_layers_than_overlayfs_stacks_is_one_line(tmp_path):
+    from minirun import rootfs
+    layers = [tmp_path / f"layer{number}" for number in range(rootfs.OVERLAY_MAX_LOWER + 1)]
+    with pytest.raises(RuntimeFailure, match=r"^the image has 501 layers and overlayfs stacks at "
+                                             r"most 500: flatten it[^\n]*$"):
+        rootfs.layer_links(layers, tmp_path / "links")
+    assert not (tmp_path / "links").exists()
+    links = rootfs.layer_links(layers[:127], tmp_path / "links")        # Docker's most
+    assert links.split(":")[:2] == ["126", "125"] and len(f"lowerdir={links}") < 600
+    assert os.readlink(tmp_path / "links/0") == str(layers[0])

@@ -2,8 +2,9 @@
 
 The naive launch is what a first attempt looks like: `qemu-system-x86_64 -M pc` with its default
 devices and firmware (SeaBIOS), the distribution's compressed bzImage, and the same initramfs
-minivm would use (same guest init, same app). On `pc` its virtio-serial ports are PCI devices,
-so the initramfs carries virtio_pci where minivm's carries virtio_mmio (minivm/modules.py). The
+and layer disks minivm would use (same guest init, same app). On `pc` its virtio-serial ports and
+disks are PCI devices, so the initramfs carries virtio_pci where minivm's carries virtio_mmio
+(minivm/modules.py). The
 guest init waits to be switched off once it has reported, so the naive run ends when its console
 shows the app's exit status, and QEMU is then killed. Both are run alternately, so that a busy
 machine slows both alike. A boot that does not end within --limit seconds, or ends without the
@@ -23,14 +24,18 @@ import time
 from pathlib import Path
 
 from minirun.image import Store
-from minivm import initramfs, kernel, modules
+from minivm import disks, guest_user, initramfs, kernel, modules
 
 MINIVM = [sys.executable, "-m", "minivm", "boot", "hello", "/bin/true"]
 EXIT_REPORT = "@minivm: exit 0"
 
 
-def naive_command(bzimage: Path, initrd: Path) -> list[str]:
-    ports = ["-device", "virtio-serial-pci", "-chardev", "null,id=stdin",
+def naive_command(bzimage: Path, initrd: Path, layers: list[disks.Disk]) -> list[str]:
+    ports = []
+    for number, disk in enumerate(layers):
+        ports += ["-drive", f"file={disk.path},if=none,id=layer{number},format=raw,readonly=on",
+                  "-device", f"virtio-blk-pci,drive=layer{number},serial={disk.serial}"]
+    ports += ["-device", "virtio-serial-pci", "-chardev", "null,id=stdin",
              "-device", "virtserialport,chardev=stdin,name=minivm.stdin"]
     for stream in ("stdout", "stderr"):
         ports += ["-chardev", f"file,id={stream},path=/dev/null",
@@ -82,22 +87,26 @@ def main() -> None:
     args = parser.parse_args()
 
     bzimage = kernel.find_kernel()
-    pci_drivers = modules.for_hardware(["virtio-pci", "virtio-serial"], kernel.modules_directory(
-        kernel.bootable_vmlinux(bzimage)))
+    pci_drivers = modules.for_hardware(["virtio-pci", "virtio-serial", "virtio-blk", "erofs",
+                                        "overlayfs"],
+                                       kernel.modules_directory(kernel.bootable_vmlinux(bzimage)))
     image = Store().get("hello")
+    layers = disks.for_image(image, len(image.layers))
     settings = initramfs.RunSettings(command=image.config.command(["/bin/true"]),
                                      environment=image.config.environment([]),
                                      workdir=image.config.workdir, hostname="hello",
-                                     modules=pci_drivers)
+                                     modules=pci_drivers,
+                                     become_binary=guest_user.become_binary(),
+                                     disks=[disk.serial for disk in layers])
     times: dict[str, list[float]] = {"minivm": [], "naive": []}
     hangs = {"minivm": 0, "naive": 0}
     with tempfile.TemporaryDirectory(prefix="minivm-bench-") as scratch:
         initrd = Path(scratch, "initramfs.cpio")
-        initrd.write_bytes(initramfs.build(image, settings))
+        initrd.write_bytes(initramfs.build(settings))
         subprocess.run(MINIVM, check=True, capture_output=True)     # warm the caches once
         for boot in range(1, args.boots + 1):
             for name, measure, command in (("minivm", timed, MINIVM),
-                                           ("naive", timed_naive, naive_command(bzimage, initrd))):
+                                           ("naive", timed_naive, naive_command(bzimage, initrd, layers))):
                 seconds = measure(command, args.limit)
                 if seconds is None:
                     hangs[name] += 1
