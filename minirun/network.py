@@ -361,9 +361,8 @@ def _make_bridge(say) -> None:
     # too, which is the host's decision (net.ipv4.ip_forward): we only say it.
     Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/forwarding").write_text("1")
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
-        print("minirun: note: net.ipv4.ip_forward is 0, so containers reach only the host: "
-              "`sysctl -w net.ipv4.ip_forward=1` lets them out (minirun leaves it as it is)",
-              file=sys.stderr)
+        say("network", "net.ipv4.ip_forward is 0, so containers reach only the host: "
+            "`sysctl -w net.ipv4.ip_forward=1` lets them out (minirun leaves it as it is)")
     _iptables("-N", CHAIN, missing_ok=True)
     _iptables("-F", CHAIN)
     _iptables("-A", CHAIN, "-s", str(SUBNET), "!", "-o", BRIDGE, "-j", "MASQUERADE")
