@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from minirun import namespaces
+from minirun import namespaces, state
 from minirun.errors import RuntimeFailure
 
 SIOCGIFFLAGS = 0x8913     # <linux/sockios.h>
@@ -101,23 +101,6 @@ def _leases(directory: Path) -> list[Path]:
     return [path for path in directory.iterdir() if path.name[0].isdigit()]
 
 
-def _take_if_dead(path: Path) -> int | None:
-    """The lease's descriptor, locked, if its minirun is gone and the file is still there."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    if os.fstat(fd).st_nlink == 0:          # released between our open and our lock
-        os.close(fd)
-        return None
-    return fd
-
-
 def running_peers() -> list[dict]:
     """The live leases: the containers on the bridge now, with their names and addresses."""
     directory = network_dir()
@@ -140,7 +123,7 @@ def collect_leases(everything: bool = False) -> list[str]:
     released = []
     with _locked():
         for path in _leases(directory):
-            fd = _take_if_dead(path)
+            fd = state.take_if_free(path)     # its minirun is gone
             if fd is not None:
                 path.unlink()
                 os.close(fd)

@@ -212,6 +212,9 @@ def take_if_free(path: Path) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    if os.fstat(fd).st_nlink == 0:          # removed by its holder between our open and our lock
+        os.close(fd)
+        return None
     return fd
 
 
