@@ -3,6 +3,7 @@
 The store (MINIRUN_ROOT) is shared by the whole session so the built-in image is built once; the
 state directory (MINIRUN_STATE) is private to each test, so a test can count what a run left.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -74,6 +75,40 @@ def wait_for_container(minirun_env, timeout=20.0) -> dict:
                 return record
         time.sleep(0.02)
     raise AssertionError("the container did not start")
+
+
+@contextlib.contextmanager
+def released_together(env: dict, barrier: str, args: list[str], count: int = 20):
+    """Start `count` minirun processes that each stop at a barrier, then let them all go at once;
+    yields the Popens (text mode, stdin/stdout/stderr pipes) and kills what is left at the end.
+
+    `barrier` is a Python script that wraps the step under test so that it first writes one
+    byte to descriptor sys.argv[1] ("here") and then reads from sys.argv[2] (end of file: "go"),
+    and then runs minirun's cli with sys.argv[3:]."""
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    runs = [subprocess.Popen([sys.executable, "-c", barrier, str(ready_write), str(go_read), *args],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, pass_fds=[ready_write, go_read])
+            for _ in range(count)]
+    os.close(ready_write)
+    os.close(go_read)
+    try:
+        arrived = b""
+        while len(arrived) < count and (chunk := os.read(ready_read, count)):
+            arrived += chunk
+        assert len(arrived) == count, [run.stderr.read() for run in runs if run.poll() is not None]
+        os.close(go_write)                      # end of file: all of them go at once
+        go_write = None
+        yield runs
+    finally:
+        os.close(ready_read)
+        if go_write is not None:
+            os.close(go_write)
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
 
 
 def read_line(process, timeout=20.0) -> str:

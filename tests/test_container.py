@@ -325,6 +325,7 @@ def test_an_empty_name_or_id_matches_no_container(minirun, start_minirun):
 def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
     """Looking for a name and taking it are one step: 20 runs that all reach that step
     together, held at a barrier just before it, 3 times over: one runs, 19 are refused."""
+    from conftest import released_together
     barrier = ("import os, sys\n"
                "from minirun import cli, state\n"
                "ready, go, claim = int(sys.argv[1]), int(sys.argv[2]), state.claim\n"
@@ -336,22 +337,8 @@ def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
                "sys.argv = ['minirun', *sys.argv[3:]]\n"
                "cli.main()\n")
     for _ in range(3):
-        ready_read, ready_write = os.pipe()
-        go_read, go_write = os.pipe()
-        runs = [subprocess.Popen([sys.executable, "-c", barrier, str(ready_write), str(go_read),
-                                  "run", "--name", "twin", "hello", "head", "-c", "1"],
-                                 env=minirun_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 pass_fds=[ready_write, go_read])
-                for _ in range(20)]
-        os.close(ready_write)
-        os.close(go_read)
-        try:
-            arrived = b""
-            while len(arrived) < 20 and (chunk := os.read(ready_read, 20)):
-                arrived += chunk
-            assert len(arrived) == 20, [run.stderr.read() for run in runs if run.poll() is not None]
-            os.close(go_write)                   # end of file: all 20 claim at once
+        with released_together(minirun_env, barrier,
+                               ["run", "--name", "twin", "hello", "head", "-c", "1"]) as runs:
             deadline = time.monotonic() + 120
             while sum(run.poll() is not None for run in runs) < 19 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -361,12 +348,6 @@ def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
                     run.stdin.write("x")         # the winner reads one byte and ends
                 run.stdin.close()
             results = [(run.wait(timeout=60), run.stderr.read()) for run in runs]
-        finally:
-            os.close(ready_read)
-            for run in runs:
-                if run.poll() is None:
-                    run.kill()
-                    run.wait()
         statuses = sorted(status for status, _ in results)
         assert statuses == [0] + [125] * 19, results
         for status, stderr in results:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_line, wait_for_container
+from conftest import read_line, released_together
 from minirun import network
 
 LEASES = network.network_dir()
@@ -153,31 +153,12 @@ cli.main()
 
 
 def test_twenty_containers_started_at_once_get_twenty_addresses(minirun_env, nothing_left):
-    ready_read, ready_write = os.pipe()
-    go_read, go_write = os.pipe()
-    runs = [subprocess.Popen([sys.executable, "-c", AT_A_BARRIER, str(ready_write), str(go_read),
-                              "run", "hello", "sh", "-c", "ip -o -4 addr show eth0; cat >/dev/null"],
-                             env=minirun_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, pass_fds=[ready_write, go_read])
-            for _ in range(20)]
-    os.close(ready_write)
-    os.close(go_read)
-    try:
-        arrived = b""
-        while len(arrived) < 20 and (chunk := os.read(ready_read, 20)):
-            arrived += chunk
-        assert len(arrived) == 20
-        os.close(go_write)                      # end of file: all 20 take an address at once
+    command = ["run", "hello", "sh", "-c", "ip -o -4 addr show eth0; cat >/dev/null"]
+    with released_together(minirun_env, AT_A_BARRIER, command) as runs:
         addresses = [read_line(run, timeout=120).split()[3] for run in runs]
         for run in runs:
             run.stdin.close()
             assert run.wait(timeout=60) == 0
-    finally:
-        os.close(ready_read)
-        for run in runs:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
     assert len(set(addresses)) == 20, addresses
     assert all(address.startswith("172.30.") for address in addresses)
 
