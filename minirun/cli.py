@@ -174,7 +174,7 @@ def exec_command(oci_root, container, command, env, workdir, user, interactive, 
         return oci.exec_process(container, process, detach, pid_file, console_socket, oci_root)
     if not command:
         raise click.UsageError("give a COMMAND to run, or --process FILE")
-    from minirun.container import exec_in
+    from minirun.enter import exec_in
     return exec_in(container, list(command), list(env), workdir=workdir, user=user, tty=tty,
                    explain=explain)
 
@@ -186,7 +186,7 @@ def exec_command(oci_root, container, command, env, workdir, user, interactive, 
 def stop(containers, grace) -> None:
     """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
     _need_root("stop")
-    from minirun.container import stop as stop_container
+    from minirun.lifecycle import stop as stop_container
     for container in containers:
         click.echo(stop_container(container, grace)[:12])
 
@@ -317,9 +317,8 @@ def gc() -> None:
     writable layers) and cgroups of containers whose minirun is gone. Images and their layers
     stay (`minirun rmi` removes those)."""
     _need_root("gc")
-    from minirun.container import collect_garbage
-    from minirun import supervisor
-    for container_id in sorted({*collect_garbage(), *supervisor.remove_stale()}):
+    from minirun import garbage, supervisor
+    for container_id in sorted({*garbage.collect(), *supervisor.remove_stale()}):
         click.echo(f"removed {container_id[:12]}")
 
 

@@ -4,6 +4,11 @@
 forked child does to turn itself into the container's PID 1. Each step is one call into the
 module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
 chapters of docs/minirun.md follow the same order.
+
+The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`)
+and the standing by (`_supervise`) are `minirun exec`'s too (enter.py), as are `run`'s first
+checks. What happens to a container from outside lives beside this file: found and stopped in
+lifecycle.py, and what killed runs left behind removed in garbage.py.
 """
 import errno
 import os
@@ -19,10 +24,12 @@ from pathlib import Path
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, namespaces, network, rootfs, seccomp, security, signals, state, terminal
+from minirun import (cgroups, garbage, namespaces, network, rootfs, seccomp, security, signals,
+                     state, terminal)
 from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFailure,
                             status_from_wait)
 from minirun.image import Image, Store, store_root
+from minirun.narrator import narrator
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
 
 # Everything but the PID namespace, which the parent asks for on the child's behalf (_fork_child).
@@ -158,9 +165,9 @@ class Plan:
 
 def run(spec: ContainerSpec) -> int:
     """Run one container to completion and return its exit status (as `docker run --rm` would)."""
-    say = _narrator(spec.explain)
+    say = narrator("minirun", spec.explain)
     _require_root()
-    collect_garbage(everything=False)                       # what killed runs left behind
+    garbage.collect(everything=False)                       # what killed runs left behind
     if spec.use_chroot:
         print("minirun: warning: --chroot is escapable: a root process in the container can "
               "get back to the host's files (see docs/minirun.md)", file=sys.stderr)
@@ -249,6 +256,11 @@ def run(spec: ContainerSpec) -> int:
             state.release(state.record_path(plan.id))
             if bundle:
                 rootfs.remove_bundle(bundle)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise RuntimeFailure("creating namespaces and mounts needs root: run minirun with sudo")
 
 
 def _stop_if_interrupted() -> None:
@@ -707,196 +719,3 @@ def _reap_children(pid: int, status: int | None) -> int | None:
         if reaped == pid:
             status = wait_status
 
-
-# -- Joining a running container: `minirun exec` and `minirun stop` -----------------------------
-
-# The namespaces `exec` joins besides the PID namespace, through the files the kernel keeps for
-# every namespace of every process in /proc/PID/ns/ (namespaces(7)). The mount namespace comes
-# last: joining it also moves the process's root and working directory to that namespace's root
-# (setns(2)), after which the host's /proc and /sys/fs/cgroup are out of its reach.
-JOINED_NAMESPACES = ("cgroup", "ipc", "uts", "net", "mnt")
-
-
-def exec_in(target: str, command: list[str], env: list[str], workdir: str | None = None,
-            user: str | None = None, tty: bool = False, explain: bool = False) -> int:
-    """`minirun exec`: run one more command inside a running container; return its status.
-
-    There is no "inside" apart from namespaces and a cgroup: a process that joins all of a
-    container's is in that container, as much as its PID 1 is. setns(2) joins them. As in
-    `run`, the PID namespace is joined by the parent for its next child only.
-    """
-    say = _narrator(explain)
-    check_env_and_workdir(env, workdir)
-    _require_root()
-    record = find_running(target)
-    pid1 = record.pid
-    joined = {name: os.open(f"/proc/{pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-              for name in (*JOINED_NAMESPACES, "pid")}
-    _confirm_still_running(record)        # the fds are PID 1's own, not a later holder of its PID's
-    environment = dict(_environment_of(pid1), **dict(item.split("=", 1) for item in env))
-    if tty:
-        environment.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    cgroup = cgroups.of_container(record.id)
-    privileges = security.Privileges.from_record(record.capabilities, record.privileged)
-
-    def join(link: _Link) -> None:
-        cgroup.join()
-        say("cgroup", f"joined {cgroup}")
-        for name in JOINED_NAMESPACES:
-            namespaces.setns(joined[name])
-        say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
-        os.makedirs(workdir or record.workdir, exist_ok=True)
-        os.chdir(workdir or record.workdir)
-        _last_steps(link, command, environment, record.user if user is None else user,
-                    privileges, record.seccomp, None, say)     # as `docker exec`: its filter
-
-    def enter_pid_namespace() -> None:
-        namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
-        say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
-
-    with signals.held():                 # as in `run`: see signals.py and _supervise
-        try:
-            pid, master = _fork_child(enter_pid_namespace, join, tty, "joining the container failed",
-                                      command, environment)
-        finally:
-            for fd in joined.values():
-                os.close(fd)
-        return _supervise(pid, master)
-
-
-def stop(target: str, grace: float = 10.0) -> str:
-    """`minirun stop`: SIGTERM, then SIGKILL if the container is still there after `grace`
-    seconds, as `docker stop` does. Returns the container's id.
-
-    SIGTERM goes to the runtime, which passes it on to PID 1 like any forwarded signal; a PID 1
-    with no handler for it ignores it (see docs/minirun.md, "PID 1 is special"), which is what
-    the SIGKILL is for: from outside its namespace, SIGKILL always reaches PID 1. Both go
-    through pidfds (pidfd_open(2)), so a PID reused after the container ended cannot be hit.
-    """
-    import select
-    record = find_running(target)
-    runtime, pid1 = os.pidfd_open(record.runtime_pid), os.pidfd_open(record.pid)
-    try:
-        _confirm_still_running(record)    # a pidfd pins its process: check that it is ours
-        signal.pidfd_send_signal(runtime, signal.SIGTERM)
-        if not select.select([runtime], [], [], grace)[0]:     # readable when it has exited
-            try:
-                signal.pidfd_send_signal(pid1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            select.select([runtime], [], [], 30)
-    finally:
-        os.close(runtime)
-        os.close(pid1)
-    return record.id
-
-
-def find_running(target: str) -> state.ContainerRecord:
-    """The running container whose name is `target`, or whose id starts with it."""
-    running = [r for r in state.containers() if state.is_alive(r) and state.pid1_is_running(r)]
-    matches = [r for r in running if target and r.name == target] or \
-              [r for r in running if target and r.id.startswith(target)]
-    if len(matches) != 1:
-        what = "no running container" if not matches else "more than one container matches"
-        raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps`")
-    return matches[0]
-
-
-def _confirm_still_running(record: state.ContainerRecord) -> None:
-    """After a PID has been turned into a handle (a pidfd, a namespace fd), check that the
-    process behind it is still the one the record names, by its start time."""
-    if not (state.is_alive(record) and state.pid1_is_running(record)):
-        raise RuntimeFailure(f"container {record.id[:12]} has just ended")
-
-
-def _environment_of(pid: int) -> dict[str, str]:
-    """The environment PID 1 started with, the base of an exec'd command's (as docker exec)."""
-    with open(f"/proc/{pid}/environ", "rb") as environ:
-        pairs = [item.decode(errors="replace").partition("=") for item in environ.read().split(b"\0") if item]
-    return {key: value for key, _, value in pairs}
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise RuntimeFailure("creating namespaces and mounts needs root: run minirun with sudo")
-
-
-def collect_garbage(everything: bool = True) -> list[str]:
-    """Remove what minirun processes killed with SIGKILL left behind: their cgroups, bundles
-    and records. Return the ids of the containers removed.
-
-    Every run starts with the quick pass (everything=False): each bundle in the store sits
-    beside a lock its minirun holds for life, so the locks that can be taken are exactly the
-    dead containers, whichever state directory recorded them; each one's cgroup is removed by
-    its id, without reading the cgroup trees. A running container costs this pass three system
-    calls (open, flock, close: about 10 to 20 µs here), and nothing else.
-
-    `minirun gc` (everything=True) also looks for what that pass cannot see: records of dead
-    minirun processes in this state directory (with a bundle in another store, or none yet),
-    cgroups under minirun/ that no one owns, half-written records, names of gone records.
-    """
-    network.collect_leases(everything)     # leases of dead runs; gc: the idle bridge too
-    containers_dir = store_root() / "containers"
-    removed, held = set(), set()
-    names = set(os.listdir(containers_dir)) if containers_dir.is_dir() else set()
-    for name in names - {name for name in names if name.startswith(".")}:
-        container_id = name.removesuffix(".lock")
-        if name != container_id:
-            lock = state.take_if_free(containers_dir / name)
-            if lock is None:
-                held.add(container_id)          # its minirun is alive (or just removed it)
-                continue
-        elif f"{name}.lock" in names or (containers_dir / f"{name}.lock").exists():
-            continue                            # the bundle's lock decides, above
-        else:
-            # A bundle without its lock: the lock is made before the bundle and removed after
-            # it, so this is a bundle whose removal was cut short.
-            lock = None
-        bundle = rootfs.Bundle(containers_dir / container_id, lock)
-        note = Path(os.pread(lock, 4096, 0).decode(errors="replace")) if lock else None
-        record_file = note if note and note.is_absolute() and note.name == f"{container_id}.json" \
-            else None
-        if _remove_container(container_id, bundle, record_file):
-            removed.add(container_id)
-    if everything:
-        for record in state.containers():
-            if record.id not in held and not state.is_alive(record):
-                bundle = rootfs.Bundle(containers_dir / record.id)
-                bundle.lock = state.take_if_free(bundle.lock_path)
-                if bundle.lock is None and bundle.lock_path.exists():
-                    continue                # its lock is held: not dead yet (its --init, dying)
-                if _remove_container(record.id, bundle, state.record_path(record.id)):
-                    removed.add(record.id)
-        live = held | {record.id for record in state.containers() if state.is_alive(record)}
-        removed.update(cgroups.remove_stale(live, dead_ids=removed))
-        state.remove_stale_temporaries()
-    Store().remove_stale_scratch()                          # of killed imports and builds
-    return sorted(removed)
-
-
-def _remove_container(container_id: str, bundle: rootfs.Bundle, record_file: Path | None) -> bool:
-    """What a dead minirun left of one container: its cgroup (killing what still runs in it),
-    its record, then its bundle and, last, its lock. If the cgroup will not go yet (its
-    processes still exiting), all of it stays, the lock let go, for the next pass."""
-    try:
-        cgroups.of_container(container_id).remove()
-    except RuntimeFailure:
-        if bundle.lock is not None:
-            os.close(bundle.lock)
-        return False
-    if record_file:
-        state.release(record_file)
-    rootfs.remove_bundle(bundle)
-    return True
-
-
-def _narrator(explain: bool):
-    """--explain: each step as it happens, on stderr, with the milliseconds since the run began."""
-    if not explain:
-        return lambda step, detail: None
-    began = time.monotonic()
-
-    def say(step: str, detail: str) -> None:
-        elapsed = 1000 * (time.monotonic() - began)
-        print(f"{elapsed:7.2f} ms  minirun[{os.getpid()}] {step:<12} {detail}", file=sys.stderr, flush=True)
-    return say

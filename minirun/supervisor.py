@@ -355,7 +355,7 @@ def remove(target: str, force: bool) -> str:
         if not force:
             raise RuntimeFailure(f"container {record.name} is running: stop it first, or "
                                  "use `minirun rm -f`")
-        from minirun.container import stop
+        from minirun.lifecycle import stop
         try:
             stop(record.id, grace=0)
         except RuntimeFailure:

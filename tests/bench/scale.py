@@ -125,7 +125,7 @@ def main() -> None:
                     "minirun gc": [*MINIRUN, "gc"],
                     "import click": [sys.executable, "-c", "import click"]}
         os.environ.update(MINIRUN_ROOT=env["MINIRUN_ROOT"], MINIRUN_STATE=env["MINIRUN_STATE"])
-        from minirun.container import collect_garbage
+        from minirun import garbage
         results, passes = {}, {}
         for level in levels:
             hold_minirun(level, env, held)
@@ -136,7 +136,7 @@ def main() -> None:
                     times[name].append(timed(command, env))
                 for name, everything in (("run's pass", False), ("gc's scan", True)):
                     start = time.perf_counter()
-                    collect_garbage(everything=everything)
+                    garbage.collect(everything=everything)
                     passes[level][name].append(1000 * (time.perf_counter() - start))
             results[level] = times
 
