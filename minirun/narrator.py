@@ -1,13 +1,13 @@
 """--explain: each step told as it is taken, the same way by minirun and minivm.
 
-    0.83 ms  minirun[4012] cgroup       /sys/fs/cgroup/minirun/<id>: memory.max=33554432
-   19.59 ms  minirun[1] pivot_root   /var/lib/minirun/containers/<id>/merged is now /
-   41.07 ms  minivm[4077] network      tap tap8d2f... on minirun0, up
+    4.63 ms  minirun[16544] cgroup       /sys/fs/cgroup/.../minirun/<id>: pids.max=20, ...
+   23.41 ms  minirun[1] pivot_root   /var/lib/minirun/containers/<id>/merged is now /; ...
+   28.53 ms  minivm[16999] network      tap tapcec78971712b (TUNSETIFF on /dev/net/tun) on ...
 
 The milliseconds count from the start of the run, so the gaps show where its time goes. The
-bracket names who speaks: the program and its PID as it sees it, so the container's PID 1,
-which sees itself as PID 1 of its own namespace, tells its steps apart from the runtime's on
-the host. The lines go to stderr, flushed one by one: stdout is the app's.
+bracket names who speaks, by the PID it sees for itself: the runtime on the host, or the
+container's first process, which is PID 1 in a PID namespace of its own. The lines go to
+stderr, flushed one by one: stdout is the app's.
 """
 import os
 import sys

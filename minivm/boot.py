@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from minirun import hosts, network, ports, rootfs
 from minirun.errors import RuntimeFailure
 from minirun.image import Store
+from minirun.narrator import narrator
 from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate, volume_tag
 from minivm.machine import Machine
@@ -38,6 +39,7 @@ class BootOptions:
 
 
 def boot(options: BootOptions) -> int:
+    say = narrator("minivm", options.explain or options.verbose)     # as minirun's --explain
     cache.tidy()        # what a killed minivm may have left half-written in the cache
     # 1. The image: the same store, the same layers and config as `minirun run`.
     image = Store().get(options.image)
@@ -55,9 +57,6 @@ def boot(options: BootOptions) -> int:
 
     # The network, as a container's (minirun/network.py): an address from the same leases, on
     # the same bridge, through a tap device instead of a veth pair; -p through the same proxy.
-    def say(step: str, detail: str) -> None:
-        if options.explain or options.verbose:
-            print(f"minivm: {step}: {detail}", file=sys.stderr, flush=True)
     tap = network.attach_tap(os.urandom(6).hex(), hostname, hostname, say) \
         if options.network == "bridge" else None
     proxies = []

@@ -137,6 +137,7 @@ def test_dots_match_any_number_of_lines_and_nothing_else_is_loose():
 def test_masks_hide_what_varies_and_keep_what_a_reader_reads():
     assert mask("   3.71 ms  minirun[26412] exit") == mask(" 109.58 ms  minirun[99] exit")
     assert mask("minirun[1] cgroup") == "minirun[1] cgroup"
+    assert mask("  41.07 ms  minivm[4077] network") == mask("   0.52 ms  minivm[12] network")
     assert mask("limit of 32.0M") != mask("limit of 32M")
     assert mask("  pid:        1") != mask("  pid:        89")
     assert mask("kernel: 6.1.0-57-amd64") == mask("kernel: 6.18.44-fc-v669")

@@ -29,8 +29,9 @@ NOTE = re.compile(r"\s{2,}#.*$")        # `output   # a note for the reader`
 MASKS = [
     # container ids (64 hex, or the first 12 as a hostname) and sha256 layer digests
     (re.compile(r"\b[0-9a-f]{12,64}\b"), "<id>"),
-    # the PID of minirun on the host; `minirun[1]` (PID 1 of the new namespace) stays as it is
-    (re.compile(r"minirun\[(?!1\])\d+\]"), "minirun[<pid>]"),
+    # --explain's speaker: minirun's or minivm's PID on the host; `minirun[1]` (PID 1 of the
+    # container's namespace) stays as it is
+    (re.compile(r"\b(minirun|minivm)\[(?!1\])\d+\]"), r"\1[<pid>]"),
     (re.compile(r"host PID \d+"), "host PID <pid>"),
     # hello's `pid:` line in a guest (a container's app is PID 1: that one stays): how many
     # processes the guest kernel started before the app varies from boot to boot
