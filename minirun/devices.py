@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from minirun.errors import RuntimeFailure
+from minirun.namespaces import libc
 
 
 class Rule(NamedTuple):     # (not a dataclass: a NamedTuple is 6 times cheaper to define)
@@ -149,7 +150,6 @@ BPF_F_ALLOW_MULTI = 2       # programs of cgroups below may be added; every one 
 # The license only decides whether a program may call the kernel's GPL-only helper functions.
 # This one calls no helper at all, so any string would do; we give the project's own.
 LICENSE = b"Apache-2.0"
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def attach_program(cgroup: Path, rules=DEFAULT_RULES) -> None:
@@ -200,7 +200,7 @@ def _bpf(command: int, attr: bytes) -> int:
     if machine not in SYS_BPF:
         raise RuntimeFailure(f"minirun does not know the bpf(2) system call's number on {machine}")
     buffer = ctypes.create_string_buffer(attr, len(attr))
-    result = _libc.syscall(SYS_BPF[machine], command, buffer, len(attr))
+    result = libc.syscall(SYS_BPF[machine], command, buffer, len(attr))
     if result < 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))

@@ -236,7 +236,6 @@ class _SockFprog(ctypes.Structure):     # struct sock_fprog, linux/filter.h
 
 
 SECCOMP_SET_MODE_FILTER = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # Built once, when container.py imports this module, before it forks: the child, which runs this
@@ -260,8 +259,8 @@ def install(program: bytes) -> int:
     """Install an assembled filter (the default, or an OCI bundle's: oci.py) on this thread."""
     fprog = _SockFprog(len(program) // 8, program)
     number = NUMBERS["seccomp"][ARCHITECTURES[MACHINE][1]]
-    if _libc.syscall(ctypes.c_long(number), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
-                     ctypes.c_uint(0), ctypes.byref(fprog)) != 0:
+    if namespaces.libc.syscall(ctypes.c_long(number), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                               ctypes.c_uint(0), ctypes.byref(fprog)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(errno)}")
     return fprog.len

@@ -78,7 +78,9 @@ def _capability_names(names, flag: str) -> frozenset[str]:
 
 
 def die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: SIGKILL this process when the process that forked it exits."""
+    """PR_SET_PDEATHSIG (prctl(2)): the kernel SIGKILLs this process when the thread that forked
+    it ends, even by SIGKILL. A container's first process and QEMU (minivm/machine.py) take it
+    between fork and exec, so neither outlives the program that started it."""
     prctl.set_pdeathsig(signal.SIGKILL)
 
 

@@ -28,7 +28,6 @@ file name, and the initramfs is handed over as a memfd, a file that lives only i
 process holds it open.
 """
 import asyncio
-import ctypes
 import errno
 import os
 import re
@@ -40,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from minirun.errors import RuntimeFailure
+from minirun.security import die_with_parent
 from minivm.hardware import MIB, QEMU, STREAMS, Hardware, Wiring
 from minivm.streams import AppStreams
 
@@ -55,7 +55,6 @@ PANIC = "Kernel panic - not syncing"
 # What the guest kernel prints when memory runs out: its OOM killer at work, or a kernel that
 # could not even allocate what it needed to go on.
 OUT_OF_MEMORY = re.compile(r"Out of memory|deadlocked on memory|Initramfs unpacking failed")
-PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our parent dies
 
 
 @dataclass
@@ -171,7 +170,7 @@ class Machine:
                 stderr=asyncio.subprocess.PIPE,
                 # Its own session: Ctrl-C on the terminal reaches minivm, which stops the VM in
                 # order, instead of killing QEMU behind minivm's back.
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         except FileNotFoundError:
             raise RuntimeFailure(f"{QEMU} not found: install it with "
                                  "`apt-get install qemu-system-x86`") from None
@@ -396,11 +395,3 @@ class Machine:
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(number, stop, number)
         return request
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    """In the QEMU child before exec: if minivm dies, even by SIGKILL, the kernel kills QEMU too."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
