@@ -61,7 +61,7 @@ def collect(everything: bool = True) -> list[str]:
                     removed.add(record.id)
         live = held | {record.id for record in state.containers() if state.is_alive(record)}
         removed.update(cgroups.remove_stale(live, dead_ids=removed))
-        state.remove_stale_temporaries()
+        state.tidy()
     Store().remove_stale_scratch()                          # of killed imports and builds
     return sorted(removed)
 

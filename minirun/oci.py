@@ -758,10 +758,7 @@ def _findable(program: str, env: dict) -> bool:
 
 
 def _write_pid_file(path: str, pid: int) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as file:
-        file.write(str(pid))
-    os.rename(tmp, path)
+    state.write_atomically(Path(path), str(pid).encode())     # an engine may be reading it
 
 
 # -- start, state, kill, delete ----------------------------------------------------------------

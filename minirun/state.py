@@ -14,6 +14,8 @@ moment cannot both take it.
 import fcntl
 import json
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,16 +77,9 @@ def claim(record: ContainerRecord) -> None:
 def save(record: ContainerRecord) -> None:
     path = record_path(record.id)
     _make_state_dir(path.parent)
-    tmp = path.with_name(f".{record.runtime_pid}.{path.name}.tmp")   # whose it is, should it stay
     try:
-        with open(tmp, "w", opener=lambda name, flags: os.open(name, flags, 0o600)) as file:
-            file.write(json.dumps(asdict(record)))
-        os.rename(tmp, path)    # readers see the old record or the new one, never half of one
+        write_atomically(path, json.dumps(asdict(record)).encode(), mode=0o600)
     except OSError as error:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass                # a read-only directory: there is no tmp file to remove
         raise _storage_failure(path.parent, error) from None
 
 
@@ -150,30 +145,69 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])                                    # fields[0] is field 3
 
 
-def remove_stale_temporaries() -> None:
+def tidy() -> None:
     """Remove half-written records left by a minirun killed in the middle of `save`, and names
     whose record is gone (a minirun killed between the two steps of `claim`)."""
     directory = state_dir()
     if not directory.is_dir():
         return
-    for tmp in directory.glob(".*.tmp"):
-        owner = tmp.name.split(".")[1]
-        if owner.isascii() and owner.isdigit() and not process_exists(int(owner)):
-            tmp.unlink(missing_ok=True)
+    remove_abandoned_temporaries(directory)
     with _locked(directory):
         for link in directory.glob("*.name"):
             if not _named_record(link) or not _named_record(link).exists():
                 link.unlink(missing_ok=True)
 
 
-def process_exists(pid: int) -> bool:
+# -- Files written whole or not at all -------------------------------------------------------------
+#
+# A reader must never see half a record (nor minivm half a kernel in its cache, minivm/cache.py).
+# So each file is written under a temporary name in the same directory, then renamed over its
+# own name: rename(2) replaces a name in one step, and a reader opens the old file or the new one.
+# The temporary's name says whose it is, `.NAME.PID-START.RANDOM`: a writer killed half-way leaves
+# it behind, and whoever tidies that directory can tell it from one a live writer is still
+# writing, by the PID and its start time (a PID alone may be a new process's by now).
+#
+# Not everything renamed into place goes through here: a file that another program writes (the
+# C compiler, mkfs.erofs) or a whole directory (a layer of the image store) is made in a scratch
+# directory and renamed from there; a full log is renamed aside, not replaced (supervisor.py).
+
+TEMPORARY = re.compile(r"\..+\.(\d+)-(\d+)\.[^.]+")
+
+
+def temporary_name(name: str) -> str:
+    """A name for a temporary of this process's, beside the file called `name`."""
+    return f".{name}.{os.getpid()}-{start_time(os.getpid())}.{os.urandom(4).hex()}"
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Make `path` hold `data` with permissions `mode`, whole or not at all."""
+    temporary = path.with_name(temporary_name(path.name))
     try:
-        os.kill(pid, 0)                     # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        with open(fd, "wb") as out:
+            os.fchmod(fd, mode)             # what umask took away from `mode`
+            out.write(data)
+        os.rename(temporary, path)
+    except BaseException:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass                # a read-only directory: no temporary was made
+        raise
+
+
+def remove_abandoned_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporaries in `directory` whose writer has ended; return those removed."""
+    removed = []
+    for entry in directory.iterdir() if directory.is_dir() else ():
+        owner = TEMPORARY.fullmatch(entry.name)
+        if owner and start_time(int(owner.group(1))) != int(owner.group(2)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 # --- Locks that prove life ------------------------------------------------------------------

@@ -82,9 +82,7 @@ def records() -> list[SupervisedRecord]:
 
 
 def _save(record: SupervisedRecord, home: Path) -> None:
-    tmp = home / ".record.json.tmp"
-    tmp.write_text(json.dumps(asdict(record)))
-    os.rename(tmp, home / "record.json")     # readers see the old record or the new, never half
+    state.write_atomically(home / "record.json", json.dumps(asdict(record)).encode(), mode=0o600)
 
 
 def is_supervised(record: SupervisedRecord) -> bool:

@@ -5,51 +5,36 @@ Everything here can be rebuilt from its inputs, so deleting the directory is alw
 are named after what they were made from and written under a temporary name then renamed, so two
 boots building the same entry at once do not see each other's half-written file.
 
-A temporary's name carries its writer's PID and start time (`.NAME.PID-START.RANDOM`): a writer
-killed half-way leaves it behind, and the next write or boot removes every temporary whose
-writer is gone. A PID alone could be a new process by now; with its start time it names one
-process for good (minirun/state.py:start_time).
+A temporary's name carries its writer's PID and start time (`.NAME.PID-START.RANDOM`, as
+minirun's records: minirun/state.py, "Files written whole or not at all"): a writer killed
+half-way leaves it behind, and the next write or boot removes every temporary whose writer is gone.
 
 The cache only grows by itself (a Debian image's layers make disks of about 250 MB), so each
 boot marks the entries it uses (their modification time is the last use), and `minivm cache
 prune` removes those unused for a while.
 """
 import os
-import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from minirun.state import start_time
+from minirun import state
 
 DEFAULT_CACHE = "/var/cache/minivm"
 REBUILT = ("disks", "vmlinux")          # what prune may remove: rebuilt by the next boot
                                         # (a fetched kernel needs a download: it stays)
-TEMPORARY = re.compile(r"\..+\.(\d+)-(\d+)\.[^.]+")
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MINIVM_CACHE", DEFAULT_CACHE))
 
 
-def _temporary_prefix(name: str) -> str:
-    return f".{name}.{os.getpid()}-{start_time(os.getpid())}."
-
-
 def write_atomically(path: Path, data: bytes) -> None:
+    """A new entry, whole or not at all; first, what killed writers left beside it goes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    state.remove_abandoned_temporaries(path.parent)
+    state.write_atomically(path, data)
 
 
 @contextmanager
@@ -57,33 +42,20 @@ def scratch_directory(parent: Path):
     """A temporary directory inside the cache (on the same filesystem, so that what is built in
     it can be renamed into place), removed afterwards, or by the next write if we are killed."""
     parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(parent)
-    scratch = Path(tempfile.mkdtemp(prefix=_temporary_prefix("scratch"), dir=parent))
+    state.remove_abandoned_temporaries(parent)
+    scratch = parent / state.temporary_name("scratch")
+    scratch.mkdir(mode=0o700)
     try:
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Remove the temporaries in `directory` whose writer has ended; the ones removed."""
-    removed = []
-    for entry in directory.iterdir() if directory.is_dir() else ():
-        owner = TEMPORARY.fullmatch(entry.name)
-        if owner and start_time(int(owner.group(1))) != int(owner.group(2)):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
 def tidy() -> None:
     """At each boot: the temporaries that killed writers left in any part of the cache."""
     for part in cache_dir().iterdir() if cache_dir().is_dir() else ():
         if part.is_dir():
-            remove_stale_temporaries(part)
+            state.remove_abandoned_temporaries(part)
 
 
 def mark_used(entry: Path) -> None:

@@ -91,13 +91,37 @@ def cgroup_dirs(container_id: str) -> list[Path]:
 
 def test_gc_removes_half_written_records_of_dead_runtimes_only(minirun, minirun_env):
     import subprocess
+    from minirun.state import temporary_name
     dead = subprocess.Popen(["true"])
     dead.wait()
     state = Path(minirun_env["MINIRUN_STATE"])
-    (state / f".{dead.pid}.{'a' * 64}.json.tmp").write_text("{")
-    (state / f".{os.getpid()}.{'b' * 64}.json.tmp").write_text("{")     # a live writer's
+    (state / f".{'a' * 64}.json.{dead.pid}-1.0badf00d").write_text("{")
+    live = temporary_name(f"{'b' * 64}.json")                           # this process's
+    (state / live).write_text("{")
     assert minirun("gc").returncode == 0
-    assert os.listdir(state) == [f".{os.getpid()}.{'b' * 64}.json.tmp"]
+    assert os.listdir(state) == [live]
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    # Every record, pid file and minivm cache entry is written by state.write_atomically.
+    from minirun import state
+    record = tmp_path / "record.json"
+    state.write_atomically(record, b"old", mode=0o600)
+    old_umask = os.umask(0o077)                 # the mode is the one asked for, whatever umask
+    try:
+        state.write_atomically(tmp_path / "pid", b"42")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "pid").stat().st_mode & 0o777 == 0o644
+    assert record.stat().st_mode & 0o777 == 0o600
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "rename", full_disk)
+    with pytest.raises(OSError):
+        state.write_atomically(record, b"new")
+    assert record.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["pid", "record.json"]
 
 
 def test_a_record_whose_pid_was_reused_is_stale(minirun, minirun_env):

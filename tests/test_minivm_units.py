@@ -11,13 +11,13 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from minirun import state
 from minirun.errors import RuntimeFailure
 from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import Hardware, host_tsc_rate
@@ -376,26 +376,26 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, monke
     (tmp_path / "vmlinux").mkdir()
     # A writer killed half-way: it made its temporary, then SIGKILL.
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import os, signal, tempfile, sys; from minivm import cache; "
-        "fd, _ = tempfile.mkstemp(prefix=cache._temporary_prefix('entry.elf'), dir=sys.argv[1]); "
-        "os.write(fd, b'half'); os.kill(os.getpid(), signal.SIGKILL)"), str(tmp_path / "vmlinux")])
+        "import os, signal, sys; from minirun import state; "
+        "fd = os.open(os.path.join(sys.argv[1], state.temporary_name('entry.elf')), os.O_WRONLY "
+        "| os.O_CREAT); os.write(fd, b'half'); os.kill(os.getpid(), signal.SIGKILL)"),
+        str(tmp_path / "vmlinux")])
     assert writer.wait() == -9
     left = list((tmp_path / "vmlinux").glob(".entry.elf.*"))
     assert len(left) == 1
     # A writer still at work (this process) keeps its temporary.
-    fd, working = tempfile.mkstemp(prefix=cache._temporary_prefix("other.elf"),
-                                   dir=tmp_path / "vmlinux")
-    os.close(fd)
+    working = tmp_path / "vmlinux" / state.temporary_name("other.elf")
+    working.write_bytes(b"half")
     cache.write_atomically(tmp_path / "vmlinux" / "next.elf", b"data")
     assert sorted(path.name for path in (tmp_path / "vmlinux").iterdir()) == \
-        sorted([os.path.basename(working), "next.elf"])
+        sorted([working.name, "next.elf"])
 
 
 def test_a_reused_pid_does_not_keep_a_dead_writers_temporary(tmp_path):
     # Our own PID, with a start time that is not ours: the writer that had this PID is gone.
     stale = tmp_path / f".entry.cpio.{os.getpid()}-1.abcd1234"
     stale.write_bytes(b"half")
-    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+    assert state.remove_abandoned_temporaries(tmp_path) == [stale]
 
 
 def test_prune_removes_what_was_not_used_lately_and_cache_lists_sizes(tmp_path, monkeypatch):
