@@ -168,8 +168,9 @@ def tidy() -> None:
 # writing, by the PID and its start time (a PID alone may be a new process's by now).
 #
 # Not everything renamed into place goes through here: a file that another program writes (the
-# C compiler, mkfs.erofs) or a whole directory (a layer of the image store) is made in a scratch
-# directory and renamed from there; a full log is renamed aside, not replaced (supervisor.py).
+# C compiler, mkfs.erofs) is made in a scratch directory and renamed from there; the image store
+# keeps every temporary of its own, layers and records, in its tmp/, where one listdir finds what
+# a killed import left (image.py); a full log is renamed aside, not replaced (supervisor.py).
 
 TEMPORARY = re.compile(r"\..+\.(\d+)-(\d+)\.[^.]+")
 
