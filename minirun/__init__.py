@@ -2,5 +2,6 @@
 
 Each kernel mechanism a container is made of lives in one module named after it:
 namespaces, rootfs, cgroups, network, security, image. `container` tells the story of a run,
-step by step, calling into them; `cli` is only the command line.
+step by step, calling into them; `enter` joins a running container (`exec`), `lifecycle` finds
+and stops one, `garbage` removes what killed runs left; `cli` is only the command line.
 """
