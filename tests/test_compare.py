@@ -160,22 +160,29 @@ def test_the_chart_is_a_png_when_its_name_says_so(tmp_path):
         assert len(image.getcolors(1 << 16)) > 10          # bars and text drawn, not a blank page
 
 
-def minicompare(*args, cwd, preamble=""):
-    """minicompare's entry point, as the console script calls it, after `preamble`."""
-    return subprocess.run(
+def minicompare(tmp_path, *args, preamble=""):
+    """minicompare's entry point, as the console script calls it, after `preamble`, in an empty
+    directory tmp_path/cwd, with a store and state of its own (should it get as far as them)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "MINIRUN_ROOT": str(tmp_path / "store"),
+           "MINIRUN_STATE": str(tmp_path / "state")}
+    result = subprocess.run(
         [sys.executable, "-c", f"{preamble}\nimport sys\nfrom minivm.compare import main\n"
                                f"sys.argv = ['minicompare', *{list(args)!r}]\nmain()"],
-        cwd=cwd, capture_output=True, text=True, timeout=60)
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert list(cwd.iterdir()) == []                        # no chart, nothing else
+    return result
 
 
 def test_plot_without_matplotlib_is_one_line_before_any_measuring(tmp_path):
     # sys.modules[name] = None is how Python marks a module as not importable: find_spec answers
     # None and `import` raises ImportError, as when the package is not installed.
-    result = minicompare("--plot", "chart.svg", "no-such-image", cwd=tmp_path,
+    result = minicompare(tmp_path, "--plot", "chart.svg", "no-such-image",
                          preamble="import sys; sys.modules['matplotlib'] = None")
     assert result.returncode == 125
     assert result.stderr == "minicompare: --plot needs matplotlib: pip install '.[plot]'\n"
-    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("name, complaint", [
@@ -184,8 +191,7 @@ def test_plot_without_matplotlib_is_one_line_before_any_measuring(tmp_path):
 ])
 def test_a_plot_file_that_cannot_be_written_is_refused_before_any_measuring(tmp_path, name,
                                                                             complaint):
-    result = minicompare("--plot", name, "no-such-image", cwd=tmp_path)
+    result = minicompare(tmp_path, "--plot", name, "no-such-image")
     assert result.returncode == 125
     [line] = result.stderr.splitlines()
     assert line.startswith("minicompare: Invalid value for '--plot': ") and complaint in line
-    assert list(tmp_path.iterdir()) == []
