@@ -27,6 +27,7 @@ A figure for the VM is only as good as its accelerator: under TCG every guest in
 translated by QEMU in software, so the accelerator is printed beside every VM figure.
 """
 import json
+import math
 import os
 import platform
 import select
@@ -291,6 +292,8 @@ def throughput_mb_s(address: tuple[str, int], megabytes: int) -> float:
     total = megabytes << 20
     chunk = b"\0" * (1 << 16)
     with connect(address) as sock:
+        sock.settimeout(60)     # on a busy machine one transfer here once stalled for over 5 s
+                                # (TCP's retransmission timeout doubles at each loss): slow, not dead
         def send():
             for _ in range(total // len(chunk)):
                 sock.sendall(chunk)
@@ -630,25 +633,27 @@ def draw_chart(result: dict, path: str) -> None:
     matplotlib.use("Agg")                       # no display: write the file only
     import matplotlib.pyplot as plt
     plt.rcParams["svg.fonttype"] = "none"
-    kinds_of = [k for k in PANELS if any(r["figure"] == k for r in result["rows"])]
-    figure, axes = plt.subplots(len(kinds_of), 1, figsize=(9, 2.2 + 1.1 * len(result["rows"]) / 3),
-                                squeeze=False,
-                                height_ratios=[sum(r["figure"] == k for r in result["rows"])
-                                               for k in kinds_of])
-    for ax, kind_of in zip(axes[:, 0], kinds_of):
+    panels = {k: [r for r in result["rows"] if r["figure"] == k] for k in PANELS}
+    panels = {k: chosen for k, chosen in panels.items() if chosen}
+    heights = [len(chosen) for chosen in panels.values()]
+    figure, axes = plt.subplots(len(panels), 1, squeeze=False, height_ratios=heights,
+                                figsize=(9, 1.2 + 0.6 * sum(heights)))
+    for ax, (kind_of, chosen) in zip(axes[:, 0], panels.items()):
         label, divisor, log = PANELS[kind_of]
-        chosen = [r for r in result["rows"] if r["figure"] == kind_of]
+        medians = []
         for offset, kind in enumerate(KINDS):
             values = [r["cells"][kind]["median"] / divisor if kind in r["cells"] else 0
                       for r in chosen]
             ax.barh([i + offset * 0.27 for i in range(len(chosen))], values, height=0.27,
                     label=kind if kind != "vm" else f"VM ({result['accelerator']})")
+            medians += values
         ax.set_yticks([i + 0.27 for i in range(len(chosen))],
                       [f"{r['section']}: {r['claim']}" for r in chosen], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(label, fontsize=8)
-        if log:
+        if log:     # from the power of ten below the smallest bar, so that its axis is labelled
             ax.set_xscale("log")
+            ax.set_xlim(left=10 ** math.floor(math.log10(min(v for v in medians if v > 0))))
             ax.xaxis.set_major_formatter("{x:g}")          # 0.1, 1, 10 rather than 10^-1
             ax.xaxis.set_minor_formatter("")
         ax.tick_params(labelsize=8)

@@ -156,7 +156,7 @@ def test_the_chart_is_a_png_when_its_name_says_so(tmp_path):
     data = (tmp_path / "chart.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     with Image.open(tmp_path / "chart.png") as image:
-        assert image.format == "PNG" and image.width > 500 and image.height > 300
+        assert image.format == "PNG" and image.width >= 500 and image.height >= 200
         assert len(image.getcolors(1 << 16)) > 10          # bars and text drawn, not a blank page
 
 
