@@ -511,6 +511,7 @@ def measure(settings: Settings, scratch: Path, accel: str) -> dict:
                 works[kind].append(run)
     facts = {kind: runner.probe(kind) for kind in KINDS}
     root = {kind: runner.as_nobody(kind) for kind in ("container", "vm")}
+    rates = runner.transfers() if settings.network_mb else None    # its VM boots last
 
     rows = []
 
@@ -539,9 +540,9 @@ def measure(settings: Settings, scratch: Path, accel: str) -> dict:
     for phase, (claim, why) in PHASES.items():
         row("work", claim.format(**asdict(settings)),
             {k: spread([r.seconds(phase) for r in works[k]]) for k in KINDS}, why)
-    if settings.network_mb:
+    if rates:
         row("network", f"{settings.network_mb} MB echoed via -p, MB/s (more: faster)",
-            {k: spread(v, "MB/s") for k, v in runner.transfers().items()},
+            {k: spread(v, "MB/s") for k, v in rates.items()},
             "both: the runtime's proxy on 127.0.0.1, the bridge; then a veth into the host's own "
             "kernel, or a tap into QEMU, virtio-net and a guest kernel run by TCG (no vhost-net)",
             "rate")
