@@ -195,3 +195,14 @@ def test_a_plot_file_that_cannot_be_written_is_refused_before_any_measuring(tmp_
     assert result.returncode == 125
     [line] = result.stderr.splitlines()
     assert line.startswith("minicompare: Invalid value for '--plot': ") and complaint in line
+
+
+def test_without_root_it_says_so_in_one_line_before_any_measuring(tmp_path):
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-m", "minivm.compare", "--network-mb", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr == ("minicompare: the container side and the network row need root: "
+                             "run minicompare with sudo\n")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
