@@ -9,6 +9,8 @@ turns each claim into a row of a table and each cell into a figure measured on t
                 minirun's own processes; QEMU's process plus minivm's (PSS from smaps_rollup)
     work        one fixed script (hash 64 MB, 200 000 tiny system calls, files in the writable
                 layer) run in the container, in the VM and by the bare host with the same busybox
+    network     an echo server in the container, in the VM and on the host: the host sends it a
+                fixed number of MB through a published port (-p 127.0.0.1:PORT:7), reads them back
     isolation   what the app sees from inside: kernel, processes, devices, mounts, capabilities,
                 seccomp, and who had to be root on the host to start it
 
@@ -25,9 +27,13 @@ A figure for the VM is only as good as its accelerator: under TCG every guest in
 translated by QEMU in software, so the accelerator is printed beside every VM figure.
 """
 import json
+import math
 import os
 import platform
+import select
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -241,6 +247,69 @@ def watch(kind: str, command: list[str], env: dict, sample_memory: bool, timeout
     return run
 
 
+# --- traffic: an echo server and its client (tests/bench/network.py uses them too) -----------------
+
+def echo_server(port: int) -> str:
+    """A shell command: busybox's nc answering every connection on `port` with `cat`, which sends
+    each byte back (-ll: keep listening after the first one; -e: run cat on the socket)."""
+    return f"exec busybox nc -ll -p {port} -e cat"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports of 127.0.0.1 that nothing listens on now: the kernel's choice
+    (bind(2) to port 0), all held at once so that it cannot choose one twice."""
+    probes = [socket.socket() for _ in range(count)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    return ports
+
+
+def connect(address: tuple[str, int], timeout: float = 20) -> socket.socket:
+    """A connection to an echo server, once it answers: a published port accepts as soon as the
+    runtime listens, before the server inside does (the proxy then closes the connection)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(address, timeout=5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"x")
+            if sock.recv(1) == b"x":            # the echo answers: the server is up
+                return sock
+            sock.close()
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no echo server at {address}")
+        time.sleep(0.1)
+
+
+def throughput_mb_s(address: tuple[str, int], megabytes: int) -> float:
+    """MEGABYTES sent to an echo server and received back on one connection, per second; a
+    thread sends while this one reads, so neither side's buffers fill and stall the other."""
+    total = megabytes << 20
+    chunk = b"\0" * (1 << 16)
+    with connect(address) as sock:
+        sock.settimeout(60)     # on a busy machine one transfer here once stalled for over 5 s
+                                # (TCP's retransmission timeout doubles at each loss): slow, not dead
+        def send():
+            for _ in range(total // len(chunk)):
+                sock.sendall(chunk)
+        began = time.perf_counter()
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = 0
+        while received < total:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise RuntimeError(f"the echo server at {address} closed after {received} bytes")
+            received += len(data)
+        sender.join()
+        return megabytes / (time.perf_counter() - began)
+
+
 # --- the three ways to run the same thing ------------------------------------------------------------
 
 @dataclass
@@ -254,6 +323,7 @@ class Settings:
     files_mb: int = 32
     small_files: int = 500
     idle: float = 1.0
+    network_mb: int = 16            # echoed through a published port; 0 leaves the row out
     timeout: float = 300.0
 
 
@@ -266,12 +336,12 @@ class Runner:
         self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         self.busybox = shutil.which("busybox") or "/bin/busybox"
 
-    def command(self, kind: str, args: list[str]) -> list[str]:
+    def command(self, kind: str, args: list[str], options: tuple = ()) -> list[str]:
         image = self.settings.image
         if kind == "container":
-            return [sys.executable, "-m", "minirun", "run", image, *args]
+            return [sys.executable, "-m", "minirun", "run", *options, image, *args]
         if kind == "vm":
-            return [sys.executable, "-m", "minivm", "boot", image, *args]
+            return [sys.executable, "-m", "minivm", "boot", *options, image, *args]
         return [self.busybox, *args]    # the host: `busybox sh -c ...` as the image runs it
 
     def start(self, kind: str) -> Run:
@@ -286,6 +356,51 @@ class Runner:
         run = watch(kind, self.command(kind, ["sh", "-c", f"W={where}\n{script}"]), self.env,
                     kind != "host", s.timeout)
         return checked(run)
+
+    def transfers(self) -> dict[str, list[float]]:
+        """MB/s echoed by a server in the container, in the VM and on the host, each reached at
+        127.0.0.1: through minirun's and minivm's published port (their proxy, ports.py), and on
+        the host's loopback directly. One server each, transfers interleaved round by round."""
+        s = self.settings
+        ports = dict(zip(KINDS, free_ports(len(KINDS))))
+        servers = {}
+        try:
+            for kind in KINDS:
+                servers[kind] = self.serve(kind, ports[kind])
+            rates = {kind: [] for kind in KINDS}
+            for round_number in range(s.warmup + s.repeat):
+                for kind in KINDS:
+                    try:
+                        rate = throughput_mb_s(("127.0.0.1", ports[kind]), s.network_mb)
+                    except (OSError, RuntimeError) as error:
+                        raise click.ClickException(f"the {kind}'s echo server: {error}")
+                    if round_number >= s.warmup:
+                        rates[kind].append(rate)
+            return rates
+        finally:
+            for server in servers.values():
+                stop(server)
+
+    def serve(self, kind: str, port: int) -> subprocess.Popen:
+        """An echo server, ready: on the host, busybox nc on `port`; in the container and in the
+        VM, on their port 7, published on 127.0.0.1:`port` (minirun needs --init: nc as PID 1
+        would ignore the SIGINT that stops it, see stop)."""
+        if kind == "host":
+            return subprocess.Popen(self.command(kind, ["sh", "-c", echo_server(port)]),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        options = ("--init",) * (kind == "container") + ("-p", f"127.0.0.1:{port}:7")
+        errors = tempfile.TemporaryFile("w+")       # what a failed start said, for one line
+        server = subprocess.Popen(
+            self.command(kind, ["sh", "-c", f"echo ready; {echo_server(7)}"], options),
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+            text=True)
+        ready, _, _ = select.select([server.stdout], [], [], self.settings.timeout)
+        if not ready or server.stdout.readline() != "ready\n":
+            stop(server)
+            errors.seek(0)
+            raise click.ClickException(f"the {kind}'s echo server did not start: "
+                                       f"{errors.read().strip() or 'no message'}")
+        return server
 
     def probe(self, kind: str) -> dict:
         script = PROBE if kind != "host" else PROBE.split("mkdir -p /mnt")[0]   # never mount here
@@ -323,6 +438,16 @@ class Runner:
         return f"yes (exit {run.status})"
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGINT, as Ctrl-C would: minirun passes it to its init, minivm powers the guest off."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()                  # minirun and minivm clean up after a SIGKILL'd parent
+        process.wait()
+
+
 def checked(run: Run) -> Run:
     if run.status != 0:
         raise click.ClickException(f"the {run.kind} run failed with exit status {run.status}: "
@@ -354,6 +479,16 @@ def show_bytes(figure: dict | None) -> str:
         f" ({figure['min'] / MIB:.0f}-{figure['max'] / MIB:.0f})" if figure["min"] != figure["max"] else "")
 
 
+def show_rate(figure: dict | None) -> str:
+    if not figure:
+        return "-"
+    return f"{figure['median']:.0f} MB/s" + (
+        f" ({figure['min']:.0f}-{figure['max']:.0f})" if figure["min"] != figure["max"] else "")
+
+
+SHOW = {"time": show_time, "bytes": show_bytes, "rate": show_rate}   # a row's figure -> its cell
+
+
 def ratio(a: dict | None, b: dict | None) -> str:
     if not a or not b or not b["median"]:
         return "-"
@@ -376,6 +511,7 @@ def measure(settings: Settings, scratch: Path, accel: str) -> dict:
                 works[kind].append(run)
     facts = {kind: runner.probe(kind) for kind in KINDS}
     root = {kind: runner.as_nobody(kind) for kind in ("container", "vm")}
+    rates = runner.transfers() if settings.network_mb else None    # its VM boots last
 
     rows = []
 
@@ -404,8 +540,12 @@ def measure(settings: Settings, scratch: Path, accel: str) -> dict:
     for phase, (claim, why) in PHASES.items():
         row("work", claim.format(**asdict(settings)),
             {k: spread([r.seconds(phase) for r in works[k]]) for k in KINDS}, why)
-    # The network row goes here once minirun and minivm have networks: a transfer between the
-    # host and the app over a veth pair (container) and a tap device (VM), timed like the rows above.
+    if rates:
+        row("network", f"{settings.network_mb} MB echoed via -p, MB/s (more: faster)",
+            {k: spread(v, "MB/s") for k, v in rates.items()},
+            "both: the runtime's proxy on 127.0.0.1, the bridge; then a veth into the host's own "
+            "kernel, or a tap into QEMU, virtio-net and a guest kernel run by TCG (no vhost-net)",
+            "rate")
     for fact, why in ISOLATION.items():
         row("isolation", fact, {k: facts[k].get(fact, "-") for k in KINDS}, why, "fact")
     row("isolation", "needs root on the host", {**root, "host": "-"},
@@ -451,7 +591,7 @@ def table(result: dict) -> str:
     body = []
     for row in result["rows"]:
         cells = row["cells"]
-        show = {"time": show_time, "bytes": show_bytes}.get(row["figure"], lambda x: str(x))
+        show = SHOW.get(row["figure"], str)
         numeric = row["figure"] != "fact"
         body.append(((f"{row['section']}: {row['claim']}", show(cells.get("container")),
                       show(cells.get("vm")), show(cells.get("host")),
@@ -479,28 +619,65 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+PANELS = {      # a row's figure -> its chart's axis: (label, divisor, log scale)
+    "time": ("seconds (log)", 1, True),
+    "bytes": ("MiB", MIB, False),
+    "rate": ("MB/s (log; more: faster)", 1, True),
+}
+
+
 def draw_chart(result: dict, path: str) -> None:
+    """One panel per kind of figure (times, memory, throughput), a bar per column of the table.
+    The format follows the file's suffix; an SVG keeps its text as text (svg.fonttype none), so
+    it stays small and its labels can be searched and read by a screen reader."""
     import matplotlib
     matplotlib.use("Agg")                       # no display: write the file only
     import matplotlib.pyplot as plt
-    rows = [r for r in result["rows"] if r["figure"] in ("time", "bytes")]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, kind_of, unit, scale in ((axes[0], "time", "seconds (log)", 1), (axes[1], "bytes", "MiB", MIB)):
-        chosen = [r for r in rows if r["figure"] == kind_of]
+    plt.rcParams["svg.fonttype"] = "none"
+    panels = {k: [r for r in result["rows"] if r["figure"] == k] for k in PANELS}
+    panels = {k: chosen for k, chosen in panels.items() if chosen}
+    heights = [len(chosen) for chosen in panels.values()]
+    figure, axes = plt.subplots(len(panels), 1, squeeze=False, height_ratios=heights,
+                                figsize=(9, 1.2 + 0.6 * sum(heights)))
+    for ax, (kind_of, chosen) in zip(axes[:, 0], panels.items()):
+        label, divisor, log = PANELS[kind_of]
+        medians = []
         for offset, kind in enumerate(KINDS):
-            values = [r["cells"][kind]["median"] / scale if kind in r["cells"] else 0 for r in chosen]
+            values = [r["cells"][kind]["median"] / divisor if kind in r["cells"] else 0
+                      for r in chosen]
             ax.barh([i + offset * 0.27 for i in range(len(chosen))], values, height=0.27,
                     label=kind if kind != "vm" else f"VM ({result['accelerator']})")
-        ax.set_yticks([i + 0.27 for i in range(len(chosen))], [r["claim"] for r in chosen])
+            medians += values
+        ax.set_yticks([i + 0.27 for i in range(len(chosen))],
+                      [f"{r['section']}: {r['claim']}" for r in chosen], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(unit)
-        if kind_of == "time":
+        ax.set_xlabel(label, fontsize=8)
+        if log:     # from the power of ten below the smallest bar, so that its axis is labelled
             ax.set_xscale("log")
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=8)
+            ax.set_xlim(left=10 ** math.floor(math.log10(min(v for v in medians if v > 0))))
+            ax.xaxis.set_major_formatter("{x:g}")          # 0.1, 1, 10 rather than 10^-1
+            ax.xaxis.set_minor_formatter("")
+        ax.tick_params(labelsize=8)
+    figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", ncols=3,
+                  fontsize=8, frameon=False)
     figure.suptitle(f"minirun vs minivm, {result['host']['when']} ({result['host']['cpu']})",
-                    fontsize=9)
-    figure.tight_layout()
+                    fontsize=9, x=0.01, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.savefig(path)
+
+
+def chart_file(context, parameter, value: str | None) -> str | None:
+    """--plot's FILE, checked before minutes of measuring rather than after."""
+    if value is None:
+        return None
+    if Path(value).suffix.lower() not in (".png", ".svg"):
+        raise click.BadParameter(f"{value!r}: the chart is a PNG or an SVG, name it *.png or *.svg")
+    if not Path(value).absolute().parent.is_dir():
+        raise click.BadParameter(f"{value!r}: its directory does not exist")
+    from importlib.util import find_spec
+    if find_spec("matplotlib") is None:
+        raise click.ClickException("--plot needs matplotlib: pip install '.[plot]'")
+    return value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
@@ -517,24 +694,26 @@ def draw_chart(result: dict, path: str) -> None:
               help="MB written and read back in the writable layer.")
 @click.option("--small-files", default=500, show_default=True, type=click.IntRange(min=0),
               help="Small files made and removed in the writable layer.")
+@click.option("--network-mb", default=16, show_default=True, type=click.IntRange(min=0),
+              help="MB echoed through a published port per round; 0 leaves the network row out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
-@click.option("--plot", metavar="FILE", help="Also draw the timing and memory rows (PNG or SVG).")
+@click.option("--plot", metavar="FILE", callback=chart_file,
+              help="Also draw the timing, memory and network rows (FILE.png or FILE.svg).")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def cli(repeat, warmup, cpu_mb, syscalls, files_mb, small_files, as_json, plot, image, command):
+def cli(repeat, warmup, cpu_mb, syscalls, files_mb, small_files, network_mb, as_json, plot, image,
+        command):
     """Run IMAGE (default: hello) as a container and as a VM, and measure the difference.
 
     COMMAND (default: the image's own) is the one whose start is timed."""
-    if plot:
-        from importlib.util import find_spec     # fail now, not after minutes of measuring
-        if find_spec("matplotlib") is None:
-            raise click.ClickException("--plot needs matplotlib: pip install '.[plot]'")
-    if os.geteuid() != 0:
-        raise click.ClickException("the container side needs root: run minicompare with sudo")
+    if os.geteuid() != 0:   # namespaces, cgroups, and the bridge that -p reaches the app through
+        raise click.ClickException("the container side and the network row need root: "
+                                   "run minicompare with sudo")
     from minivm.accel import HostFacts, choose
     accel = choose("auto", HostFacts.read()).name
     settings = Settings(image=image, command=command, repeat=repeat, warmup=warmup, cpu_mb=cpu_mb,
-                        syscalls=syscalls, files_mb=files_mb, small_files=small_files)
+                        syscalls=syscalls, files_mb=files_mb, small_files=small_files,
+                        network_mb=network_mb)
     host = host_record(accel)
     with tempfile.TemporaryDirectory(prefix="minicompare.") as scratch:
         result = measure(settings, Path(scratch), accel)

@@ -21,20 +21,21 @@
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import runc_bundle        # noqa: E402  (the same runc bundle as startup.py)
 
+# The echo server and its client are minicompare's, whose network row is this table's -p rows.
+from minivm.compare import connect, echo_server, free_ports, throughput_mb_s    # noqa: E402
+
 MINIRUN = [sys.executable, "-m", "minirun"]
-ECHO = "exec busybox nc -ll -p 7 -e cat"
+ECHO = echo_server(7)
 
 
 def start_times(runs: int, workdir: Path) -> dict[str, list[float]]:
@@ -60,23 +61,6 @@ def start_times(runs: int, workdir: Path) -> dict[str, list[float]]:
     return times
 
 
-def connect(address: tuple[str, int], timeout: float = 20) -> socket.socket:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection(address, timeout=5)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(b"x")
-            if sock.recv(1) == b"x":            # the echo answers: the server is up
-                return sock
-            sock.close()
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no echo server at {address}")
-        time.sleep(0.1)
-
-
 def round_trip_us(address) -> float:
     samples = []
     with connect(address) as sock:
@@ -86,23 +70,6 @@ def round_trip_us(address) -> float:
             sock.recv(1)
             samples.append(1e6 * (time.perf_counter() - began))
     return statistics.median(samples)
-
-
-def throughput_mb_s(address, megabytes: int) -> float:
-    total = megabytes << 20
-    chunk = b"\0" * (1 << 16)
-    with connect(address) as sock:
-        def send():
-            for _ in range(total // len(chunk)):
-                sock.sendall(chunk)
-        began = time.perf_counter()
-        sender = threading.Thread(target=send)
-        sender.start()
-        received = 0
-        while received < total:
-            received += len(sock.recv(1 << 20))
-        sender.join()
-        return megabytes / (time.perf_counter() - began)
 
 
 def main() -> None:
@@ -126,11 +93,8 @@ def main() -> None:
             print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}"
                   f"{median / none:>8.2f}x")
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            loopback_port, published = probe.getsockname()[1], probe.getsockname()[1] + 1
-        servers.append(subprocess.Popen(["busybox", "nc", "-ll", "-p",
-                                         str(loopback_port), "-e", "cat"]))
+        loopback_port, published, vm_published = free_ports(3)
+        servers.append(subprocess.Popen(["sh", "-c", echo_server(loopback_port)]))
         container = subprocess.Popen(
             [*MINIRUN, "run", "--init", "-p", f"127.0.0.1:{published}:7", "hello", "sh", "-c",
              f"ip -o -4 addr show eth0; {ECHO}"], stdout=subprocess.PIPE, text=True)
@@ -140,12 +104,12 @@ def main() -> None:
                  "-p": ("127.0.0.1", published)}
         if not args.no_vm:
             vm = subprocess.Popen(
-                [sys.executable, "-m", "minivm", "boot", "-p", f"127.0.0.1:{published + 1}:7",
+                [sys.executable, "-m", "minivm", "boot", "-p", f"127.0.0.1:{vm_published}:7",
                  "hello", "sh", "-c", f"ip -o -4 addr show eth0; {ECHO}"],
                 stdout=subprocess.PIPE, text=True)
             servers.append(vm)
             paths["vm bridge"] = (vm.stdout.readline().split()[3].split("/")[0], 7)
-            paths["vm -p"] = ("127.0.0.1", published + 1)
+            paths["vm -p"] = ("127.0.0.1", vm_published)
         results = {name: (round_trip_us(where), throughput_mb_s(where, args.megabytes))
                    for name, where in paths.items()}
         base_rtt, base_mb = results["loopback"]
