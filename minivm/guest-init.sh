@@ -145,8 +145,8 @@ power_button() {    # the event device of the ACPI power button, once its driver
     done
     fail "the ACPI power button did not appear in 10 s"
 }
-on_power_button() {
-    dd if="$1" of=/dev/null bs=24 count=1 2>/dev/null || return
+on_power_button() {     # stdin: the power button's event device
+    dd of=/dev/null bs=24 count=1 2>/dev/null || return
     report "power button: SIGTERM to the app"
     kill -TERM -"$app" 2>/dev/null
 }
@@ -158,7 +158,7 @@ agent() {
     exec 3<>"$1"
     while read -r request <&3; do
         eval "set -- $(echo "$request" | base64 -d)"
-        (run_app "$@") </dev/null >/.minivm/exec.out 2>/.minivm/exec.err &
+        (run_app "$@") </dev/null >/.minivm/exec.out 2>/.minivm/exec.err 3>&- &
         command=$!
         wait "$command"
         status=$?
@@ -210,7 +210,12 @@ else
     app=$!
     if [ -n "$detached" ]; then
         agent "$agent" &
-        on_power_button "$(power_button)" & button=$!
+        # Opened here, before the report that ends `boot -d`: a press from now on waits in
+        # evdev's buffer for its reader (one that came before any open would be lost).
+        exec 4<"$(power_button)"
+        on_power_button <&4 & button=$!
+        exec 4<&-
+        report "app running"
     fi
     wait "$app"
     status=$?

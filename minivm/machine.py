@@ -64,6 +64,8 @@ PR_SET_PDEATHSIG = 1        # prctl(2): a signal the kernel sends us when our pa
 class Console:
     """What the guest said on ttyS0 so far."""
     init_running: asyncio.Event = field(default_factory=asyncio.Event)
+    app_running: bool = False   # reported by a detached VM's init: the app and the control
+                                # plane (power button, agent) are up
     app_finished: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
     sent: dict[str, int] = field(default_factory=dict)  # bytes the guest sent on stdout, stderr
@@ -80,7 +82,7 @@ class Detached:
     output: tuple               # the app's stdout and stderr: two minirun.supervisor.Log files
     monitor_path: Path          # the second QMP monitor's socket (`minivm qmp`, `minivm stop`)
     exec_path: Path             # where `minivm exec` reaches the guest agent (minivm/agent.py)
-    booted: Callable[[int], None]   # called with QEMU's pid once the guest init runs
+    booted: Callable[[int], None]   # called with QEMU's pid once the guest runs the app
 
 
 class Machine:
@@ -262,8 +264,6 @@ class Machine:
                 "--verbose to watch its console")
         if booted.done():
             self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
-            if self.detached:
-                self.detached.booted(self.process.pid)
         finished = self._in_background(self.console.app_finished.wait())
         if booted.done() and not await first_sign(finished, bounds=(time_left(),)):
             raise past_timeout()
@@ -359,6 +359,9 @@ class Machine:
             report = text.removeprefix(REPORT)
             if report == "init running":
                 self.console.init_running.set()
+            elif report == "app running" and self.detached and not self.console.app_running:
+                self.console.app_running = True
+                self.detached.booted(self.process.pid)
             elif status := re.fullmatch(r"exit ([0-9]{1,3})(?: out=([0-9]+) err=([0-9]+))?",
                                         report):
                 self.console.exit_status = int(status.group(1))
