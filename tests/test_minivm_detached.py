@@ -103,7 +103,8 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     assert status_of(run, "job") == "Up"
     assert "job" in run("ps").stdout                    # running: listed without -a too
 
-    logs = until(lambda: (result := run("logs", "job")).stdout and result, "the app's output")
+    logs = until(lambda: (result := run("logs", "job")).stdout and result, "the app's output",
+                 timeout=60)
     assert (logs.stdout, logs.stderr) == ("working\n", "a warning\n")       # kept apart
 
     status = run("qmp", "job", "query-status")
@@ -150,7 +151,7 @@ def test_stop_presses_the_power_button_and_pulls_the_plug_after_the_grace_period
     assert len(leftovers(guest)[0]) == 2
 
     # The grace period is far longer than the guest needs: the button alone ends "polite".
-    stopped = run("stop", "-t", "120", "polite")
+    stopped = run("stop", "-t", "30", "polite")
     assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, "polite\n", "")
     assert status_of(run, "polite").startswith("Exited (143)")
     assert status_of(run, "deaf") == "Up"                  # the other one is not touched
@@ -178,7 +179,8 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
         assert boot.returncode == 0, err
     # --rm: once its app has ended, nothing of "brief" stays.
     until(lambda: not any(json.loads(path.read_text())["name"] == "brief"
-                          for path in state.glob("*/record.json")), "brief's removal")
+                          for path in state.glob("*/record.json")), "brief's removal",
+          timeout=60)
 
     record = record_of(state, "victim")
     os.kill(record["supervisor_pid"], signal.SIGKILL)
