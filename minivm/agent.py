@@ -82,8 +82,8 @@ def run(socket_path: Path, command: list[str]) -> int:
         try:
             client.connect(str(socket_path))
         except OSError as error:
-            raise RuntimeFailure(f"cannot reach the VM's agent ({error.strerror}): is it still "
-                                 "running? See `minivm ps -a`") from None
+            raise RuntimeFailure(f"cannot reach the VM's agent ({error.strerror or error}): is it "
+                                 "still running? See `minivm ps -a`") from None
         client.sendall(request(command))
         with client.makefile("rb") as replies:
             header = replies.readline()

@@ -14,18 +14,26 @@ is in flight any more, and minivm ends QEMU with `quit` (its disks are read-only
 
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
-answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event
-that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver
-(`button`) Debian builds as a module this initramfs does not carry, so the kernel drops it; and
-even that driver only reports the press as an input event, for a daemon (acpid, logind) to act
-on: no signal reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM,
---timeout, a watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The
-button is pressed anyway, so that a guest with a full OS can shut down cleanly. A closed stdout
-pulls the plug at once: the app is as good as killed by SIGPIPE.
+answer, SIGKILL. A foreground guest never answers the button. On microvm the press is an ACPI GED
+event that the kernel turns into a notification for the power-button device (PNP0C0C), whose
+driver (`button`) Debian builds as a module that a foreground boot's initramfs does not carry, so
+the kernel drops it; and even that driver only reports the press as an input event, for a daemon
+(acpid, logind) to act on: no signal reaches PID 1 for the guest's busybox init to trap. So every
+stop of a foreground VM (Ctrl-C, SIGTERM, --timeout, a watchdog) waits the whole GRACE before
+`quit`: Ctrl-C gives 130 after about 1 s. A detached VM (`boot -d`, minivm/supervisor.py) carries
+the driver and evdev, and its init reads the press and sends the app SIGTERM: that is what
+`minivm stop` relies on. A closed stdout pulls the plug at once: the app is as good as killed by
+SIGPIPE.
+
+A detached VM has more: a second QMP monitor on a socket file, for other commands
+(minivm/monitor.py), whose `quit` this machine learns of from the SHUTDOWN event every monitor
+gets; a guest agent's port, served to `minivm exec` (minivm/agent.py); and its output goes into
+log files instead of minivm's stdout and stderr.
 
 Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket pairs with no
 file name, and the initramfs is handed over as a memfd, a file that lives only in memory while some
-process holds it open.
+process holds it open. (A detached VM's two socket files live in its state directory, which `rm`,
+`--rm` or `gc` removes.)
 """
 import asyncio
 import ctypes

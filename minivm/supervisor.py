@@ -149,9 +149,9 @@ def boot_detached(options, name: str, remove: bool) -> str:
     if name and any(record.name == name for record in records()):
         raise RuntimeFailure(f"the name {name!r} is in use by a VM (running or exited): choose "
                              "another --name, or `minivm rm` that one")
-    vm_id = os.urandom(16).hex()
+    vm_id = os.urandom(8).hex()         # 64 bits: short, for the sockets' paths below
     home = _make_root() / vm_id
-    if len(str(home / MONITOR)) > SOCKET_PATH_MAX:
+    if len(str(home / EXEC)) > SOCKET_PATH_MAX:
         raise RuntimeFailure(f"the state directory {state_root()} has too long a path for the "
                              "VM's sockets (unix(7): 107 bytes): set MINIVM_STATE to a shorter one")
     home.mkdir(mode=0o700)
