@@ -88,7 +88,7 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     # exec'd command is in the app's own root, and the app's exit code is its own choice.
     booted = run("boot", "-d", "--network", "none", "--name", "job", "hello", "sh", "-c",
                  "echo working; echo a warning >&2; "
-                 "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3")
+                 "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo done; exit 3")
     assert booted.returncode == 0, booted.stderr
     assert re.fullmatch(r"[0-9a-f]{16}\n", booted.stdout)
     vm_id = booted.stdout.strip()
@@ -103,8 +103,8 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     assert status_of(run, "job") == "Up"
     assert "job" in run("ps").stdout                    # running: listed without -a too
 
-    logs = until(lambda: (result := run("logs", "job")).stdout and result, "the app's output",
-                 timeout=60)
+    logs = until(lambda: (result := run("logs", "job")).stdout and result.stderr and result,
+                 "the app's output on both streams", timeout=60)
     assert (logs.stdout, logs.stderr) == ("working\n", "a warning\n")       # kept apart
 
     status = run("qmp", "job", "query-status")
@@ -116,7 +116,13 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
         (3, "from exec\n", "to stderr\n")
     assert run("exec", "job", "/no/such/program").returncode == 127
 
+    # logs -f follows until the VM has exited: it shows what came after it started.
+    _, env = guest
+    follow = subprocess.Popen([sys.executable, "-m", "minivm", "logs", "-f", "job"], text=True,
+                              env={**env, "MINIVM_STATE": str(state)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert run("exec", "job", "touch", "/tmp/go").returncode == 0
+    assert follow.communicate(timeout=BOOT_TIMEOUT) == ("working\ndone\n", "a warning\n")
     until(lambda: status_of(run, "job").startswith("Exited (3)"), "the app's exit")
     assert run("ps").stdout.count("\n") == 1            # only the header: no VM runs
     assert nothing_left(guest, state)[0] == []          # QEMU is gone with the app
@@ -124,7 +130,7 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
         "lock", "minivm.log", "record.json", "stderr.log", "stdout.log"]   # sockets gone too
 
     # An exited VM is still there for logs and ps -a, but not for exec or qmp.
-    assert run("logs", "job").stdout == "working\n"
+    assert run("logs", "job").stdout == "working\ndone\n"
     for command in (["exec", "job", "true"], ["qmp", "job", "query-status"]):
         refused = run(*command)
         assert one_line_125(refused) and "not running (Exited (3)" in refused.stderr, \
@@ -173,7 +179,8 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
                                *flags, "hello", *command], env={**env, "MINIVM_STATE": str(state)},
                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for flags, command in ((["--name", "victim"], ["sleep", "1000"]),
-                                    (["--name", "brief", "--rm"], ["true"]))]
+                                    (["--name", "brief", "--rm"], ["true"]),
+                                    (["--name", "forced"], ["sleep", "1000"]))]
     for boot in boots:
         out, err = boot.communicate(timeout=BOOT_TIMEOUT)
         assert boot.returncode == 0, err
@@ -181,6 +188,13 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
     until(lambda: not any(json.loads(path.read_text())["name"] == "brief"
                           for path in state.glob("*/record.json")), "brief's removal",
           timeout=60)
+
+    # rm of a running VM: refused, unless -f, which switches it off first (QMP quit).
+    refused = run("rm", "forced")
+    assert one_line_125(refused) and "VM forced is running" in refused.stderr, refused.stderr
+    forced = record_of(state, "forced")
+    assert run("rm", "-f", "forced").stdout == "forced\n"
+    assert not (state / forced["id"]).exists() and not Path(f"/proc/{forced['qemu_pid']}").exists()
 
     record = record_of(state, "victim")
     os.kill(record["supervisor_pid"], signal.SIGKILL)
