@@ -1,4 +1,5 @@
-"""The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel."""
+"""The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel,
+and for detached VMs in minivm.supervisor, minivm.monitor (QMP) and minivm.agent (exec)."""
 import os
 import sys
 
