@@ -192,7 +192,8 @@ class Machine:
         command = self.hardware.command(wiring)
         if self.explain:
             for part in self.hardware.parts(wiring):
-                self.say(f"{' '.join(part.flags)}\n        {part.why}")
+                self.say(f"{' '.join(part.flags) or '(no flags: already on the board)'}\n"
+                         f"        {part.why}")
                 for need in part.needs:
                     self.say(f"  guest kernel modules for {need}: "
                              f"{', '.join(self.drivers.get(need, []))} (minivm/modules.py)")
