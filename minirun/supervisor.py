@@ -294,19 +294,24 @@ def print_logs(target: str, follow: bool) -> None:
     """`minirun logs`: the stdout log to our stdout, the stderr log to our stderr; with -f,
     then what comes, until the container has exited."""
     record = find(target)
-    home = directory() / record.id
+    follow_logs(directory() / record.id, lambda: is_supervised(record), follow)
+
+
+def follow_logs(home: Path, running, follow: bool) -> None:
+    """Print the logs in `home` (also minivm's, for a detached VM); with `follow`, then what
+    comes, until running() says the supervisor is gone."""
     offsets = {}
     for stream, out in zip(STREAMS, (1, 2)):
-        for path in log_files(record, stream):
+        for path in (home / f"{stream}.log.1", home / f"{stream}.log"):
             offsets[stream] = _copy_file(path, out, 0)
     while follow:
-        running = is_supervised(record)
+        running_now = running()
         for stream, out in zip(STREAMS, (1, 2)):
             path = home / f"{stream}.log"
             if path.exists() and path.stat().st_size < offsets[stream]:   # rotated meanwhile
                 offsets[stream] = 0
             offsets[stream] = _copy_file(path, out, offsets[stream])
-        if not running:
+        if not running_now:
             return
         time.sleep(0.1)
 

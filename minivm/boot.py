@@ -14,7 +14,7 @@ from minirun.image import Store
 from minirun.narrator import narrator
 from minivm import accel, cache, disks, guest_user, initramfs, kernel, modules
 from minivm.hardware import DEFAULT_MEMORY, Hardware, host_tsc_rate, volume_tag
-from minivm.machine import Machine
+from minivm.machine import Detached, Machine
 
 
 @dataclass
@@ -36,6 +36,7 @@ class BootOptions:
     volumes: list[str] = field(default_factory=list)    # -v HOST_DIR:DIR[:ro]
     network: str = "bridge"      # bridge: a NIC on minirun's bridge; none: only lo
     publish: list = field(default_factory=list)         # minirun.ports.Port, from -p
+    detached: Detached | None = None    # boot -d: set by its supervisor (minivm/supervisor.py)
 
 
 def boot(options: BootOptions) -> int:
@@ -90,7 +91,8 @@ def _boot(options: BootOptions, image, command: list[str], identity, hostname: s
                               kernel=vmlinux, name=f"minivm-{hostname}",
                               host_tsc=host_tsc_rate(host.cpuinfo),
                               interactive=options.interactive, volumes=volumes,
-                              nic_mac=tap.mac if tap else None)
+                              nic_mac=tap.mac if tap else None,
+                              detached=options.detached is not None)
     hardware.disks = disks.for_image(image, hardware.free_transports())
     needs = hardware.needs()
     directory = kernel.modules_directory(vmlinux) if needs else None
@@ -119,13 +121,15 @@ def _boot(options: BootOptions, image, command: list[str], identity, hostname: s
         address=f"{tap.address}/{network.SUBNET.prefixlen}" if tap else "",
         gateway=str(network.GATEWAY) if tap else "",
         etc=hosts.contents(hostname, hostname, str(tap.address) if tap else None, [],
-                           network.running_peers() if tap else [], False))
+                           network.running_peers() if tap else [], False),
+        detached=options.detached is not None)
     first_filesystem = initramfs.build(settings)
 
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
     machine = Machine(hardware, first_filesystem, verbose=options.verbose,
-                      explain=options.explain, drivers=explained, tap_fd=tap.fd if tap else -1)
+                      explain=options.explain, drivers=explained, tap_fd=tap.fd if tap else -1,
+                      detached=options.detached)
     machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

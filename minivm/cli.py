@@ -1,4 +1,5 @@
-"""The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel."""
+"""The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel,
+and for detached VMs in minivm.supervisor, minivm.monitor (QMP) and minivm.agent (exec)."""
 import os
 import sys
 
@@ -45,10 +46,16 @@ def cli():
                    "device); none: only lo. Default: bridge as root, none otherwise.")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:PORT[/udp]",
               help="Publish a guest's port on the host, as minirun run -p.")
+@click.option("-d", "--detach", is_flag=True,
+              help="Print the VM's id once it has booted and return; a supervisor keeps it "
+                   "(see `minivm ps`, `logs`, `stop`, `exec`, `qmp`, `rm`).")
+@click.option("--name", default="", help="With -d: a name for the VM [default: its short id].")
+@click.option("--rm", "remove", is_flag=True,
+              help="With -d: remove the VM once it exits (a foreground VM never stays).")
 @click.argument("image", default="hello")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, kernel, interactive,
-         tty, verbose, explain, network, publish, image, command):
+         tty, verbose, explain, network, publish, detach, name, remove, image, command):
     """Boot IMAGE (default: hello) in a VM and run COMMAND, or the image's own command."""
     from minivm.boot import BootOptions, boot as boot_vm
     interactive = interactive or tty
@@ -63,13 +70,109 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
     if published and network == "none":
         raise RuntimeFailure("-p publishes a port of the guest's network card: it has none "
                              "with --network none (use the default, --network bridge)")
+    if interactive and detach:
+        raise RuntimeFailure("-d with -i/-t: a detached VM has no terminal to attach to (use "
+                             "`minivm exec` to run commands in it)")
+    if (name or remove) and not detach:
+        raise RuntimeFailure(f"{'--name' if name else '--rm'} is for a detached VM: add -d")
     if interactive and not sys.stdin.isatty():
         raise RuntimeFailure("-i/-t needs a terminal on stdin; drop -it to run without input")
-    return boot_vm(BootOptions(
+    options = BootOptions(
         image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
         kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user,
-        network=network, publish=published, volumes=list(volumes)))
+        network=network, publish=published, volumes=list(volumes))
+    if detach:
+        from minivm import supervisor
+        click.echo(supervisor.boot_detached(options, name, remove))
+        return 0
+    return boot_vm(options)
+
+
+# -- Detached VMs: minivm/supervisor.py, monitor.py, agent.py -----------------------------------
+
+@cli.command()
+@click.option("-a", "--all", "everything", is_flag=True, help="Show exited VMs too.")
+def ps(everything):
+    """List detached VMs that run (with -a, exited ones too)."""
+    from minivm import supervisor
+    rows = supervisor.table(everything)
+    header = ("VM ID", "NAME", "IMAGE", "QEMU PID", "CREATED", "STATUS", "COMMAND")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what comes, until it exits.")
+@click.argument("vm")
+def logs(vm, follow):
+    """Print a detached VM's app's output: its stdout on stdout, its stderr on stderr."""
+    from minirun.supervisor import follow_logs
+    from minivm import supervisor
+    record = supervisor.find(vm)
+    follow_logs(supervisor.home_of(record), lambda: supervisor.is_supervised(record), follow)
+
+
+@cli.command()
+@click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),
+              help="How long the guest has to shut down after the power button, before QMP quit.")
+@click.argument("vms", nargs=-1, required=True)
+def stop(vms, grace):
+    """Stop running VMs: the ACPI power button (QMP system_powerdown), then QMP quit."""
+    from minivm import supervisor
+    for vm in vms:
+        click.echo(supervisor.stop(vm, grace))
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Switch a running VM off first (QMP quit).")
+@click.argument("vms", nargs=-1, required=True)
+def rm(vms, force):
+    """Remove detached VMs that have exited (with -f, running ones too)."""
+    from minivm import supervisor
+    for vm in vms:
+        click.echo(supervisor.remove(vm, force))
+
+
+@cli.command()
+def gc():
+    """Remove what killed supervisors left: their VMs' directories (QEMU died with them)."""
+    from minivm import supervisor
+    for vm_id in supervisor.remove_stale():
+        click.echo(f"removed {vm_id[:12]}")
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.argument("vm")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(vm, command):
+    """Run COMMAND in a running VM's guest, as its app runs; its output and exit status."""
+    from minivm import agent, supervisor
+    record = supervisor.find_running(vm)
+    return agent.run(supervisor.home_of(record) / supervisor.EXEC, list(command))
+
+
+@cli.command()
+@click.argument("vm")
+@click.argument("command")
+@click.argument("arguments", required=False)
+def qmp(vm, command, arguments):
+    """Send one QMP COMMAND (with ARGUMENTS, a JSON object) to a running VM; print the reply."""
+    import json
+    from minivm import monitor, supervisor
+    example = "e.g. '{\"command-line\": \"info cpus\"}' for human-monitor-command"
+    try:
+        parsed = json.loads(arguments) if arguments is not None else None
+    except ValueError as error:
+        raise RuntimeFailure(f"ARGUMENTS is not JSON ({error}): give an object, {example}") \
+            from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise RuntimeFailure(f"ARGUMENTS must be a JSON object, {example}")
+    record = supervisor.find_running(vm)
+    click.echo(json.dumps(monitor.execute(supervisor.home_of(record) / supervisor.MONITOR,
+                                          command, parsed), indent=2))
 
 
 @cli.group("kernel")

@@ -124,6 +124,50 @@ run_app() {
     eval "exec $session env -i $environment /.minivm/become -r $root -w \"\${workdir:-/}\" $user \"\$@\""
 }
 
+# A detached VM (minivm boot -d) has a control plane: the ACPI power button, which `minivm stop`
+# presses, and an agent that runs `minivm exec`'s commands (minivm/agent.py).
+#
+# The kernel's button driver turns a press into a key event of an input device (KEY_POWER), and
+# evdev makes that device readable as /dev/input/eventN; nothing else happens by itself (on a
+# full system acpid or systemd-logind reads it). Here a reader waits for the first event: each
+# is a struct input_event of 24 bytes (linux/input.h), and a press is the only thing this device
+# ever reports. Then, as a container's `stop` sends SIGTERM, the app's session gets SIGTERM, and
+# the init reports the app's exit as always: minivm delivers the output and switches off.
+power_button() {    # the event device of the ACPI power button, once its drivers made it
+    tries=0
+    while [ "$tries" -lt 1000 ]; do
+        for input in /sys/class/input/event*; do
+            [ "$(cat "$input/device/name" 2>/dev/null)" != "Power Button" ] ||
+                { echo "/dev/input/${input##*/}"; return; }
+        done
+        tries=$((tries + 1))
+        sleep 0.01
+    done
+    fail "the ACPI power button did not appear in 10 s"
+}
+on_power_button() {     # stdin: the power button's event device
+    dd of=/dev/null bs=24 count=1 2>/dev/null || return
+    report "power button: SIGTERM to the app"
+    kill -TERM -"$app" 2>/dev/null
+}
+# The agent reads one request a line from its port, the command's words shell-quoted by the host
+# and base64-encoded (so that any byte, newlines included, fits on one line), runs it as the app
+# runs (its environment, working directory, user, a session of its own), and answers
+# "exit STATUS OUT ERR" (the byte counts of its stdout and stderr), then those bytes.
+agent() {
+    exec 3<>"$1"
+    while read -r request <&3; do
+        eval "set -- $(echo "$request" | base64 -d)"
+        (run_app "$@") </dev/null >/.minivm/exec.out 2>/.minivm/exec.err 3>&- &
+        command=$!
+        wait "$command"
+        status=$?
+        kill -KILL -"$command" 2>/dev/null
+        echo "exit $status $(wc -c </.minivm/exec.out) $(wc -c </.minivm/exec.err)" >&3
+        cat /.minivm/exec.out /.minivm/exec.err >&3
+    done
+}
+
 if [ -n "$interactive" ]; then
     # A terminal session: the host's terminal is raw, so this tty does the line editing, echo and
     # Ctrl-C; it is told the size of the host's window, as a terminal emulator would. A tty keeps
@@ -139,8 +183,9 @@ else
     # allows one at a time), so an app that opens /dev/stdout or /dev/stderr again would fail.
     # Once loaded, virtio_console learns the ports and their names from the device, and makes a
     # /dev/vportNpM for each, within milliseconds: wait for the three minivm named.
-    tries=0 stdin= stdout= stderr=
-    until [ -n "$stdin" ] && [ -n "$stdout" ] && [ -n "$stderr" ]; do
+    tries=0 stdin= stdout= stderr= agent=
+    until [ -n "$stdin" ] && [ -n "$stdout" ] && [ -n "$stderr" ] &&
+          { [ -z "$detached" ] || [ -n "$agent" ]; }; do
         [ "$tries" -lt 1000 ] || fail "the app's virtio ports did not appear in 10 s"
         [ "$tries" -eq 0 ] || sleep 0.01
         tries=$((tries + 1))
@@ -151,6 +196,7 @@ else
                 minivm.stdin) stdin=/dev/${named##*/} ;;
                 minivm.stdout) stdout=/dev/${named##*/} ;;
                 minivm.stderr) stderr=/dev/${named##*/} ;;
+                minivm.agent) agent=/dev/${named##*/} ;;
             esac
         done
     done
@@ -162,9 +208,18 @@ else
     session="setsid"
     cat "$stdin" | (run_app "$@") >/.minivm/stdout 2>/.minivm/stderr &
     app=$!
+    if [ -n "$detached" ]; then
+        agent "$agent" &
+        # Opened here, before the report that ends `boot -d`: a press from now on waits in
+        # evdev's buffer for its reader (one that came before any open would be lost).
+        exec 4<"$(power_button)"
+        on_power_button <&4 & button=$!
+        exec 4<&-
+        report "app running"
+    fi
     wait "$app"
     status=$?
-    kill -KILL -"$app" 2>/dev/null
+    kill -KILL -"$app" ${button:+"$button"} 2>/dev/null
     wait "$out" "$err"      # every byte of output is in its port now
     # The host ends the machine once it has received as many bytes as the driver sent it: data
     # still in flight (in QEMU, in a socket) would be lost if the guest powered off by itself.

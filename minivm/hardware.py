@@ -51,6 +51,8 @@ class Wiring:
     streams: dict[str, int] = field(default_factory=dict)  # each of STREAMS -> a connected
                             # socket for the app's port (none with -it: the app has ttyS1)
     tap_fd: int = -1        # the tap device's /dev/net/tun descriptor: the NIC's host end
+    agent_fd: int = -1      # a detached VM's: a connected socket for the guest agent's port
+    monitor_path: str = ""  # a detached VM's: where QEMU listens for other QMP clients
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Hardware:
     disks: list[Disk] = field(default_factory=list)     # the image's layers, bottom first
     volumes: list[Volume] = field(default_factory=list)  # -v: the host's folders, shared
     nic_mac: str | None = None      # a virtio-net card with this MAC, on a tap (--network bridge)
+    detached: bool = False          # boot -d: a control plane for other commands (supervisor.py)
 
     @classmethod
     def sized(cls, memory: int, cpus: float, **parts) -> "Hardware":
@@ -136,6 +139,7 @@ class Hardware:
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
                  "how minivm watches and stops the machine"),
+            *(self._control_plane(wiring) if self.detached else []),
             Part(["-display", "none", "-no-reboot", "-name", self.name],
                  "no screen; a reboot ends QEMU instead of restarting the guest"),
         ]
@@ -152,6 +156,9 @@ class Hardware:
         for stream in STREAMS:
             flags += ["-chardev", f"socket,id={stream},fd={wiring.streams[stream]}",
                       "-device", f"virtserialport,chardev={stream},name=minivm.{stream}"]
+        if wiring.agent_fd >= 0:
+            flags += ["-chardev", f"socket,id=agent,fd={wiring.agent_fd}",
+                      "-device", "virtserialport,chardev=agent,name=minivm.agent"]
         return Part(flags,
                     "a virtio-serial controller (on microvm a virtio-mmio device) with one port "
                     "per stream of the app: stdin, stdout and stderr, each a byte stream with "
@@ -159,6 +166,24 @@ class Hardware:
                     "moves in buffers through shared memory rings, not a byte per emulated I/O "
                     "instruction as on a UART",
                     needs=("virtio-mmio", "virtio-serial"))
+
+    def _control_plane(self, wiring: Wiring) -> list[Part]:
+        """What a detached VM has for the commands that come later: `minivm qmp`, `stop` and
+        `exec` (minivm/supervisor.py, monitor.py, agent.py)."""
+        return [
+            Part(["-chardev", f"socket,id=control,path={wiring.monitor_path},server=on,wait=off",
+                  "-mon", "chardev=control,mode=control"],
+                 "a second QMP monitor, on a socket file in the VM's state directory (mode 0700: "
+                 "its owner's alone), where QEMU accepts one client at a time: `minivm qmp` and "
+                 "`minivm stop` talk to QEMU here, each in a session of its own, while the "
+                 "supervisor keeps the first monitor to itself"),
+            Part([],
+                 "the ACPI power button, already on the board (microvm's ACPI Generic Event "
+                 "Device signals it): the guest loads its driver and the input layer's, reads "
+                 "the press from /dev/input/eventN and ends the app, so that `minivm stop`'s "
+                 "system_powerdown is a clean shutdown",
+                 needs=("acpi-button",)),
+        ]
 
     def _layer_disks(self) -> Part:
         flags, merged = [], ""

@@ -39,12 +39,14 @@ class RunSettings:
     address: str = ""           # eth0's, as ADDRESS/PREFIX, and the gateway: "" without a NIC
     gateway: str = ""
     etc: dict[str, str] = field(default_factory=dict)     # /etc/hosts and its kin (minirun.hosts)
+    detached: bool = False      # boot -d: the guest answers the power button, runs an agent
 
     def shell(self) -> str:
         """Shell assignments the guest init sources; every value quoted, so anything goes."""
         q = shlex.quote
         lines = [f"hostname={q(self.hostname)}", f"workdir={q(self.workdir)}",
                  f"interactive={'yes' if self.interactive else ''}",
+                 f"detached={'yes' if self.detached else ''}",
                  f"rows={self.rows} columns={self.columns}",
                  "user=" + q(" ".join(q(arg) for arg in self.user)),
                  "modules=" + q(" ".join(module.name for module in self.modules)),

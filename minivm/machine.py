@@ -14,18 +14,26 @@ is in flight any more, and minivm ends QEMU with `quit` (its disks are read-only
 
 Stopping early is done as on a real machine: first `system_powerdown`, which presses the virtual
 ACPI power button, then after a grace period `quit` (pull the plug), and if QEMU does not even
-answer, SIGKILL. This guest never answers the button. On microvm the press is an ACPI GED event
-that the kernel turns into a notification for the power-button device (PNP0C0C), whose driver
-(`button`) Debian builds as a module this initramfs does not carry, so the kernel drops it; and
-even that driver only reports the press as an input event, for a daemon (acpid, logind) to act
-on: no signal reaches PID 1 for the guest's busybox init to trap. So every stop (Ctrl-C, SIGTERM,
---timeout, a watchdog) waits the whole GRACE before `quit`: Ctrl-C gives 130 after about 1 s. The
-button is pressed anyway, so that a guest with a full OS can shut down cleanly. A closed stdout
-pulls the plug at once: the app is as good as killed by SIGPIPE.
+answer, SIGKILL. A foreground guest never answers the button. On microvm the press is an ACPI GED
+event that the kernel turns into a notification for the power-button device (PNP0C0C), whose
+driver (`button`) Debian builds as a module that a foreground boot's initramfs does not carry, so
+the kernel drops it; and even that driver only reports the press as an input event, for a daemon
+(acpid, logind) to act on: no signal reaches PID 1 for the guest's busybox init to trap. So every
+stop of a foreground VM (Ctrl-C, SIGTERM, --timeout, a watchdog) waits the whole GRACE before
+`quit`: Ctrl-C gives 130 after about 1 s. A detached VM (`boot -d`, minivm/supervisor.py) carries
+the driver and evdev, and its init reads the press and sends the app SIGTERM: that is what
+`minivm stop` relies on. A closed stdout pulls the plug at once: the app is as good as killed by
+SIGPIPE.
+
+A detached VM has more: a second QMP monitor on a socket file, for other commands
+(minivm/monitor.py), whose `quit` this machine learns of from the SHUTDOWN event every monitor
+gets; a guest agent's port, served to `minivm exec` (minivm/agent.py); and its output goes into
+log files instead of minivm's stdout and stderr.
 
 Whatever happens QEMU is reaped, and nothing is left on disk: the sockets are socket pairs with no
 file name, and the initramfs is handed over as a memfd, a file that lives only in memory while some
-process holds it open.
+process holds it open. (A detached VM's two socket files live in its state directory, which `rm`,
+`--rm` or `gc` removes.)
 """
 import asyncio
 import errno
@@ -37,6 +45,8 @@ import sys
 import termios
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 from minirun.errors import RuntimeFailure
 from minirun.security import die_with_parent
@@ -61,6 +71,8 @@ OUT_OF_MEMORY = re.compile(r"Out of memory|deadlocked on memory|Initramfs unpack
 class Console:
     """What the guest said on ttyS0 so far."""
     init_running: asyncio.Event = field(default_factory=asyncio.Event)
+    app_running: bool = False   # reported by a detached VM's init: the app and the control
+                                # plane (power button, agent) are up
     app_finished: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
     sent: dict[str, int] = field(default_factory=dict)  # bytes the guest sent on stdout, stderr
@@ -70,11 +82,22 @@ class Console:
     last_line: str = ""
 
 
+@dataclass
+class Detached:
+    """What the supervisor of a detached VM (minivm/supervisor.py) gives its Machine: where the
+    app's output goes, where the other commands reach the VM, whom to tell it has booted."""
+    output: tuple               # the app's stdout and stderr: two minirun.supervisor.Log files
+    monitor_path: Path          # the second QMP monitor's socket (`minivm qmp`, `minivm stop`)
+    exec_path: Path             # where `minivm exec` reaches the guest agent (minivm/agent.py)
+    booted: Callable[[int], None]   # called with QEMU's pid once the guest runs the app
+
+
 class Machine:
     def __init__(self, hardware: Hardware, initramfs: bytes, verbose: bool = False,
                  explain: bool = False, drivers: dict[str, list[str]] | None = None,
-                 tap_fd: int = -1):
+                 tap_fd: int = -1, detached: Detached | None = None):
         self.hardware = hardware
+        self.detached = detached
         self.tap_fd = tap_fd            # the NIC's host end (minirun.network.Tap), or -1
         self.initramfs = initramfs
         self.drivers = drivers or {}    # for --explain: hardware -> the modules loaded for it
@@ -111,6 +134,8 @@ class Machine:
         monitor, monitor_for_qemu = socket.socketpair()
         ports = {} if self.hardware.interactive else \
             {stream: socket.socketpair() for stream in STREAMS}     # (ours, QEMU's)
+        if self.detached:
+            ports["agent"] = socket.socketpair()
         for_qemu = [console_for_qemu, monitor_for_qemu, *(theirs for _, theirs in ports.values())]
         try:
             initrd = os.memfd_create("minivm-initramfs")
@@ -120,8 +145,12 @@ class Machine:
                 wiring = Wiring(console_fd=console_for_qemu.fileno(),
                                 monitor_fd=monitor_for_qemu.fileno(), initrd=f"/dev/fd/{initrd}",
                                 streams={stream: theirs.fileno()
-                                         for stream, (_, theirs) in ports.items()},
+                                         for stream, (_, theirs) in ports.items()
+                                         if stream in STREAMS},
                                 tap_fd=self.tap_fd)
+                if self.detached:
+                    wiring.agent_fd = ports["agent"][1].fileno()
+                    wiring.monitor_path = str(self.detached.monitor_path)
                 if not stop_request.done():
                     await self._launch(wiring, keep_open=[*for_qemu, initrd])
             finally:
@@ -133,9 +162,13 @@ class Machine:
                 return 128 + stop_request.result()
             try:
                 if ports:
-                    self.streams = AppStreams({stream: ours for stream, (ours, _) in ports.items()})
+                    self.streams = AppStreams({stream: ours for stream, (ours, _) in ports.items()
+                                               if stream in STREAMS}, *self._stdio())
                     self.streams.start()
-                self.console_reader = self._listen(self._read_console(console))
+                if self.detached:
+                    from minivm.agent import Relay
+                    self._in_background(Relay(ports["agent"][0]).serve(self.detached.exec_path))
+                self.console_reader = self._in_background(self._read_console(console))
                 await self._connect(monitor)
                 return await self._supervise(started, timeout, stop_request)
             finally:
@@ -147,11 +180,19 @@ class Machine:
             for sock in [console, monitor, *(ours for ours, _ in ports.values())]:
                 sock.close()
 
+    def _stdio(self) -> tuple:
+        """The app's stdin, stdout and stderr: minivm's own, or for a detached VM nothing in
+        and two log files out."""
+        if not self.detached:
+            return ()
+        return ((os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), *self.detached.output),)
+
     async def _launch(self, wiring: Wiring, keep_open: list) -> None:
         command = self.hardware.command(wiring)
         if self.explain:
             for part in self.hardware.parts(wiring):
-                self.say(f"{' '.join(part.flags)}\n        {part.why}")
+                self.say(f"{' '.join(part.flags) or '(no flags: already on the board)'}\n"
+                         f"        {part.why}")
                 for need in part.needs:
                     self.say(f"  guest kernel modules for {need}: "
                              f"{', '.join(self.drivers.get(need, []))} (minivm/modules.py)")
@@ -175,7 +216,7 @@ class Machine:
             raise RuntimeFailure(f"{QEMU} not found: install it with "
                                  "`apt-get install qemu-system-x86`") from None
         self.say(f"QEMU started, pid {self.process.pid}")
-        self._listen(self._collect_qemu_errors())
+        self._in_background(self._collect_qemu_errors())
 
     async def _connect(self, monitor: socket.socket) -> None:
         from qemu.qmp import QMPClient          # imported here: only a boot needs it (~100 ms)
@@ -184,13 +225,13 @@ class Machine:
             await asyncio.wait_for(self.qmp.connect(monitor), QMP_TIMEOUT)
             status = await self._execute("query-status")
         except Exception:
-            await self._reap(QMP_TIMEOUT)
+            await self._exited_within(QMP_TIMEOUT)
             if self.process.returncode == 0:     # a guest so quick that it was gone already
                 self.qmp = None
                 return
             raise RuntimeFailure(f"QEMU did not start: {self._qemu_error()}") from None
         self.say(f"QMP: connected; the machine is {status['status']}")
-        self._listen(self._follow_events())
+        self._in_background(self._follow_events())
 
     async def _supervise(self, started: float, timeout: float | None,
                          stop_request: asyncio.Future) -> int:
@@ -201,7 +242,7 @@ class Machine:
         broken stdout ends any phase early. --timeout bounds the first two, up to the app's exit;
         watchdogs bound what the app has no part in: booting, and output that stops coming.
         """
-        exited = self._listen(self.process.wait())
+        exited = self._in_background(self.process.wait())
         broken = self.streams.broken if self.streams else asyncio.get_running_loop().create_future()
         deadline = started + timeout if timeout else None
 
@@ -220,7 +261,7 @@ class Machine:
         def past_timeout() -> RuntimeFailure:
             return RuntimeFailure(f"the guest ran past --timeout {timeout:g}s; it was stopped")
 
-        booted = self._listen(self.console.init_running.wait())
+        booted = self._in_background(self.console.init_running.wait())
         if not await first_sign(booted, bounds=(BOOT_WATCHDOG, time_left())):
             if deadline and time.monotonic() >= deadline:
                 raise past_timeout()
@@ -231,13 +272,14 @@ class Machine:
                 "--verbose to watch its console")
         if booted.done():
             self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
-        finished = self._listen(self.console.app_finished.wait())
+        finished = self._in_background(self.console.app_finished.wait())
         if booted.done() and not await first_sign(finished, bounds=(time_left(),)):
             raise past_timeout()
         # The app is done, so --timeout has nothing more to bound: its output may take as long
         # as its reader takes, as on the host; only output that stops coming is a fault.
         if finished.done() and self.streams:
-            delivery = self._listen(self.streams.delivered(self.console.sent, OUTPUT_WATCHDOG))
+            delivery = self._in_background(self.streams.delivered(self.console.sent,
+                                                                   OUTPUT_WATCHDOG))
             await first_sign(delivery, bounds=())
             if delivery.done() and not delivery.result():
                 print(f"minivm: the app's output stopped short after it ended "
@@ -260,6 +302,8 @@ class Machine:
             await self._quit()
         # QEMU is gone, so its end of the console is closed: read up to the end of what it said.
         await asyncio.wait({self.console_reader}, timeout=QMP_TIMEOUT)
+        if self.console.exit_status is None and self.qmp is not None:
+            await self._hang_up()           # so that every event QEMU sent has been read
         return self._outcome()
 
     def _outcome(self) -> int:
@@ -267,6 +311,11 @@ class Machine:
         self.say(f"QEMU exited with status {self.process.returncode}")
         if self.console.exit_status is not None:
             return self.console.exit_status
+        if self._switched_off_by_another_client():
+            # As `docker stop` ends in SIGKILL after its grace period: the app did not end.
+            print("minivm: the VM was switched off (QMP quit) before its app ended",
+                  file=sys.stderr)
+            return 128 + signal.SIGKILL
         self._check_memory()
         if self.console.failure:
             raise RuntimeFailure(f"the guest could not run the app: {self.console.failure}")
@@ -276,6 +325,14 @@ class Machine:
             raise RuntimeFailure(f"QEMU failed: {self._qemu_error()}")
         raise RuntimeFailure("the guest stopped without reporting the app's exit status; run "
                              "with --verbose to see its console")
+
+    def _switched_off_by_another_client(self) -> bool:
+        """Whether QEMU ended on a `quit` that minivm did not send: `minivm stop` pulling the
+        plug after its grace period, or a `minivm qmp NAME quit`. QEMU tells every monitor why
+        it shuts down, in a SHUTDOWN event (reason "host-qmp-quit"); this one never sent it."""
+        return self.qmp is not None and self.process.returncode == 0 and any(
+            event["event"] == "SHUTDOWN" and event.get("data", {}).get("reason") == "host-qmp-quit"
+            for event in self.qmp.events.history)
 
     def _check_memory(self) -> None:
         """A guest that ended (or hung) without the app's status, after the kernel said memory
@@ -291,11 +348,11 @@ class Machine:
         reader, writer = await asyncio.open_unix_connection(sock=console)
         try:
             while line := await reader.readline():
-                self._hear(line.decode(errors="replace").rstrip("\r\n"))
+                self._parse_console_line(line.decode(errors="replace").rstrip("\r\n"))
         finally:
             writer.close()
 
-    def _hear(self, text: str) -> None:
+    def _parse_console_line(self, text: str) -> None:
         """One line of the guest's console: a report of the guest init, a panic, or noise.
 
         A report garbled by a kernel message landing in the middle of its line is noise too, and
@@ -310,6 +367,9 @@ class Machine:
             report = text.removeprefix(REPORT)
             if report == "init running":
                 self.console.init_running.set()
+            elif report == "app running" and self.detached and not self.console.app_running:
+                self.console.app_running = True
+                self.detached.booted(self.process.pid)
             elif status := re.fullmatch(r"exit ([0-9]{1,3})(?: out=([0-9]+) err=([0-9]+))?",
                                         report):
                 self.console.exit_status = int(status.group(1))
@@ -334,7 +394,8 @@ class Machine:
             if self.verbose:
                 print(f"qemu: {self.qemu_errors[-1]}", file=sys.stderr, flush=True)
 
-    def _listen(self, coroutine) -> asyncio.Task:
+    def _in_background(self, coroutine) -> asyncio.Task:
+        """Run `coroutine` beside the supervision, as a task cancelled when the machine ends."""
         self.listeners.append(asyncio.get_running_loop().create_task(coroutine))
         return self.listeners[-1]
 
@@ -353,7 +414,7 @@ class Machine:
                 await self._execute("quit")
             except Exception:                   # QEMU went away meanwhile, or will not answer
                 pass
-        await self._reap(QMP_TIMEOUT)
+        await self._exited_within(QMP_TIMEOUT)
 
     async def _stop(self) -> None:
         """Power button, then plug, then SIGKILL; in every case QEMU is reaped."""
@@ -365,20 +426,25 @@ class Machine:
                         await self._execute(command)
                     except Exception:           # QEMU went away meanwhile, or will not answer
                         pass
-                    if await self._reap(GRACE):
+                    if await self._exited_within(GRACE):
                         break
         finally:
             if self.process.returncode is None:
                 self.say(f"QEMU does not answer: SIGKILL to pid {self.process.pid}")
                 self.process.kill()
             await self.process.wait()
-            if self.qmp is not None:
-                try:
-                    await asyncio.wait_for(self.qmp.disconnect(), QMP_TIMEOUT)
-                except Exception:               # after `quit` the library reports EOF here
-                    pass
+            await self._hang_up()
 
-    async def _reap(self, seconds: float) -> bool:
+    async def _hang_up(self) -> None:
+        """Close minivm's QMP session; once this returns, every message QEMU sent has been read."""
+        if self.qmp is not None:
+            try:
+                await asyncio.wait_for(self.qmp.disconnect(), QMP_TIMEOUT)
+            except Exception:                   # after `quit` the library reports EOF here
+                pass
+
+    async def _exited_within(self, seconds: float) -> bool:
+        """Wait up to `seconds` for QEMU to exit (and reap it); whether it did."""
         try:
             await asyncio.wait_for(self.process.wait(), seconds)
             return True

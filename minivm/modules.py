@@ -34,6 +34,8 @@ DRIVERS = {
     "virtio-9p": ["9pnet_virtio", "9p"],    # shared folders (-v): the 9P protocol over virtio,
                                             # and the filesystem that speaks it
     "virtio-net": ["virtio_net"],           # a network card: eth0 in the guest
+    "acpi-button": ["button", "evdev"],     # the ACPI power button (PNP0C0C), as an input
+                                            # device the guest init reads: /dev/input/eventN
 }
 
 

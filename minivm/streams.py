@@ -14,6 +14,7 @@ an error, not a signal): `broken` tells the supervisor, which stops the machine 
 128 + SIGPIPE, as the app itself would have ended on the host.
 """
 import asyncio
+import functools
 import os
 import socket
 import threading
@@ -21,12 +22,22 @@ import threading
 CHUNK = 1 << 16
 
 
-class Outflow(threading.Thread):
-    """The app's stdout or stderr: from the host end of its port to minivm's fd 1 or 2."""
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a pipe may take part of a large write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
-    def __init__(self, port: socket.socket, target: int, streams: "AppStreams"):
-        super().__init__(name=f"fd {target}", daemon=True)
-        self.port, self.target, self.streams = port, target, streams
+
+class Outflow(threading.Thread):
+    """The app's stdout or stderr: from the host end of its port to minivm's fd 1 or 2, or, for
+    a detached VM, to a bounded log file (minirun.supervisor.Log, which has a write())."""
+
+    def __init__(self, port: socket.socket, target, streams: "AppStreams"):
+        super().__init__(name=f"{target}", daemon=True)
+        self.port, self.streams = port, streams
+        self.write = functools.partial(write_all, target) if isinstance(target, int) \
+            else target.write
         self.copied = 0                     # bytes written to `target` so far
         self.writing = False                # in a write: the reader sets the pace, not the guest
         self.expected: int | None = None    # how many the guest sent, once it has said
@@ -36,10 +47,8 @@ class Outflow(threading.Thread):
     def run(self) -> None:
         try:
             while data := self.port.recv(CHUNK):
-                view = memoryview(data)
                 self.writing = True
-                while view:
-                    view = view[os.write(self.target, view):]
+                self.write(data)
                 self.writing = False
                 with self.lock:
                     self.copied += len(data)
@@ -90,7 +99,9 @@ class Inflow(threading.Thread):
 class AppStreams:
     """The three copies of one boot, and what the supervisor waits on."""
 
-    def __init__(self, ports: dict[str, socket.socket], stdio: tuple[int, int, int] = (0, 1, 2)):
+    def __init__(self, ports: dict[str, socket.socket], stdio: tuple = (0, 1, 2)):
+        """`stdio`: where the app's stdin comes from (a descriptor), where its stdout and
+        stderr go (descriptors, or minirun.supervisor.Log files)."""
         self.loop = asyncio.get_running_loop()
         self.broken: asyncio.Future = self.loop.create_future()    # an OSError writing output
         self.inflow = Inflow(ports["stdin"], stdio[0])

@@ -53,7 +53,8 @@ def environment(tmp_path: Path, commands: Path, guest=None) -> tuple:
     state.mkdir()
     cwd.mkdir()
     env = {**os.environ, "PATH": f"{commands}:{os.environ['PATH']}",
-           "MINIRUN_ROOT": str(store), "MINIRUN_STATE": str(state)}
+           "MINIRUN_ROOT": str(store), "MINIRUN_STATE": str(state),
+           "MINIVM_STATE": str(tmp_path / "vm")}
     if guest:
         env.update({name: guest[1][name] for name in ("MINIVM_KERNEL", "MINIVM_CACHE", "TMPDIR")})
     else:
@@ -78,6 +79,7 @@ def run_block(block, env: dict, paths: dict, cwd: Path, timeout: float) -> list[
 def assert_nothing_left(env: dict, home: Path, guest=None) -> None:
     """No container's record or bundle, no mount under the block's directory, no QEMU, no temp file."""
     assert sorted(os.listdir(env["MINIRUN_STATE"])) == []
+    assert not os.path.exists(env["MINIVM_STATE"]) or os.listdir(env["MINIVM_STATE"]) == []
     bundles = Path(env["MINIRUN_ROOT"]) / "containers"
     assert not bundles.exists() or os.listdir(bundles) == []
     assert mounts_under(home) == []

@@ -197,6 +197,8 @@ PACKAGE_MODULES = {
     "kernel/net/core/failover.ko": "",
     "kernel/drivers/net/net_failover.ko": "failover",
     "kernel/drivers/net/virtio_net.ko": "net_failover,virtio,virtio_ring",
+    "kernel/drivers/acpi/button.ko": "",
+    "kernel/drivers/input/evdev.ko": "",
     "kernel/fs/unrelated.ko": "virtio",
 }
 
@@ -346,9 +348,9 @@ def test_an_app_that_ends_just_before_timeout_keeps_its_status_and_powers_off(ca
     async def supervise() -> int:
         machine = Machine(hardware=None, initramfs=b"")
         machine.process = SlowToPowerOff()
-        machine.console_reader = machine._listen(asyncio.sleep(0))
-        machine._hear("@minivm: init running")
-        machine._hear("@minivm: exit 3")
+        machine.console_reader = machine._in_background(asyncio.sleep(0))
+        machine._parse_console_line("@minivm: init running")
+        machine._parse_console_line("@minivm: exit 3")
         stop_request = asyncio.get_running_loop().create_future()
         # The app has ended within --timeout 0.05; its deadline passes while QEMU powers off.
         return await machine._supervise(time.monotonic(), 0.05, stop_request)
@@ -364,9 +366,9 @@ def test_an_app_that_ends_just_before_timeout_keeps_its_status_and_powers_off(ca
 ])
 def test_a_garbled_report_is_ignored_and_the_reader_goes_on(line):
     machine = Machine(hardware=None, initramfs=b"")
-    machine._hear(line)
+    machine._parse_console_line(line)
     assert machine.console.exit_status is None and not machine.console.app_finished.is_set()
-    machine._hear("@minivm: exit 0")
+    machine._parse_console_line("@minivm: exit 0")
     assert machine.console.exit_status == 0 and machine.console.app_finished.is_set()
 
 
@@ -537,7 +539,7 @@ def test_a_guest_out_of_memory_says_so_and_names_memory():
     machine.process = SimpleNamespace(returncode=0)
     for line in ["[    3.1] Out of memory: Killed process 1 (init) total-vm:2680kB",
                  "[    3.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009"]:
-        machine._hear(line)
+        machine._parse_console_line(line)
     with pytest.raises(RuntimeFailure, match=r"^the guest ran out of memory \(its kernel said: "
                        r"'Out of memory: Killed process 1 .*'\); give it more with --memory "
                        r"\(it had 96M\)$"):
