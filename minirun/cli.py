@@ -198,6 +198,7 @@ def ps(everything) -> None:
     """List running containers (with -a, exited ones too)."""
     import time
     from minirun import state, supervisor
+    from minirun.columns import print_table
     _need_root("ps")
     now = time.time()
     running = {record.id: record for record in state.containers() if state.is_alive(record)}
@@ -211,7 +212,7 @@ def ps(everything) -> None:
                   " ".join(record.command))
                  for record in supervisor.records()
                  if record.id not in running and not supervisor.is_supervised(record)]
-    _table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "STATUS", "COMMAND"), rows)
+    print_table(("CONTAINER ID", "NAME", "IMAGE", "PID", "CREATED", "STATUS", "COMMAND"), rows)
 
 
 @cli.command()
@@ -350,18 +351,12 @@ cli.add_command(import_image, "load")   # Docker's name for importing a `docker 
 @cli.command()
 def images() -> None:
     """List the images in the store."""
+    from minirun.columns import print_table
     from minirun.image import Store
     from minirun.units import format_size
     rows = [(r["name"], format_size(r.get("size", 0)), str(len(r["layers"])), r["created"])
             for r in Store().records()]
-    _table(("NAME", "SIZE", "LAYERS", "CREATED"), rows)
-
-
-def _table(header: tuple, rows: list[tuple]) -> None:
-    """Columns as wide as their widest cell, two spaces apart."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(("NAME", "SIZE", "LAYERS", "CREATED"), rows)
 
 
 @cli.command()

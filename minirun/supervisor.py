@@ -81,7 +81,7 @@ def records() -> list[SupervisedRecord]:
     return sorted((record for record in found if record), key=lambda record: record.created)
 
 
-def _save(record: SupervisedRecord, home: Path) -> None:
+def save_record(record: SupervisedRecord, home: Path) -> None:
     state.write_atomically(home / "record.json", json.dumps(asdict(record)).encode(), mode=0o600)
 
 
@@ -123,7 +123,7 @@ def run_detached(spec) -> str:
                               command=list(spec.command), created=time.time(),
                               remove=spec.remove, tty=spec.tty, limits=limits,
                               hostname=spec.hostname or container_id[:12])
-    _save(record, home)
+    save_record(record, home)
     report_read, report_write = os.pipe()
     first = os.fork()
     if first == 0:
@@ -190,7 +190,7 @@ def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: in
     if record.remove:
         remove_directory(home)
     else:
-        _save(record, home)
+        save_record(record, home)
 
 
 def remove_directory(home: Path) -> None:
@@ -205,7 +205,7 @@ def remove_directory(home: Path) -> None:
 
 def _started(record: SupervisedRecord, home: Path, report: int) -> None:
     record.status = "running"
-    _save(record, home)
+    save_record(record, home)
     os.write(report, b"started")
     os.close(report)
 
@@ -272,14 +272,14 @@ def _last_line(path: Path) -> str:
 
 def find(target: str) -> SupervisedRecord:
     """The detached container whose name is `target`, or whose id starts with it."""
-    matches = _matching(records(), target)
+    matches = matching(records(), target)
     if len(matches) != 1:
         what = "no container" if not matches else "more than one container matches"
         raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minirun ps -a`")
     return matches[0]
 
 
-def _matching(found: list, target: str) -> list:
+def matching(found: list, target: str) -> list:
     """Those named `target`, or else those whose id starts with it (as `docker` matches)."""
     return [r for r in found if r.name == target] or \
         [r for r in found if target and r.id.startswith(target)]
@@ -390,8 +390,8 @@ def describe(target: str) -> dict | None:
     """`minirun inspect` of a container: its state, pid, limits, and while it runs its mounts
     and network devices as its own namespaces show them (/proc/PID/mountinfo, /proc/PID/net/dev).
     None if `target` names no container (then it may name an image)."""
-    live = _matching([r for r in state.containers() if state.is_alive(r)], target)
-    kept = _matching(records(), target)
+    live = matching([r for r in state.containers() if state.is_alive(r)], target)
+    kept = matching(records(), target)
     if len(live) > 1 or len(kept) > 1:
         raise RuntimeFailure(f"more than one container matches {target!r}: give more of its id")
     if not live and not kept:

@@ -66,7 +66,7 @@ def boot(options: BootOptions) -> int:
             proxies.append(ports.Proxy(port))
             proxies[-1].start(str(tap.address))
             say("ports", f"{port}: relaying to the guest's {tap.address}:{port.container_port}")
-        return _boot(options, image, command, identity, hostname, volumes, tap)
+        return _boot(options, image, command, identity, hostname, volumes, tap, say)
     finally:
         for proxy in proxies:
             proxy.close()
@@ -75,7 +75,7 @@ def boot(options: BootOptions) -> int:
 
 
 def _boot(options: BootOptions, image, command: list[str], identity, hostname: str,
-          volumes: list[rootfs.Volume], tap: network.Tap | None) -> int:
+          volumes: list[rootfs.Volume], tap: network.Tap | None, say) -> int:
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
     vmlinux = kernel.bootable_vmlinux(kernel.find_kernel(options.kernel))
@@ -128,8 +128,8 @@ def _boot(options: BootOptions, image, command: list[str], identity, hostname: s
     # 6. Power on, run, power off: QEMU driven over QMP.
     explained = {need: [module.name for module in modules.for_hardware([need], directory)]
                  for need in needs} if options.explain else {}
-    machine = Machine(hardware, first_filesystem, verbose=options.verbose,
+    machine = Machine(hardware, first_filesystem, say, verbose=options.verbose,
                       explain=options.explain, drivers=explained, tap_fd=tap.fd if tap else -1,
                       detached=options.detached)
-    machine.say(f"kernel {vmlinux}; accelerator: {accelerator.reason}")
+    say("kernel", f"{vmlinux}; accelerator: {accelerator.reason}")
     return machine.run(options.timeout)

@@ -95,12 +95,10 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
 @click.option("-a", "--all", "everything", is_flag=True, help="Show exited VMs too.")
 def ps(everything):
     """List detached VMs that run (with -a, exited ones too)."""
+    from minirun.columns import print_table
     from minivm import supervisor
     rows = supervisor.table(everything)
-    header = ("VM ID", "NAME", "IMAGE", "QEMU PID", "CREATED", "STATUS", "COMMAND")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(("VM ID", "NAME", "IMAGE", "QEMU PID", "CREATED", "STATUS", "COMMAND"), rows)
 
 
 @cli.command()

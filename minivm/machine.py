@@ -93,14 +93,16 @@ class Detached:
 
 
 class Machine:
-    def __init__(self, hardware: Hardware, initramfs: bytes, verbose: bool = False,
-                 explain: bool = False, drivers: dict[str, list[str]] | None = None,
+    def __init__(self, hardware: Hardware, initramfs: bytes, say=lambda step, detail: None,
+                 verbose: bool = False, explain: bool = False,
+                 drivers: dict[str, list[str]] | None = None,
                  tap_fd: int = -1, detached: Detached | None = None):
         self.hardware = hardware
         self.detached = detached
         self.tap_fd = tap_fd            # the NIC's host end (minirun.network.Tap), or -1
         self.initramfs = initramfs
         self.drivers = drivers or {}    # for --explain: hardware -> the modules loaded for it
+        self.say = say                  # minirun.narrator's say(step, detail): --explain, --verbose
         self.verbose = verbose
         self.explain = explain
         self.console = Console()
@@ -120,10 +122,6 @@ class Machine:
         finally:
             if saved is not None:
                 termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
-
-    def say(self, message: str) -> None:
-        if self.verbose or self.explain:
-            print(f"minivm: {message}", file=sys.stderr, flush=True)
 
     # -- the story of one boot -----------------------------------------------------------------
     async def _run(self, timeout: float | None) -> int:
@@ -191,13 +189,13 @@ class Machine:
         command = self.hardware.command(wiring)
         if self.explain:
             for part in self.hardware.parts(wiring):
-                self.say(f"{' '.join(part.flags) or '(no flags: already on the board)'}\n"
-                         f"        {part.why}")
+                flags = " ".join(part.flags) or "(no flags: already on the board)"
+                self.say("hardware", f"{flags}\n        {part.why}")
                 for need in part.needs:
-                    self.say(f"  guest kernel modules for {need}: "
+                    self.say("modules", f"for {need}: "
                              f"{', '.join(self.drivers.get(need, []))} (minivm/modules.py)")
             for argument, why in self.hardware.kernel_arguments():
-                self.say(f"kernel command line: {argument}\n        {why}")
+                self.say("cmdline", f"{argument}\n        {why}")
         fds = [item if isinstance(item, int) else item.fileno() for item in keep_open]
         if wiring.tap_fd >= 0:
             fds.append(wiring.tap_fd)       # QEMU's copy; the tap goes when both are closed
@@ -215,7 +213,7 @@ class Machine:
         except FileNotFoundError:
             raise RuntimeFailure(f"{QEMU} not found: install it with "
                                  "`apt-get install qemu-system-x86`") from None
-        self.say(f"QEMU started, pid {self.process.pid}")
+        self.say("qemu", f"started, pid {self.process.pid}")
         self._in_background(self._collect_qemu_errors())
 
     async def _connect(self, monitor: socket.socket) -> None:
@@ -230,7 +228,7 @@ class Machine:
                 self.qmp = None
                 return
             raise RuntimeFailure(f"QEMU did not start: {self._qemu_error()}") from None
-        self.say(f"QMP: connected; the machine is {status['status']}")
+        self.say("qmp", f"connected; the machine is {status['status']}")
         self._in_background(self._follow_events())
 
     async def _supervise(self, started: float, timeout: float | None,
@@ -271,7 +269,7 @@ class Machine:
                 f"console line: {self.console.last_line or 'none'!r}); it was stopped; run with "
                 "--verbose to watch its console")
         if booted.done():
-            self.say(f"the guest init reported after {time.monotonic() - started:.2f} s")
+            self.say("guest", f"the init reported after {time.monotonic() - started:.2f} s")
         finished = self._in_background(self.console.app_finished.wait())
         if booted.done() and not await first_sign(finished, bounds=(time_left(),)):
             raise past_timeout()
@@ -298,7 +296,7 @@ class Machine:
                                  "was stopped")
         if finished.done() and self.process.returncode is None:
             # Every byte of output is here: nothing is lost by switching the machine off.
-            self.say("QMP: quit (the app has ended and its output is all here)")
+            self.say("qmp", "quit (the app has ended and its output is all here)")
             await self._quit()
         # QEMU is gone, so its end of the console is closed: read up to the end of what it said.
         await asyncio.wait({self.console_reader}, timeout=QMP_TIMEOUT)
@@ -308,7 +306,7 @@ class Machine:
 
     def _outcome(self) -> int:
         """The app's exit status as the guest reported it, or why there is none."""
-        self.say(f"QEMU exited with status {self.process.returncode}")
+        self.say("qemu", f"exited with status {self.process.returncode}")
         if self.console.exit_status is not None:
             return self.console.exit_status
         if self._switched_off_by_another_client():
@@ -386,7 +384,7 @@ class Machine:
 
     async def _follow_events(self) -> None:
         async for event in self.qmp.events:
-            self.say(f"QMP event: {event['event']} {event.get('data', '')}")
+            self.say("qmp", f"event {event['event']} {event.get('data', '')}")
 
     async def _collect_qemu_errors(self) -> None:
         while line := await self.process.stderr.readline():
@@ -421,7 +419,7 @@ class Machine:
         try:
             if self.process.returncode is None and self.qmp is not None:
                 for command in ("system_powerdown", "quit")[0 if self.press_button else 1:]:
-                    self.say(f"QMP: {command}")
+                    self.say("qmp", command)
                     try:
                         await self._execute(command)
                     except Exception:           # QEMU went away meanwhile, or will not answer
@@ -430,7 +428,7 @@ class Machine:
                         break
         finally:
             if self.process.returncode is None:
-                self.say(f"QEMU does not answer: SIGKILL to pid {self.process.pid}")
+                self.say("qemu", f"does not answer: SIGKILL to pid {self.process.pid}")
                 self.process.kill()
             await self.process.wait()
             await self._hang_up()

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from minirun import state
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.supervisor import Log, _matching, _save, remove_directory
+from minirun.supervisor import Log, matching, remove_directory, save_record
 
 MONITOR = "qmp.sock"
 EXEC = "exec.sock"
@@ -126,7 +126,7 @@ def is_supervised(record: VMRecord) -> bool:
 
 def find(target: str) -> VMRecord:
     """The detached VM named `target`, or whose id starts with it."""
-    matches = _matching(records(), target)
+    matches = matching(records(), target)
     if len(matches) != 1:
         what = "no VM" if not matches else "more than one VM matches"
         raise RuntimeFailure(f"{what} {target!r}: give a name or id from `minivm ps -a`")
@@ -159,7 +159,7 @@ def boot_detached(options, name: str, remove: bool) -> str:
     lock = state.hold_for_life(home / "lock")
     record = VMRecord(id=vm_id, name=name or vm_id[:12], image=options.image,
                       command=list(options.args), created=time.time(), remove=remove)
-    _save(record, home)
+    save_record(record, home)
     report_read, report_write = os.pipe()
     first = os.fork()
     if first == 0:
@@ -197,7 +197,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
         nonlocal booted
         booted = True
         record.status, record.qemu_pid = "running", qemu_pid
-        _save(record, home)
+        save_record(record, home)
         os.write(report, b"booted")
         os.close(report)
     output = (Log(home / "stdout.log"), Log(home / "stderr.log"))
@@ -222,7 +222,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
     if record.remove:
         remove_directory(home)
     else:
-        _save(record, home)
+        save_record(record, home)
 
 
 # -- Looking after it: ps, stop, rm, gc ----------------------------------------------------------

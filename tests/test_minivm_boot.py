@@ -33,7 +33,7 @@ def test_hello_boots_its_own_kernel_with_a_clean_stdout(guest):
     assert "accelerator: TCG" in result.stderr
     assert "@minivm: init running" in result.stderr
     # --explain names the modules each part needs, in the order the guest loads them.
-    assert "guest kernel modules for virtio-serial: virtio_ring, virtio, virtio_console" \
+    assert "modules      for virtio-serial: virtio_ring, virtio, virtio_console" \
         in result.stderr
     assert leftovers(guest) == ([], [])
 
