@@ -329,12 +329,23 @@ def _copy_file(path: Path, out: int, offset: int) -> int:
 
 
 def wait(target: str) -> int:
-    """`minirun wait`: block until the container has exited; return its exit code. The
-    supervisor's lock is the clock: a shared flock waits for its holder to let go."""
-    import fcntl
+    """`minirun wait`: block until the container has exited; return its exit code."""
     record = find(target)
+    code = wait_for_exit(directory() / record.id, load)
+    if code is None:
+        raise RuntimeFailure(f"container {record.id[:12]} ended without an exit status "
+                             "(its supervisor was killed): `minirun gc` removes it")
+    return code
+
+
+def wait_for_exit(home: Path, load_record) -> int | None:
+    """Block until the supervisor of `home` lets go of its lock; the exit code it left (None if
+    it was killed). The lock is the clock: a shared flock waits for its holder. The supervisor
+    writes the code into the lock file as it ends, and an open file outlives its directory, so
+    the code of a --rm container or VM, whose directory goes with it, still reaches the waiter."""
+    import fcntl
     try:
-        lock = os.open(directory() / record.id / "lock", os.O_RDONLY | os.O_CLOEXEC)
+        lock = os.open(home / "lock", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         lock = None
     if lock is not None:
@@ -343,11 +354,8 @@ def wait(target: str) -> int:
         os.close(lock)
         if written.isdigit():
             return int(written)
-    ended = load(directory() / record.id)
-    if ended is None or ended.exit_code is None:
-        raise RuntimeFailure(f"container {record.id[:12]} ended without an exit status "
-                             "(its supervisor was killed): `minirun gc` removes it")
-    return ended.exit_code
+    ended = load_record(home)
+    return None if ended is None else ended.exit_code
 
 
 def remove(target: str, force: bool) -> str:

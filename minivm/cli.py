@@ -135,6 +135,24 @@ def rm(vms, force):
 
 
 @cli.command()
+@click.argument("vms", nargs=-1, required=True)
+def wait(vms):
+    """Wait until detached VMs exit; print each one's app's exit code."""
+    from minivm import supervisor
+    for vm in vms:
+        click.echo(supervisor.wait(vm))
+
+
+@cli.command()
+@click.argument("vm")
+def inspect(vm):
+    """Print a detached VM's record as JSON: status, exit code, QEMU's PID, its files."""
+    import json
+    from minivm import supervisor
+    click.echo(json.dumps(supervisor.describe(vm), indent=2))
+
+
+@cli.command()
 def gc():
     """Remove what killed supervisors left: their VMs' directories (QEMU died with them)."""
     from minivm import supervisor

@@ -39,12 +39,12 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minirun import state
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.supervisor import Log, matching, remove_directory, save_record
+from minirun.supervisor import Log, matching, remove_directory, save_record, wait_for_exit
 
 MONITOR = "qmp.sock"
 EXEC = "exec.sock"
@@ -219,6 +219,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
     if message:
         os.write(2, f"minivm: {message}\n".encode())
     record.status, record.exit_code, record.finished = "exited", code, time.time()
+    os.pwrite(lock, str(code).encode(), 0)      # for a `minivm wait` of a --rm VM
     if record.remove:
         remove_directory(home)
     else:
@@ -245,6 +246,25 @@ def table(everything: bool) -> list[tuple]:
             for record in records()
             for status in [_status(record, now)]
             if everything or status in ("Up", "Booting")]
+
+
+def wait(target: str) -> int:
+    """`minivm wait`: block until the VM has exited; return its app's exit code."""
+    record = find(target)
+    code = wait_for_exit(home_of(record), load)
+    if code is None:
+        raise RuntimeFailure(f"VM {record.name} ended without an exit status (its supervisor "
+                             "was killed): `minivm gc` removes it")
+    return code
+
+
+def describe(target: str) -> dict:
+    """`minivm inspect`: the VM's record, its status as `ps` says it, and its files."""
+    record = find(target)
+    home = home_of(record)
+    return {**asdict(record), "state": _status(record), "directory": str(home),
+            "logs": [str(home / f"{stream}.log") for stream in ("stdout", "stderr")],
+            "qmp_socket": str(home / MONITOR) if is_supervised(record) else None}
 
 
 def wait_for_end(record: VMRecord, seconds: float | None) -> bool:

@@ -64,6 +64,17 @@ def until(check, what: str, timeout: float = BOOT_TIMEOUT):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (its descriptors come and go as Python starts)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def status_of(run, name: str) -> str:
     rows = [line for line in run("ps", "-a").stdout.splitlines()[1:] if line.split()[1] == name]
     assert len(rows) == 1, rows
@@ -121,8 +132,13 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     follow = subprocess.Popen([sys.executable, "-m", "minivm", "logs", "-f", "job"], text=True,
                               env={**env, "MINIVM_STATE": str(state)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiting = subprocess.Popen([sys.executable, "-m", "minivm", "wait", "job"], text=True,
+                               env={**env, "MINIVM_STATE": str(state)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(run("inspect", "job").stdout)["state"] == "Up"
     assert run("exec", "job", "touch", "/tmp/go").returncode == 0
     assert follow.communicate(timeout=BOOT_TIMEOUT) == ("working\ndone\n", "a warning\n")
+    assert waiting.communicate(timeout=BOOT_TIMEOUT) == ("3\n", "")     # wait: the app's code
     until(lambda: status_of(run, "job").startswith("Exited (3)"), "the app's exit")
     assert run("ps").stdout.count("\n") == 1            # only the header: no VM runs
     assert nothing_left(guest, state)[0] == []          # QEMU is gone with the app
@@ -131,6 +147,9 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
 
     # An exited VM is still there for logs and ps -a, but not for exec or qmp.
     assert run("logs", "job").stdout == "working\ndone\n"
+    inspected = json.loads(run("inspect", "job").stdout)
+    assert (inspected["exit_code"], inspected["qmp_socket"], inspected["directory"]) == \
+        (3, None, str(home)) and inspected["state"].startswith("Exited (3)")
     for command in (["exec", "job", "true"], ["qmp", "job", "query-status"]):
         refused = run(*command)
         assert one_line_125(refused) and "not running (Exited (3)" in refused.stderr, \
@@ -179,12 +198,22 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
                                *flags, "hello", *command], env={**env, "MINIVM_STATE": str(state)},
                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for flags, command in ((["--name", "victim"], ["sleep", "1000"]),
-                                    (["--name", "brief", "--rm"], ["true"]),
+                                    (["--name", "brief", "--rm"],
+                                     ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; "
+                                                  "exit 4"]),
                                     (["--name", "forced"], ["sleep", "1000"]))]
     for boot in boots:
         out, err = boot.communicate(timeout=BOOT_TIMEOUT)
         assert boot.returncode == 0, err
-    # --rm: once its app has ended, nothing of "brief" stays.
+    # --rm: once its app has ended, nothing of "brief" stays; a `wait` begun before still
+    # gets its exit code, which the supervisor left in the lock file it had open.
+    waiting = subprocess.Popen([sys.executable, "-m", "minivm", "wait", "brief"], text=True,
+                               env={**env, "MINIVM_STATE": str(state)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    until(lambda: holds_open(waiting.pid, state / record_of(state, "brief")["id"] / "lock"),
+          "wait to open the lock")
+    assert run("exec", "brief", "touch", "/tmp/go").returncode == 0
+    assert waiting.communicate(timeout=BOOT_TIMEOUT) == ("4\n", "")
     until(lambda: not any(json.loads(path.read_text())["name"] == "brief"
                           for path in state.glob("*/record.json")), "brief's removal",
           timeout=60)
@@ -203,6 +232,8 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
     assert leftovers(guest)[0] == []
     assert status_of(run, "victim") == "Dead (supervisor killed: `minivm gc`)"
     assert run("exec", "victim", "true").returncode == 125
+    orphan = run("wait", "victim")
+    assert one_line_125(orphan) and "ended without an exit status" in orphan.stderr, orphan.stderr
     collected = run("gc")
     assert collected.stdout == f"removed {record['id'][:12]}\n", collected.stderr
     assert nothing_left(guest, state) == ([], [], [])
@@ -213,6 +244,8 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
     (["logs", "nosuch"], "no VM 'nosuch': give a name or id from `minivm ps -a`"),
     (["stop", "nosuch"], "no VM 'nosuch'"),
     (["rm", "nosuch"], "no VM 'nosuch'"),
+    (["wait", "nosuch"], "no VM 'nosuch'"),
+    (["inspect", "nosuch"], "no VM 'nosuch'"),
     (["exec", "nosuch", "true"], "no VM 'nosuch'"),
     (["qmp", "nosuch", "query-status"], "no VM 'nosuch'"),
     (["qmp", "nosuch", "query-status", "{not json"], "ARGUMENTS is not JSON"),
