@@ -142,7 +142,7 @@ def test_a_vm_without_root_gets_user_mode_its_port_answers_and_it_reaches_the_ho
         assert read_line(vm, timeout=BOOT_TIMEOUT) == "hello from the host\n"
         assert clients == ["127.0.0.1"]
         # the host -> 127.0.0.1:port, where QEMU listens (hostfwd) -> the guest's httpd
-        assert fetch(f"http://127.0.0.1:{port}/", timeout=BOOT_TIMEOUT) == "hello from uservm\n"
+        assert fetch(f"http://127.0.0.1:{port}/", timeout=60) == "hello from uservm\n"
         assert qemu_owners(nobody_guest) == [65534]         # no root anywhere on the path
         assert not qemu_holds_a_tap(nobody_guest)
         during = host_network(port)
@@ -167,9 +167,11 @@ def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_
     port = free_port()
     before = host_network(port)
     vm = minivm(guest, "--network", "user", "--hostname", HOSTNAME, "-p", f"{port}:80",
-                "hello", "sh", "-c", HTTPD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                "hello", "sh", "-c", f"echo up && {HTTPD}", stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL)
     try:
-        assert fetch(f"http://127.0.0.1:{port}/", timeout=BOOT_TIMEOUT) == "hello from uservm\n"
+        assert read_line(vm, timeout=BOOT_TIMEOUT) == "up\n"      # the guest runs: httpd starts
+        assert fetch(f"http://127.0.0.1:{port}/", timeout=60) == "hello from uservm\n"
         # -p PORT:80 binds every address, as the bridge's proxy does (minirun/ports.py)
         assert [line.split()[4] for line in host_network(port)["listeners"]] == \
             [f"0.0.0.0:{port}"]
@@ -181,6 +183,7 @@ def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_
     finally:
         vm.kill()               # SIGKILL: minivm cleans nothing; QEMU and its listener go alone
         vm.wait()
+        vm.stdout.close()
     wait_for_qemu_to_end(guest)
     assert leftovers(guest)[0] == []
     assert host_network(port) == before
