@@ -23,6 +23,7 @@ import pytest
 
 from conftest import BOOT_TIMEOUT, HTTPD, LEASES, fetch, free_port, leftovers, minivm, \
     network_state, read_line
+from minirun.network import CHAIN
 from minivm.hardware import USER_GUEST, USER_HOST
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -32,11 +33,13 @@ HOSTNAME = "uservm"
 def host_network(port: int) -> dict:
     """What a network adds to the host (conftest.network_state), as far as this test's VM could
     add it: other tests on this machine start containers and VMs meanwhile, whose veths, taps and
-    leases come and go (a lease of this test's VM would bear its name; that it holds no tap is
-    checked on the running QEMU, qemu_holds_a_tap)."""
+    leases come and go, and make and remove the bridge and its nat chain. A lease of this test's
+    VM would bear its name; that it holds no tap is checked on the running QEMU
+    (qemu_holds_a_tap); any nat rule but the bridge's still counts."""
     state = network_state([port])
-    del state["veths"], state["taps"]
+    del state["veths"], state["taps"], state["bridge"]
     state["leases"] = [lease for lease in state["leases"] if _lease_names(lease, HOSTNAME)]
+    state["nat rules"] = [rule for rule in state["nat rules"] if CHAIN not in rule]
     return state
 
 
