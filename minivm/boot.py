@@ -63,7 +63,11 @@ def boot(options: BootOptions) -> int:
     def say(step: str, detail: str) -> None:
         if options.explain or options.verbose:
             print(f"minivm: {step}: {detail}", file=sys.stderr, flush=True)
-    if options.network == "user":
+    if options.network == "bridge":
+        say("network", "bridge: the guest's card on minirun's bridge, through a tap device "
+            "(minivm is root: CAP_NET_ADMIN makes the tap and plugs it into the bridge), with an "
+            "address from the containers' leases, so that they and the guest reach each other")
+    elif options.network == "user":
         _check_user_mode(options.publish, say)
     tap = network.attach_tap(os.urandom(6).hex(), hostname, hostname, say) \
         if options.network == "bridge" else None

@@ -169,9 +169,9 @@ def test_a_vm_without_root_gets_user_mode_its_port_answers_and_it_reaches_the_ho
 def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_minivm(guest):
     port = free_port()
     before = host_network(port)
-    vm = minivm(guest, "--network", "user", "--hostname", HOSTNAME, "-p", f"{port}:80",
-                "hello", "sh", "-c", f"echo up && {HTTPD}", stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL)
+    vm = minivm(guest, "--explain", "--network", "user", "--hostname", HOSTNAME,
+                "-p", f"{port}:80", "hello", "sh", "-c", f"echo up && {HTTPD}",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert read_line(vm, timeout=BOOT_TIMEOUT) == "up\n"      # the guest runs: httpd starts
         assert fetch(f"http://127.0.0.1:{port}/", timeout=60) == "hello from uservm\n"
@@ -187,6 +187,11 @@ def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_
         vm.kill()               # SIGKILL: minivm cleans nothing; QEMU and its listener go alone
         vm.wait()
         vm.stdout.close()
+        explained = vm.stderr.read()
+        vm.stderr.close()
+    assert "minivm: network: user mode: QEMU's own TCP/IP stack (slirp) in the QEMU process, " \
+           "as --network user asks" in explained
+    assert f",hostfwd=tcp:0.0.0.0:{port}-{USER_GUEST}:80 " in explained
     wait_for_qemu_to_end(guest)
     assert leftovers(guest)[0] == []
     assert host_network(port) == before
