@@ -41,9 +41,11 @@ def cli():
 @click.option("--tty", "-t", is_flag=True, help="Same as -i: a serial line is a terminal.")
 @click.option("--verbose", is_flag=True, help="Show the guest console and QMP traffic.")
 @click.option("--explain", is_flag=True, help="Print each piece of virtual hardware and why.")
-@click.option("--network", type=click.Choice(["bridge", "none"]),
+@click.option("--network", type=click.Choice(["bridge", "user", "none"]),
               help="bridge: a virtio-net card on minirun's bridge (needs root, for the tap "
-                   "device); none: only lo. Default: bridge as root, none otherwise.")
+                   "device); user: the same card on QEMU's user-mode network (no root; the "
+                   "guest reaches out, only -p reaches in); none: only lo. Default: bridge as "
+                   "root, user otherwise.")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:PORT[/udp]",
               help="Publish a guest's port on the host, as minirun run -p.")
 @click.option("-d", "--detach", is_flag=True,
@@ -65,11 +67,14 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
     except ValueError as error:
         raise RuntimeFailure(str(error)) from None
     # A VM needs no root, unless it is to join the bridge: a tap device and a port on the
-    # bridge need CAP_NET_ADMIN. (QEMU's user-mode network would be the fallback: not built.)
-    network = network or ("bridge" if os.geteuid() == 0 else "none")
+    # bridge need CAP_NET_ADMIN. Without it, QEMU's user-mode network, which needs nothing.
+    network = network or ("bridge" if os.geteuid() == 0 else "user")
+    if network == "bridge" and os.geteuid() != 0:
+        raise RuntimeFailure("--network bridge needs root (a tap device on minirun's bridge): "
+                             "run minivm with sudo, or use --network user")
     if published and network == "none":
         raise RuntimeFailure("-p publishes a port of the guest's network card: it has none "
-                             "with --network none (use the default, --network bridge)")
+                             "with --network none (use --network bridge or user)")
     if interactive and detach:
         raise RuntimeFailure("-d with -i/-t: a detached VM has no terminal to attach to (use "
                              "`minivm exec` to run commands in it)")

@@ -12,6 +12,7 @@ Debian's kernel; the virtio devices (here the app's stdin, stdout and stderr por
 that Debian builds as modules: each part names in `needs` the entries of minivm.modules.DRIVERS
 it needs, and the guest init loads them.
 """
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ STREAMS = ("stdin", "stdout", "stderr")     # the app's, each on a port of its o
 # in use Debian's 6.1 guest kernel stops early in its boot, every time; 23 boot (measured with
 # an image of 60 layers), so minivm uses 23.
 VIRTIO_TRANSPORTS = 23
+# QEMU's user-mode network (slirp), with QEMU's own defaults written out so that --explain shows
+# them (https://www.qemu.org/docs/master/system/devices/net.html, "User Networking (SLIRP)"): a
+# private network inside the QEMU process, where QEMU answers as the gateway and the DNS server.
+USER_NETWORK = ipaddress.IPv4Network("10.0.2.0/24")
+USER_HOST = USER_NETWORK[2]     # the gateway; a connection to it reaches the host's 127.0.0.1
+USER_DNS = USER_NETWORK[3]      # QEMU relays queries to the host's own nameservers
+USER_GUEST = USER_NETWORK[15]   # the address QEMU's DHCP would give: minivm sets it statically
 
 
 @dataclass
@@ -56,6 +64,15 @@ class Wiring:
 
 
 @dataclass
+class Nic:
+    """The network card and where its host end is: a tap device on minirun's bridge ("bridge"),
+    or QEMU's user-mode network ("user"), whose -p ports QEMU publishes itself."""
+    mode: str
+    mac: str | None = None      # None: QEMU's default, 52:54:00:12:34:56
+    forwards: list = field(default_factory=list)    # "user": minirun.ports.Port, from -p
+
+
+@dataclass
 class TscRate:
     khz: int
     source: str         # where the rate was read, for --explain
@@ -72,7 +89,7 @@ class Hardware:
     interactive: bool = False       # -it: the app's terminal is a UART, not virtio ports
     disks: list[Disk] = field(default_factory=list)     # the image's layers, bottom first
     volumes: list[Volume] = field(default_factory=list)  # -v: the host's folders, shared
-    nic_mac: str | None = None      # a virtio-net card with this MAC, on a tap (--network bridge)
+    nic: Nic | None = None          # a virtio-net card (--network bridge or user)
     detached: bool = False          # boot -d: a control plane for other commands (supervisor.py)
 
     @classmethod
@@ -134,7 +151,7 @@ class Hardware:
             self._app_streams(wiring),
             self._layer_disks(),
             *self._shared_folders(),
-            *([self._network_card(wiring)] if self.nic_mac else []),
+            *([self._network_card(wiring)] if self.nic else []),
             Part(["-chardev", f"socket,id=qmp,fd={wiring.monitor_fd}",
                   "-mon", "chardev=qmp,mode=control"],
                  "QMP, the QEMU Machine Protocol: JSON commands and events over a socket pair, "
@@ -221,16 +238,34 @@ class Hardware:
     def free_transports(self) -> int:
         """The virtio-mmio transports left for the image's disks by the other virtio devices."""
         return VIRTIO_TRANSPORTS - (0 if self.interactive else 1) - len(self.volumes) \
-            - (1 if self.nic_mac else 0)
+            - (1 if self.nic else 0)
 
     def _network_card(self, wiring: Wiring) -> Part:
-        return Part(["-netdev", f"tap,id=net0,fd={wiring.tap_fd}",
-                     "-device", f"virtio-net-device,netdev=net0,mac={self.nic_mac}"],
-                    "a virtio-net card (on microvm a virtio-mmio device), eth0 in the guest; its "
-                    "host end is a tap device on minirun's bridge, whose descriptor QEMU reads "
-                    "and writes whole Ethernet frames on: guest -> virtio ring -> QEMU -> tap -> "
-                    "bridge, where the containers' veths are (minirun/network.py)",
-                    needs=("virtio-mmio", "virtio-net"))
+        card = ["-device", "virtio-net-device,netdev=net0" +
+                (f",mac={self.nic.mac}" if self.nic.mac else "")]
+        why = "a virtio-net card (on microvm a virtio-mmio device), eth0 in the guest; "
+        needs = ("virtio-mmio", "virtio-net")
+        if self.nic.mode == "bridge":
+            return Part(["-netdev", f"tap,id=net0,fd={wiring.tap_fd}", *card],
+                        why + "its host end is a tap device on minirun's bridge, whose descriptor "
+                        "QEMU reads and writes whole Ethernet frames on: guest -> virtio ring -> "
+                        "QEMU -> tap -> bridge, where the containers' veths are "
+                        "(minirun/network.py)", needs=needs)
+        forwards = "".join(f",hostfwd={port.protocol}:{port.host_ip}:{port.host_port}-"
+                           f"{USER_GUEST}:{port.container_port}" for port in self.nic.forwards)
+        return Part(["-netdev", f"user,id=net0,net={USER_NETWORK},host={USER_HOST},"
+                                f"dns={USER_DNS},ipv6=off,restrict=off{forwards}", *card],
+                    why + "its host end is QEMU's user-mode network (slirp): a TCP/IP stack "
+                    "inside the QEMU process, no device on the host. QEMU takes the guest's "
+                    "frames apart and turns each connection into a socket of its own on the host "
+                    "(guest -> virtio ring -> QEMU's stack -> a host socket of QEMU's), so the "
+                    "packets leave as the QEMU process's, with the host's address, and it needs "
+                    "no privilege; restrict=off lets them go wherever the host can reach, as a "
+                    f"container's do through NAT. {USER_HOST} is the host itself: a connection "
+                    "to it reaches the host's 127.0.0.1. The guest is not on minirun's bridge: "
+                    "containers cannot reach it, by name or by address"
+                    + ("; each hostfwd is a -p: QEMU listens on the host port and relays each "
+                       "connection into the guest" if forwards else ""), needs=needs)
 
     def needs(self) -> list[str]:
         """The drivers the guest must load for this machine (keys of modules.DRIVERS), known

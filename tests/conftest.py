@@ -4,14 +4,19 @@ The store (MINIRUN_ROOT) is shared by the whole session so the built-in image is
 state directory (MINIRUN_STATE) is private to each test, so a test can count what a run left.
 """
 import contextlib
+import fcntl
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from minirun import network
 from minivm import kernel
 
 if os.geteuid() != 0:
@@ -181,3 +186,62 @@ def leftovers(guest):
         if b"qemu-system" in argv[0] and str(home).encode() in b" ".join(argv):
             qemus.append(cmdline.parent.name)
     return qemus, sorted(os.listdir(home / "tmp"))
+
+
+# --- the network: what it adds to the host, counted before and after a test ---------------------
+
+LEASES = network.network_dir()
+HTTPD = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def network_state(ports=()) -> dict:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    listening = subprocess.run(["ss", "-Htlnu"], capture_output=True, text=True).stdout
+    return {
+        "veths": sorted(re.findall(r"^\d+: (veth\w+)", links, re.M)),
+        "taps": sorted(re.findall(r"^\d+: (tap\w+)", links, re.M)),
+        "bridge": network.BRIDGE in links,
+        "addresses": sorted(line.split()[3] for line in addresses.splitlines()
+                            if not line.split()[1].startswith(("veth", "tap", network.BRIDGE))),
+        "nat rules": subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
+                                    text=True).stdout.splitlines(),
+        "listeners": sorted(line for line in listening.splitlines()
+                            if any(f":{port} " in line for port in ports)),
+        "leases": sorted(p.name for p in LEASES.iterdir() if p.name[0].isdigit())
+        if LEASES.is_dir() else [],
+    }
+
+
+def unheld_leases() -> list[str]:
+    """Lease files that no minirun holds: left behind. (A later run's gc would remove them, and
+    take the same address again, so comparing the leases before and after is not enough.)"""
+    unheld = []
+    for path in LEASES.iterdir() if LEASES.is_dir() else ():
+        if path.name[0].isdigit():
+            with open(path) as lease:
+                try:
+                    fcntl.flock(lease, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    unheld.append(path.name)
+                except BlockingIOError:
+                    pass
+    return unheld
+
+
+def fetch(url: str, timeout=20.0) -> str:
+    """GET `url` from the host, retrying until the server in the container is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

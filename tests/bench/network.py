@@ -15,6 +15,9 @@
      vm bridge    the server in a minivm guest, at its address: bridge -> tap -> QEMU ->
                   virtio-net -> the guest's kernel (TCG here: a software CPU); --no-vm skips it
      vm -p        the same guest through minivm's published port on 127.0.0.1
+     vm user      a second guest on QEMU's user-mode network (--network user, what a VM gets
+                  without root), through its -p on 127.0.0.1: a hostfwd rule, QEMU's own
+                  listening socket and TCP/IP stack (slirp) -> virtio-net -> the guest's kernel
    Round trip: the median of 2000 one-byte echoes on one connection. Throughput: MEGABYTES sent
    and echoed back on one connection. Each as a ratio to loopback.
 """
@@ -93,7 +96,7 @@ def main() -> None:
             print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}"
                   f"{median / none:>8.2f}x")
 
-        loopback_port, published, vm_published = free_ports(3)
+        loopback_port, published, vm_published, vm_user_published = free_ports(4)
         servers.append(subprocess.Popen(["sh", "-c", echo_server(loopback_port)]))
         container = subprocess.Popen(
             [*MINIRUN, "run", "--init", "-p", f"127.0.0.1:{published}:7", "hello", "sh", "-c",
@@ -110,6 +113,14 @@ def main() -> None:
             servers.append(vm)
             paths["vm bridge"] = (vm.stdout.readline().split()[3].split("/")[0], 7)
             paths["vm -p"] = ("127.0.0.1", vm_published)
+            user = subprocess.Popen(
+                [sys.executable, "-m", "minivm", "boot", "--network", "user",
+                 "-p", f"127.0.0.1:{vm_user_published}:7", "hello", "sh", "-c",
+                 f"echo up; {ECHO}"],
+                stdout=subprocess.PIPE, text=True)
+            servers.append(user)
+            user.stdout.readline()
+            paths["vm user"] = ("127.0.0.1", vm_user_published)
         results = {name: (round_trip_us(where), throughput_mb_s(where, args.megabytes))
                    for name, where in paths.items()}
         base_rtt, base_mb = results["loopback"]
