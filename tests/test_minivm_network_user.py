@@ -155,7 +155,7 @@ def test_a_vm_without_root_gets_user_mode_its_port_answers_and_it_reaches_the_ho
         vm.send_signal(signal.SIGINT)               # Ctrl-C: minivm stops the VM in order
         _, explained = vm.communicate(timeout=120)
     assert vm.returncode == 130, explained
-    assert "minivm: network: user mode: QEMU's own TCP/IP stack (slirp) in the QEMU process, " \
+    assert "network      user mode: QEMU's own TCP/IP stack (slirp) in the QEMU process, " \
            "because minivm is not root" in explained
     assert f"-netdev user,id=net0,net=10.0.2.0/24,host={USER_HOST},dns=10.0.2.3,ipv6=off," \
            f"restrict=off,hostfwd=tcp:127.0.0.1:{port}-{USER_GUEST}:80 -device " \
@@ -189,7 +189,7 @@ def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_
         vm.stdout.close()
         explained = vm.stderr.read()
         vm.stderr.close()
-    assert "minivm: network: user mode: QEMU's own TCP/IP stack (slirp) in the QEMU process, " \
+    assert "network      user mode: QEMU's own TCP/IP stack (slirp) in the QEMU process, " \
            "as --network user asks" in explained
     assert f",hostfwd=tcp:0.0.0.0:{port}-{USER_GUEST}:80 " in explained
     wait_for_qemu_to_end(guest)
