@@ -20,6 +20,7 @@ Most machines today are pure v2. Hybrid hosts (controllers on v1, an empty cgrou
 so there the v1 driver runs. Both drivers offer the same small interface:
 
     cgroup = create(container_id, Limits(memory=..., cpus=..., pids=...))   # before fork
+    pid = cgroup.fork()              # os.fork(), the child born in the cgroup2 tree's cgroup
     cgroup.join()                    # in the child, first: its command never runs unconfined
     mount_view(new_root + "/sys/fs/cgroup")   # in the child, after unshare(CLONE_NEWCGROUP)
     usage = cgroup.usage()           # after the container exited: peak memory, CPU time, OOM
@@ -247,6 +248,7 @@ class Cgroup:
         self.paths = paths          # v1 controller or name -> the container's directory there
         self.unified = unified      # its directory in the cgroup2 tree, if one is mounted
         self.written: list[str] = []    # "memory.max=33554432", in the order written
+        self.born_in_unified = False    # this process was forked into `unified` (fork)
 
     @classmethod
     def at(cls, container_id: str, mounts: _Mounts, path: str | None = None) -> "Cgroup":
@@ -328,11 +330,35 @@ class Cgroup:
         kernel skip a global lock that a cgroup.procs write takes, and whose taking waits for an
         RCU grace period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.3 ms
         instead of 5 to 15 ms, half of a whole run. cgroup2 refuses such thread moves between
-        ordinary cgroups, so there it is "0" into cgroup.procs, and that wait is paid once.
+        ordinary cgroups, so there it is "0" into cgroup.procs, and that wait is paid once,
+        unless the process was born there (fork).
         """
         for directory in self.directories():
-            name = "cgroup.procs" if directory == self.unified else "tasks"
-            _write(directory / name, 0, "join the container's cgroup")
+            if directory != self.unified:
+                _write(directory / "tasks", 0, "join the container's cgroup")
+            elif not self.born_in_unified:
+                _write(directory / "cgroup.procs", 0, "join the container's cgroup")
+
+    def fork(self) -> int:
+        """os.fork(), but the child is born in the container's cgroup of the cgroup2 tree,
+        where the kernel can do that (namespaces.fork_into_cgroup): the wait that join() would
+        pay there is not paid at all. The child still calls join(), for the v1 trees.
+
+        Otherwise a plain fork, and join() writes cgroup.procs: with no cgroup2 tree, with a
+        kernel before 5.7, under a seccomp filter that hides clone3 (as container engines'
+        filters do), or while another thread runs (network.py's, ending: see fork_into_cgroup).
+        """
+        if self.unified and len(os.listdir("/proc/self/task")) == 1:
+            cgroup_fd = os.open(self.unified, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                pid = namespaces.fork_into_cgroup(cgroup_fd)
+                self.born_in_unified = pid == 0
+                return pid
+            except OSError:
+                pass                        # clone3 cannot: fork, and the child writes
+            finally:
+                os.close(cgroup_fd)
+        return os.fork()
 
     def remove(self) -> None:
         """Kill whatever still runs in the cgroups, and in any cgroup made below them, then

@@ -221,7 +221,7 @@ def run(spec: ContainerSpec) -> int:
                 lambda: _new_pid_namespace(say),
                 lambda link: _become_container(plan, bundle, cgroup, net, link, say),
                 spec.tty, "setting up the container failed", plan.command, plan.env,
-                after_go=(lambda: net.wire(say)) if net.attachment else None)
+                after_go=(lambda: net.wire(say)) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record.pid, record.pid_start = child, state.start_time(child)
             state.save(record)
@@ -342,14 +342,17 @@ class _Link:
 
 
 def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
-                command: list[str], env: dict[str, str], after_go=None) -> tuple[int, int | None]:
+                command: list[str], env: dict[str, str], after_go=None,
+                born_in: cgroups.Cgroup | None = None) -> tuple[int, int | None]:
     """Fork a child into a PID namespace and let `become(link)` turn it into a container
     process that execs `command`; return its host PID and, with `tty`, its pty's master end.
     Used by `run` (a new PID namespace) and by `exec` (a running container's).
 
     `enter_pid_namespace()` runs just before the fork: unshare(CLONE_NEWPID) or setns() into a
     PID namespace does not move the caller, it decides where the caller's *next* child is born
-    (pid_namespaces(7)). Right after the fork the runtime goes back to its own.
+    (pid_namespaces(7)). Right after the fork the runtime goes back to its own. With `born_in`,
+    the child is also born in that cgroup, where the kernel can (Cgroup.fork), so that its
+    join() is quick.
 
     Three channels tie runtime and child together until the exec:
     - `go`: the child waits on it until the runtime is ready for it; end-of-file instead means
@@ -371,7 +374,7 @@ def _fork_child(enter_pid_namespace, become, tty: bool, failed: str,
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     enter_pid_namespace()
-    pid = os.fork()
+    pid = born_in.fork() if born_in else os.fork()
     if pid == 0:
         try:
             os.close(go_write)

@@ -386,6 +386,63 @@ def test_join_puts_the_process_in_its_own_cgroup_of_every_hierarchy(v1_host):
     assert all(line.split(":", 2)[2] == expected for line in lines), lines
 
 
+def cgroups_of_forked_child(cgroup, join: bool) -> list[str]:
+    """/proc/self/cgroup as a child forked with cgroup.fork() reads it first thing, or after
+    its join()."""
+    report_read, report_write = os.pipe()
+    pid = cgroup.fork()
+    if pid == 0:
+        try:
+            if join:
+                cgroup.join()
+            os.write(report_write, Path("/proc/self/cgroup").read_bytes())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    try:
+        return os.read(report_read, 1 << 16).decode().splitlines()
+    finally:
+        os.close(report_read)
+        os.waitpid(pid, 0)
+
+
+def test_a_child_is_born_in_the_cgroup2_cgroup_and_joins_the_rest():
+    """cgroup.fork(): clone3(CLONE_INTO_CGROUP) puts the child in the cgroup2 tree's cgroup
+    before it runs a single step, so join() need not write cgroup.procs there (the slow write,
+    see Cgroup.join); join() then puts it in the other hierarchies'."""
+    cgroup = cgroups.create(new_id("born"), cgroups.Limits())
+    try:
+        if cgroup.unified is None:
+            pytest.skip("no cgroup2 tree on this host")
+        expected = f"/{cgroups.PARENT}/{cgroup.unified.name}"
+        born = cgroups_of_forked_child(cgroup, join=False)
+        joined = cgroups_of_forked_child(cgroup, join=True)
+    finally:
+        cgroup.remove()
+    assert [line for line in born if line.startswith("0::")] == [f"0::{expected}"]
+    assert all(line.split(":", 2)[2] == expected for line in joined), joined
+    assert len(joined) == len(cgroups._mounts().hierarchies())
+
+
+def test_where_clone3_cannot_the_child_is_forked_and_joins_by_writing(monkeypatch):
+    """A kernel before 5.7, or a seccomp filter that makes clone3 fail with ENOSYS (as
+    container engines' default filters do): a plain fork, and join() writes cgroup.procs."""
+    def no_clone3(fd):
+        raise OSError(errno.ENOSYS, "clone3: Function not implemented")
+    monkeypatch.setattr(namespaces, "fork_into_cgroup", no_clone3)
+    cgroup = cgroups.create(new_id("noclone3"), cgroups.Limits())
+    try:
+        if cgroup.unified is None:
+            pytest.skip("no cgroup2 tree on this host")
+        expected = f"/{cgroups.PARENT}/{cgroup.unified.name}"
+        born = cgroups_of_forked_child(cgroup, join=False)
+        joined = cgroups_of_forked_child(cgroup, join=True)
+    finally:
+        cgroup.remove()
+    assert f"0::{expected}" not in born
+    assert all(line.split(":", 2)[2] == expected for line in joined), joined
+
+
 def test_cpuset_cgroups_get_their_parent_s_cpus_and_memory_nodes(v1_host):
     cgroup = cgroups.create(new_id("cpuset"), cgroups.Limits())
     try:
