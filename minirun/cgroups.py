@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from minirun import devices, namespaces
 from minirun.errors import RuntimeFailure
@@ -77,8 +78,7 @@ class Limits:
                                      "CPUs of this machine, so it would limit nothing")
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):     # (a NamedTuple: a third of a dataclass's cost to define)
     """What a container used, read from its cgroup after it exited. None: not counted here."""
     peak_memory: int | None         # bytes: the most memory it ever had charged at once
     cpu_seconds: float | None       # user + system CPU time of all its processes
@@ -90,8 +90,7 @@ class Usage:
 
 # --- Finding the hierarchies: once per process, from the mount table --------------------------
 
-@dataclass(frozen=True)
-class _Mounts:
+class _Mounts(NamedTuple):
     unified: Path | None            # where cgroup2 is mounted, if it is
     v1: dict[str, Path]             # v1 controller or name ("name=systemd") -> its tree's mount
     v1_options: dict[Path, str]     # each v1 tree's mount point -> what picks the tree when

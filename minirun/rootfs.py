@@ -8,8 +8,8 @@ deletes them.
 """
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from minirun import state
 from minirun.errors import RuntimeFailure
@@ -34,7 +34,6 @@ OVERLAY_MAX_LOWER = 500
 READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"]
 
 
-@dataclass
 class Bundle:
     """The container's directory on the host: the overlay's upper and work dirs and the mount point.
 
@@ -42,8 +41,10 @@ class Bundle:
     as long as it lives (state.hold_for_life). A bundle whose lock is free, or gone, belongs to
     no living minirun, whichever state directory recorded it: gc removes it.
     """
-    path: Path
-    lock: int | None = None     # the descriptor of the lock, while we hold it
+
+    def __init__(self, path: Path, lock: int | None = None):
+        self.path = path
+        self.lock = lock        # the descriptor of the lock, while we hold it
 
     @property
     def lock_path(self) -> Path:
@@ -232,8 +233,7 @@ def mount_init(root: Path, program: str) -> None:
 RESERVED = ("/proc", "/sys", "/dev")
 
 
-@dataclass(frozen=True)
-class Volume:
+class Volume(NamedTuple):
     source: Path        # on the host, as given (absolute)
     target: str         # in the container, absolute and normalized
     read_only: bool
