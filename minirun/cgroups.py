@@ -663,21 +663,20 @@ def _kill_all_in(cgroup: Path) -> None:
 
 def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
     """rmdir a cgroup and every cgroup below it, deepest first, SIGKILLing what is in each
-    first if `kill`.
+    if `kill`.
 
     The kernel refuses the rmdir (EBUSY) while a process is in the cgroup, or a cgroup below
     it: one made by systemd or a nested runtime in the container, or by the container itself
     through a cgroup filesystem of its own. Left there, it would keep the container's cgroup
-    and minirun/ forever. So on EBUSY we remove the cgroups below, each the same way, and try
-    again. A killed process leaves only once it has finished exiting, so we retry for up to
-    `patience` seconds, killing again each time (a fork bomb's last children, bounded by
-    pids.max).
+    and minirun/ forever. So on EBUSY we kill what is in it, remove the cgroups below, each the
+    same way, and try again. (The rmdir comes first because the usual cgroup, after its PID 1
+    exited, is empty: then that one call is all.) A killed process leaves only once it has
+    finished exiting, so we retry for up to `patience` seconds, killing again each time (a
+    fork bomb's last children, bounded by pids.max).
     """
     deadline = time.monotonic() + patience
     pause = 0.0005
     while True:
-        if kill:
-            _kill_all_in(cgroup)
         try:
             os.rmdir(cgroup)
             return
@@ -688,6 +687,8 @@ def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
                                      "`minirun gc` will try again")
             if error.errno != errno.EBUSY:
                 raise refusal from None
+        if kill:
+            _kill_all_in(cgroup)
         below = _cgroups_below(cgroup)
         for child in below:
             _remove(child, kill, patience)

@@ -531,13 +531,25 @@ def test_v2_driver_reads_usage(v2_tree):
 def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
     other = create_v2(v2_tree, "c3", cgroups.Limits())
     cgroup = create_v2(v2_tree, "c4", cgroups.Limits())
+    (cgroup.path / "cgroup.procs").write_text("4242\n")     # a process is still in it
     writes = []
-    real_write = cgroups._write
-    monkeypatch.setattr(cgroups, "_write", lambda path, value, *rest, **named: (
-        writes.append((path.name, value)) or real_write(path, value, *rest, **named)))
+    real_write, real_rmdir = cgroups._write, os.rmdir
+
+    def write(path, value, *rest, **named):
+        writes.append((path.name, value))
+        if path.name == "cgroup.kill":                  # as the kernel: all killed, and gone
+            (path.parent / "cgroup.procs").write_text("")
+        return real_write(path, value, *rest, **named)
+
+    def rmdir(path):                                    # as the kernel: EBUSY while populated
+        if Path(path, "cgroup.procs").is_file() and Path(path, "cgroup.procs").read_text():
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        real_rmdir(path)
+    monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(os, "rmdir", rmdir)
     cgroup.remove()
     cgroup.remove()                                     # the second time: nothing to do
-    assert writes[0] == ("cgroup.kill", 1)
+    assert writes == [("cgroup.kill", 1)]
     assert not cgroup.path.exists()
     assert (v2_tree / "minirun").is_dir()               # the shared parent stays while in use
     other.remove()
