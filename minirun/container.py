@@ -223,7 +223,7 @@ def run(spec: ContainerSpec) -> int:
                 spec.tty, "setting up the container failed", plan.command, plan.env,
                 after_go=(lambda: net.wire(say)) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
-            record.pid, record.pid_start = child, state.start_time(child)
+            record = record._replace(pid=child, pid_start=state.start_time(child))
             state.save(record)
             net.publish(say)
             if spec.notify_fd is not None:          # a supervisor's cue: the command runs
