@@ -325,7 +325,7 @@ def _new_pid_namespace(say) -> None:
 class _Link:
     """The child's ends of what ties it to the runtime that forked it (see _fork_child)."""
 
-    def __init__(self, go: int, errors: int, console: "socket.socket | None"):
+    def __init__(self, go: int, errors: int, console: socket.socket | None):
         self.go = go                # read end: "g" when the runtime is ready; hung up if it died
         self.errors = errors        # write end, close-on-exec: why setup or exec failed
         self.console = console      # with -t: where the child sends its pty's master end
@@ -424,8 +424,9 @@ def _second_go(go_write: int, work) -> None:
 def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
                       net: network.ContainerNetwork, link: _Link, say) -> None:
     """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
-    # 1. Resources: join the container's cgroup. Every process forked from here on is born in
-    #    it, counted and limited with the rest of the container.
+    # 1. Resources: join the container's cgroup (in the cgroup2 tree this process was born in
+    #    it already: Cgroup.fork). Every process forked from here on is born in it, counted and
+    #    limited with the rest of the container.
     cgroup.join()
     say("cgroup", f"joined {cgroup}")
 
