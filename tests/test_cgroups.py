@@ -406,19 +406,25 @@ def cgroups_of_forked_child(cgroup, join: bool) -> list[str]:
         os.waitpid(pid, 0)
 
 
+def born_and_joined(what: str) -> tuple[str, list[str], list[str]]:
+    """A new cgroup's path below each tree's root, and /proc/self/cgroup of a child forked
+    with cgroup.fork(): as it is born, and after its join()."""
+    cgroup = cgroups.create(new_id(what), cgroups.Limits())
+    try:
+        if cgroup.unified is None:
+            pytest.skip("no cgroup2 tree on this host")
+        return (f"/{cgroups.PARENT}/{cgroup.unified.name}",
+                cgroups_of_forked_child(cgroup, join=False),
+                cgroups_of_forked_child(cgroup, join=True))
+    finally:
+        cgroup.remove()
+
+
 def test_a_child_is_born_in_the_cgroup2_cgroup_and_joins_the_rest():
     """cgroup.fork(): clone3(CLONE_INTO_CGROUP) puts the child in the cgroup2 tree's cgroup
     before it runs a single step, so join() need not write cgroup.procs there (the slow write,
     see Cgroup.join); join() then puts it in the other hierarchies'."""
-    cgroup = cgroups.create(new_id("born"), cgroups.Limits())
-    try:
-        if cgroup.unified is None:
-            pytest.skip("no cgroup2 tree on this host")
-        expected = f"/{cgroups.PARENT}/{cgroup.unified.name}"
-        born = cgroups_of_forked_child(cgroup, join=False)
-        joined = cgroups_of_forked_child(cgroup, join=True)
-    finally:
-        cgroup.remove()
+    expected, born, joined = born_and_joined("born")
     assert [line for line in born if line.startswith("0::")] == [f"0::{expected}"]
     assert all(line.split(":", 2)[2] == expected for line in joined), joined
     assert len(joined) == len(cgroups._mounts().hierarchies())
@@ -430,15 +436,7 @@ def test_where_clone3_cannot_the_child_is_forked_and_joins_by_writing(monkeypatc
     def no_clone3(fd):
         raise OSError(errno.ENOSYS, "clone3: Function not implemented")
     monkeypatch.setattr(namespaces, "fork_into_cgroup", no_clone3)
-    cgroup = cgroups.create(new_id("noclone3"), cgroups.Limits())
-    try:
-        if cgroup.unified is None:
-            pytest.skip("no cgroup2 tree on this host")
-        expected = f"/{cgroups.PARENT}/{cgroup.unified.name}"
-        born = cgroups_of_forked_child(cgroup, join=False)
-        joined = cgroups_of_forked_child(cgroup, join=True)
-    finally:
-        cgroup.remove()
+    expected, born, joined = born_and_joined("noclone3")
     assert f"0::{expected}" not in born
     assert all(line.split(":", 2)[2] == expected for line in joined), joined
 
