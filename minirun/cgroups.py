@@ -20,6 +20,7 @@ Most machines today are pure v2. Hybrid hosts (controllers on v1, an empty cgrou
 so there the v1 driver runs. Both drivers offer the same small interface:
 
     cgroup = create(container_id, Limits(memory=..., cpus=..., pids=...))   # before fork
+    pid = cgroup.fork()              # os.fork(), the child born in the cgroup2 tree's cgroup
     cgroup.join()                    # in the child, first: its command never runs unconfined
     mount_view(new_root + "/sys/fs/cgroup")   # in the child, after unshare(CLONE_NEWCGROUP)
     usage = cgroup.usage()           # after the container exited: peak memory, CPU time, OOM
@@ -45,6 +46,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from minirun import devices, namespaces
 from minirun.errors import RuntimeFailure
@@ -76,8 +78,7 @@ class Limits:
                                      "CPUs of this machine, so it would limit nothing")
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):     # (a NamedTuple: a third of a dataclass's cost to define)
     """What a container used, read from its cgroup after it exited. None: not counted here."""
     peak_memory: int | None         # bytes: the most memory it ever had charged at once
     cpu_seconds: float | None       # user + system CPU time of all its processes
@@ -89,8 +90,7 @@ class Usage:
 
 # --- Finding the hierarchies: once per process, from the mount table --------------------------
 
-@dataclass(frozen=True)
-class _Mounts:
+class _Mounts(NamedTuple):
     unified: Path | None            # where cgroup2 is mounted, if it is
     v1: dict[str, Path]             # v1 controller or name ("name=systemd") -> its tree's mount
     v1_options: dict[Path, str]     # each v1 tree's mount point -> what picks the tree when
@@ -247,6 +247,7 @@ class Cgroup:
         self.paths = paths          # v1 controller or name -> the container's directory there
         self.unified = unified      # its directory in the cgroup2 tree, if one is mounted
         self.written: list[str] = []    # "memory.max=33554432", in the order written
+        self.born_in_unified = False    # this process was forked into `unified` (fork)
 
     @classmethod
     def at(cls, container_id: str, mounts: _Mounts, path: str | None = None) -> "Cgroup":
@@ -328,11 +329,35 @@ class Cgroup:
         kernel skip a global lock that a cgroup.procs write takes, and whose taking waits for an
         RCU grace period (cgroup_procs_write_start() in kernel/cgroup/cgroup.c): here 0.3 ms
         instead of 5 to 15 ms, half of a whole run. cgroup2 refuses such thread moves between
-        ordinary cgroups, so there it is "0" into cgroup.procs, and that wait is paid once.
+        ordinary cgroups, so there it is "0" into cgroup.procs, and that wait is paid once,
+        unless the process was born there (fork).
         """
         for directory in self.directories():
-            name = "cgroup.procs" if directory == self.unified else "tasks"
-            _write(directory / name, 0, "join the container's cgroup")
+            if directory != self.unified:
+                _write(directory / "tasks", 0, "join the container's cgroup")
+            elif not self.born_in_unified:
+                _write(directory / "cgroup.procs", 0, "join the container's cgroup")
+
+    def fork(self) -> int:
+        """os.fork(), but the child is born in the container's cgroup of the cgroup2 tree,
+        where the kernel can do that (namespaces.fork_into_cgroup): the wait that join() would
+        pay there is not paid at all. The child still calls join(), for the v1 trees.
+
+        Otherwise a plain fork, and join() writes cgroup.procs: with no cgroup2 tree, with a
+        kernel before 5.7, under a seccomp filter that hides clone3 (as container engines'
+        filters do), or while another thread runs (network.py's, ending: see fork_into_cgroup).
+        """
+        if self.unified and len(os.listdir("/proc/self/task")) == 1:
+            cgroup_fd = os.open(self.unified, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                pid = namespaces.fork_into_cgroup(cgroup_fd)
+                self.born_in_unified = pid == 0
+                return pid
+            except OSError:
+                pass                        # clone3 cannot: fork, and the child writes
+            finally:
+                os.close(cgroup_fd)
+        return os.fork()
 
     def remove(self) -> None:
         """Kill whatever still runs in the cgroups, and in any cgroup made below them, then
@@ -638,21 +663,20 @@ def _kill_all_in(cgroup: Path) -> None:
 
 def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
     """rmdir a cgroup and every cgroup below it, deepest first, SIGKILLing what is in each
-    first if `kill`.
+    if `kill`.
 
     The kernel refuses the rmdir (EBUSY) while a process is in the cgroup, or a cgroup below
     it: one made by systemd or a nested runtime in the container, or by the container itself
     through a cgroup filesystem of its own. Left there, it would keep the container's cgroup
-    and minirun/ forever. So on EBUSY we remove the cgroups below, each the same way, and try
-    again. A killed process leaves only once it has finished exiting, so we retry for up to
-    `patience` seconds, killing again each time (a fork bomb's last children, bounded by
-    pids.max).
+    and minirun/ forever. So on EBUSY we kill what is in it, remove the cgroups below, each the
+    same way, and try again. (The rmdir comes first because the usual cgroup, after its PID 1
+    exited, is empty: then that one call is all.) A killed process leaves only once it has
+    finished exiting, so we retry for up to `patience` seconds, killing again each time (a
+    fork bomb's last children, bounded by pids.max).
     """
     deadline = time.monotonic() + patience
     pause = 0.0005
     while True:
-        if kill:
-            _kill_all_in(cgroup)
         try:
             os.rmdir(cgroup)
             return
@@ -663,6 +687,8 @@ def _remove(cgroup: Path, kill: bool, patience: float = 2.0) -> None:
                                      "`minirun gc` will try again")
             if error.errno != errno.EBUSY:
                 raise refusal from None
+        if kill:
+            _kill_all_in(cgroup)
         below = _cgroups_below(cgroup)
         for child in below:
             _remove(child, kill, patience)

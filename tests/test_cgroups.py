@@ -386,6 +386,61 @@ def test_join_puts_the_process_in_its_own_cgroup_of_every_hierarchy(v1_host):
     assert all(line.split(":", 2)[2] == expected for line in lines), lines
 
 
+def cgroups_of_forked_child(cgroup, join: bool) -> list[str]:
+    """/proc/self/cgroup as a child forked with cgroup.fork() reads it first thing, or after
+    its join()."""
+    report_read, report_write = os.pipe()
+    pid = cgroup.fork()
+    if pid == 0:
+        try:
+            if join:
+                cgroup.join()
+            os.write(report_write, Path("/proc/self/cgroup").read_bytes())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    try:
+        return os.read(report_read, 1 << 16).decode().splitlines()
+    finally:
+        os.close(report_read)
+        os.waitpid(pid, 0)
+
+
+def born_and_joined(what: str) -> tuple[str, list[str], list[str]]:
+    """A new cgroup's path below each tree's root, and /proc/self/cgroup of a child forked
+    with cgroup.fork(): as it is born, and after its join()."""
+    cgroup = cgroups.create(new_id(what), cgroups.Limits())
+    try:
+        if cgroup.unified is None:
+            pytest.skip("no cgroup2 tree on this host")
+        return (f"/{cgroups.PARENT}/{cgroup.unified.name}",
+                cgroups_of_forked_child(cgroup, join=False),
+                cgroups_of_forked_child(cgroup, join=True))
+    finally:
+        cgroup.remove()
+
+
+def test_a_child_is_born_in_the_cgroup2_cgroup_and_joins_the_rest():
+    """cgroup.fork(): clone3(CLONE_INTO_CGROUP) puts the child in the cgroup2 tree's cgroup
+    before it runs a single step, so join() need not write cgroup.procs there (the slow write,
+    see Cgroup.join); join() then puts it in the other hierarchies'."""
+    expected, born, joined = born_and_joined("born")
+    assert [line for line in born if line.startswith("0::")] == [f"0::{expected}"]
+    assert all(line.split(":", 2)[2] == expected for line in joined), joined
+    assert len(joined) == len(cgroups._mounts().hierarchies())
+
+
+def test_where_clone3_cannot_the_child_is_forked_and_joins_by_writing(monkeypatch):
+    """A kernel before 5.7, or a seccomp filter that makes clone3 fail with ENOSYS (as
+    container engines' default filters do): a plain fork, and join() writes cgroup.procs."""
+    def no_clone3(fd):
+        raise OSError(errno.ENOSYS, "clone3: Function not implemented")
+    monkeypatch.setattr(namespaces, "fork_into_cgroup", no_clone3)
+    expected, born, joined = born_and_joined("noclone3")
+    assert f"0::{expected}" not in born
+    assert all(line.split(":", 2)[2] == expected for line in joined), joined
+
+
 def test_cpuset_cgroups_get_their_parent_s_cpus_and_memory_nodes(v1_host):
     cgroup = cgroups.create(new_id("cpuset"), cgroups.Limits())
     try:
@@ -474,13 +529,25 @@ def test_v2_driver_reads_usage(v2_tree):
 def test_v2_driver_remove_kills_through_cgroup_kill_then_removes(v2_tree, monkeypatch):
     other = create_v2(v2_tree, "c3", cgroups.Limits())
     cgroup = create_v2(v2_tree, "c4", cgroups.Limits())
+    (cgroup.path / "cgroup.procs").write_text("4242\n")     # a process is still in it
     writes = []
-    real_write = cgroups._write
-    monkeypatch.setattr(cgroups, "_write", lambda path, value, *rest, **named: (
-        writes.append((path.name, value)) or real_write(path, value, *rest, **named)))
+    real_write, real_rmdir = cgroups._write, os.rmdir
+
+    def write(path, value, *rest, **named):
+        writes.append((path.name, value))
+        if path.name == "cgroup.kill":                  # as the kernel: all killed, and gone
+            (path.parent / "cgroup.procs").write_text("")
+        return real_write(path, value, *rest, **named)
+
+    def rmdir(path):                                    # as the kernel: EBUSY while populated
+        if Path(path, "cgroup.procs").is_file() and Path(path, "cgroup.procs").read_text():
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        real_rmdir(path)
+    monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(os, "rmdir", rmdir)
     cgroup.remove()
     cgroup.remove()                                     # the second time: nothing to do
-    assert writes[0] == ("cgroup.kill", 1)
+    assert writes == [("cgroup.kill", 1)]
     assert not cgroup.path.exists()
     assert (v2_tree / "minirun").is_dir()               # the shared parent stays while in use
     other.remove()

@@ -212,3 +212,24 @@ def test_gc_takes_only_free_locks(minirun, minirun_env):
         shutil.rmtree(containers / alive)
         (containers / f"{alive}.lock").unlink()
         os.close(held)
+
+
+def test_a_bundle_is_removed_whole_and_never_through_its_links(tmp_path):
+    """What a container may leave in its writable layer: deep trees, directories it made
+    unreadable, and links to the host's directories, whose contents must not go with it."""
+    from minirun import rootfs
+    outside = tmp_path / "host"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("the host's")
+    bundle = rootfs.Bundle(tmp_path / "bundle")
+    deep = bundle.upper / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "file").write_text("x")
+    (bundle.upper / "a" / "to-host").symlink_to(outside / "keep")
+    (bundle.upper / "a" / "dangling").symlink_to("/no/such/place")
+    (bundle.work / "work").mkdir(parents=True)
+    (bundle.work / "work" / "file").write_text("x")
+    (bundle.work / "work").chmod(0)                  # as overlayfs leaves its work/work
+    rootfs.remove_bundle(bundle)
+    assert not bundle.path.exists()
+    assert (outside / "keep" / "file").read_text() == "the host's"

@@ -104,3 +104,30 @@ def test_chroot_warns_that_it_is_escapable(minirun):
     result = minirun("run", "--chroot", "hello", "true")
     assert result.returncode == 0
     assert result.stderr.startswith("minirun: warning: --chroot is escapable")
+
+
+def test_drop_privileges_shrinks_every_set_before_the_exec():
+    """For root, exec recomputes permitted from the bounding set, so what the runtime itself
+    leaves in the permitted and inheritable sets shows only before the exec: look there."""
+    import json
+    import prctl
+    from minirun import security
+    privileges = security.Privileges.from_options((), ("NET_RAW",), False)
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            prctl.cap_inheritable.chown = True         # something for it to take away
+            security.drop_privileges(privileges)
+            with open("/proc/self/status") as status:
+                fields = dict(line.split(":\t") for line in status if line.startswith("Cap"))
+            os.write(report_write, json.dumps(fields).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    fields = json.loads(os.read(report_read, 1 << 16))
+    os.close(report_read)
+    os.waitpid(pid, 0)
+    expected = 0xa80425fb & ~(1 << CAP_NET_RAW)       # Docker's fourteen, less NET_RAW
+    assert {name: int(value, 16) for name, value in fields.items()} == {
+        "CapInh": 0, "CapPrm": expected, "CapEff": expected, "CapBnd": expected, "CapAmb": 0}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long does it take to start a container? minirun against its peers, in one run.
 
-    .venv/bin/python tests/bench/startup.py [--runs 50]
+    .venv/bin/python tests/bench/startup.py [--runs 50] [--baseline DIR]
 
 Every command runs /bin/true in the same busybox root filesystem (a copy of the `hello` image's
 layer). The commands take turns, run by run, so a busy moment on this shared machine hits all
@@ -18,6 +18,12 @@ Peers:
   python -c pass  the interpreter's own start: the floor under any Python program.
   import click    the interpreter plus the command-line library: the floor under any Python
                   CLI built on click, minirun included, before it does any work.
+  import minirun  the interpreter plus everything `run` imports (cli, container and theirs).
+
+The differences between those make the breakdown printed last: the interpreter, click, the
+rest of minirun's imports, and the run's own work (minirun's time less `import minirun`).
+--baseline DIR also times the minirun of another checkout (e.g. a `git worktree` of the
+main branch) in the same turns, so a change is measured against what it changes.
 """
 import argparse
 import json
@@ -51,6 +57,8 @@ def runc_bundle(rootfs: Path, workdir: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time `minirun run` from this checkout (its PYTHONPATH)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("startup.py: run as root")
@@ -68,7 +76,12 @@ def main() -> None:
                                "chroot", str(rootfs), "/bin/true"],
             "python -c pass": [sys.executable, "-c", "pass"],
             "import click": [sys.executable, "-c", "import click"],
+            "import minirun": [sys.executable, "-c", "import minirun.cli, minirun.container"],
         }
+        environments = {}                                   # a command's own, if not ours
+        if args.baseline:
+            commands["baseline"] = commands["minirun"]
+            environments["baseline"] = dict(os.environ, PYTHONPATH=str(Path(args.baseline).resolve()))
         bundle = runc_bundle(rootfs, workdir)
         if bundle:
             commands["runc"] = ["runc", "run", "--bundle", str(bundle), "minirun-bench"]
@@ -77,12 +90,12 @@ def main() -> None:
 
         times = {name: [] for name in commands}
         for _ in range(3):                                  # warm caches, build the image
-            for command in commands.values():
-                subprocess.run(command, check=True)
+            for name, command in commands.items():
+                subprocess.run(command, check=True, env=environments.get(name))
         for _ in range(args.runs):
             for name, command in commands.items():
                 start = time.perf_counter()
-                subprocess.run(command, check=True)
+                subprocess.run(command, check=True, env=environments.get(name))
                 times[name].append(1000 * (time.perf_counter() - start))
 
         reference = statistics.median(times["runc"]) if bundle else None
@@ -93,6 +106,7 @@ def main() -> None:
             median = statistics.median(samples)
             ratio = f"{median / reference:.2f}x" if reference else "-"
             print(f"{name:<16}{median:>8.1f}{deciles[0]:>8.1f}{deciles[-1]:>8.1f}{ratio:>9}")
+        print_breakdown({name: statistics.median(samples) for name, samples in times.items()})
         print_import_budget()
     finally:
         shutil.rmtree(workdir)
@@ -101,6 +115,17 @@ def main() -> None:
                 parent.rmdir()
             except OSError:
                 pass
+
+
+def print_breakdown(median: dict[str, float]) -> None:
+    """Where minirun's time goes, as differences of the medians above."""
+    parts = {"the interpreter (python -c pass)": median["python -c pass"],
+             "click's import": median["import click"] - median["python -c pass"],
+             "minirun's other imports": median["import minirun"] - median["import click"],
+             "the run's work (image to exit)": median["minirun"] - median["import minirun"]}
+    print("\nminirun's median, in parts (differences of medians, ms):")
+    for part, milliseconds in parts.items():
+        print(f"  {milliseconds:6.1f}  {part}")
 
 
 def print_import_budget(shown: int = 12) -> None:
