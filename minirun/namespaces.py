@@ -9,7 +9,7 @@ A namespace gives a process its own view of one kind of global resource (namespa
     CLONE_NEWNS      mount table          CLONE_NEWUTS     hostname
     CLONE_NEWIPC     SysV IPC, mqueues    CLONE_NEWNET     network devices, routes, ports
     CLONE_NEWPID     process IDs          CLONE_NEWCGROUP  the root of /proc/self/cgroup
-    CLONE_NEWUSER    user and group IDs (not used: minirun runs as root, like runc by default)
+    CLONE_NEWUSER    user and group IDs (an OCI bundle's `user` namespace: userns.py)
 """
 import ctypes
 import os
@@ -19,6 +19,7 @@ libc = ctypes.CDLL(None, use_errno=True)     # the one handle on the C library, 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
