@@ -133,8 +133,11 @@ class Handshake:
         PID, write its maps. If the child dies first, the pipe says end-of-file."""
         self._close_ours()
         pid = self._receive()
-        Path(f"/proc/{pid}/uid_map").write_text("".join(item.line() for item in self.uids))
-        Path(f"/proc/{pid}/gid_map").write_text("".join(item.line() for item in self.gids))
+        for name, mappings in (("uid_map", self.uids), ("gid_map", self.gids)):
+            try:
+                Path(f"/proc/{pid}/{name}").write_text("".join(item.line() for item in mappings))
+            except OSError as error:
+                raise RuntimeFailure(f"writing the container's {name} failed: {error}") from None
 
     def container_pid(self) -> int:
         """In the runtime, once the container waits: the host PID of its process."""

@@ -138,6 +138,23 @@ def test_lifecycle_and_exec_in_a_user_namespace(reachable, tmp_path):
     assert processes_of(HOST_ID) == []
 
 
+def test_joining_a_user_namespace_by_path(reachable):
+    engine = reachable
+    first = userns_config(["sleep", "60"])
+    assert engine.create("u3", engine.bundle(first, "u3")).returncode == 0
+    pid = json.loads(engine("state", "u3").stdout)["pid"]
+    # A second container in the first one's user namespace: no mappings of its own (the
+    # namespace has them), new namespaces of every other kind, owned by that user namespace.
+    second = base_config(["sh", "-c", "id -u; readlink /proc/self/ns/user; cat /proc/self/uid_map;"
+                                      " ls /proc/1/exe >/dev/null && echo proc"])
+    second["root"]["readonly"] = False
+    second["linux"]["namespaces"].append({"type": "user", "path": f"/proc/{pid}/ns/user"})
+    output = engine.run_to_end("u4", second)
+    assert output.split() == ["0", os.readlink(f"/proc/{pid}/ns/user"), "0", str(HOST_ID),
+                              "65536", "proc"]
+    assert engine("delete", "--force", "u3").returncode == 0
+
+
 def _without_user_namespace(config):
     config["linux"]["namespaces"].remove({"type": "user"})
 
