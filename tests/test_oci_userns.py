@@ -70,13 +70,14 @@ def processes_of(uid: int) -> list[int]:
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields and fields["Uid"].split()[0] == str(uid) and not fields["State"].strip().startswith("Z"):
+        if fields and fields["Uid"].split()[0] == str(uid) \
+                and not fields["State"].strip().startswith("Z"):
             pids.append(int(entry))
     return pids
 
 
 def test_root_inside_is_an_unprivileged_user_outside(reachable, volumes):
-    engine, (mine, hosts) = reachable, volumes
+    engine, (mine, hosts) = reachable, volumes      # noqa: F811
     script = """
         cat /proc/self/uid_map /proc/self/gid_map
         echo "id $(id -u) $(id -g)"
@@ -106,7 +107,7 @@ def test_root_inside_is_an_unprivileged_user_outside(reachable, volumes):
 
 
 def test_lifecycle_and_exec_in_a_user_namespace(reachable, tmp_path):
-    engine = reachable
+    engine = reachable      # noqa: F811
     config = userns_config(["sh", "-c", "echo started; trap 'echo bye; exit 0' TERM; "
                                         "while :; do sleep 0.05; done"])
     created = engine.create("u2", engine.bundle(config), "--pid-file", str(tmp_path / "pid"))
@@ -139,7 +140,7 @@ def test_lifecycle_and_exec_in_a_user_namespace(reachable, tmp_path):
 
 
 def test_joining_a_user_namespace_by_path(reachable):
-    engine = reachable
+    engine = reachable      # noqa: F811
     first = userns_config(["sleep", "60"])
     assert engine.create("u3", engine.bundle(first, "u3")).returncode == 0
     pid = json.loads(engine("state", "u3").stdout)["pid"]
@@ -182,7 +183,7 @@ def _without_user_namespace(config):
      "linux.uidMappings with a user namespace path"),
 ])
 def test_bad_mappings_are_refused_in_one_line(reachable, change, named):
-    engine = reachable
+    engine = reachable      # noqa: F811
     config = userns_config(["true"])
     change(config)
     before = processes_of(HOST_ID)
@@ -196,7 +197,7 @@ def test_bad_mappings_are_refused_in_one_line(reachable, change, named):
     assert cgroups_named("bad") == []
 
 
-def test_a_root_the_container_cannot_reach_is_refused(engine, tmp_path):     # noqa: F811
+def test_a_root_the_container_cannot_reach_is_refused(engine):     # noqa: F811
     # pytest's temporary directories are 0700: host uid 100000 may not pass.
     result = engine.create("closed", engine.bundle(userns_config(["true"])))
     assert result.returncode == 125
@@ -207,7 +208,7 @@ def test_a_root_the_container_cannot_reach_is_refused(engine, tmp_path):     # n
 
 
 def test_a_failure_inside_the_user_namespace_leaves_nothing(reachable):
-    engine = reachable
+    engine = reachable      # noqa: F811
     # A mount point missing from the root: the container's root may not make it there
     # (the root is host root's), so create fails after both forks, in the child's child.
     config = userns_config(["true"])
