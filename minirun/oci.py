@@ -710,12 +710,34 @@ def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None
         namespaces.unshare(namespaces.CLONE_NEWUSER)
         handshake.ask_for_maps(link)            # the runtime writes them (userns.py)
     userns.become_root()
+    security.die_with_parent()      # again: a change of IDs clears it (prctl(2))
+    if link.runtime_is_gone():
+        os._exit(RUNTIME_FAILED)
     _enter_pid_namespace(plan.namespaces)
     pid = os.fork()
     if pid:                 # its PID here is its host PID: we are in the runtime's namespace
         handshake.tell(pid)
+        _stand_by(pid, link)
         os._exit(0)
     os.close(handshake.write)
+    security.die_with_parent()      # our parent lives as long as the runtime does (_stand_by)
+    if link.runtime_is_gone():
+        os._exit(RUNTIME_FAILED)
+
+
+def _stand_by(child: int, link) -> None:
+    """The first child, once it forked the container's process: stay its parent, so that a
+    runtime killed during the setup takes both along (parent-death signals, one each), until
+    the runtime lets go (it closes `go` once the container waits at the FIFO) or the child
+    has ended (it failed: reaped here, and the runtime reads why on the error pipe)."""
+    import select
+    os.close(link.errors)
+    ended = os.pidfd_open(child)
+    poller = select.poll()
+    poller.register(ended, select.POLLIN)
+    poller.register(link.go, select.POLLIN)
+    if any(fd == ended for fd, _ in poller.poll()):
+        os.waitpid(child, 0)
 
 
 def _mount_one(root: Path, item: Mount) -> None:
