@@ -10,7 +10,7 @@ A namespace gives a process its own view of one kind of global resource (namespa
     CLONE_NEWNS      mount table          CLONE_NEWUTS     hostname
     CLONE_NEWIPC     SysV IPC, mqueues    CLONE_NEWNET     network devices, routes, ports
     CLONE_NEWPID     process IDs          CLONE_NEWCGROUP  the root of /proc/self/cgroup
-    CLONE_NEWUSER    user and group IDs (not used: minirun runs as root, like runc by default)
+    CLONE_NEWUSER    user and group IDs (an OCI bundle's `user` namespace: userns.py)
 """
 import ctypes
 import os
@@ -24,6 +24,7 @@ _libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000

@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minirun import cgroups, container, devices, namespaces, rootfs, seccomp, security, state
+from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, state,
+                     userns)
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
 from minirun.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                                 MS_REC, MS_REMOUNT, mount)
@@ -126,6 +127,8 @@ class Plan:
     sysctl: dict[str, str]
     hooks: dict[str, list[dict]]
     annotations: dict[str, str]
+    uid_map: list[userns.Mapping] = field(default_factory=list)    # with a new user namespace
+    gid_map: list[userns.Mapping] = field(default_factory=list)
 
 
 def load(bundle: Path, container_id: str) -> Plan:
@@ -165,8 +168,9 @@ def load(bundle: Path, container_id: str) -> Plan:
         plan.seccomp = seccomp_program(linux.sub("seccomp"))
     if linux.get("rootfsPropagation", "rprivate") not in ("private", "rprivate"):
         refuse("linux.rootfsPropagation", "only private and rprivate")
-    if linux.get("uidMappings") or linux.get("gidMappings"):
-        refuse("linux.uidMappings", "no user namespaces: the container's root is the host's root")
+    plan.uid_map = _mappings(linux.get("uidMappings", [], list), "linux.uidMappings")
+    plan.gid_map = _mappings(linux.get("gidMappings", [], list), "linux.gidMappings")
+    _check_user_namespace(plan)
     for key in linux.data.get("sysctl") or {}:
         if not key.startswith(NAMESPACED_SYSCTLS):
             refuse(f"linux.sysctl.{key}", "only sysctls of the container's own namespaces: "
@@ -183,6 +187,51 @@ def load(bundle: Path, container_id: str) -> Plan:
 
 
 NAMESPACED_SYSCTLS = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+
+
+def _mappings(items: list, where: str) -> list[userns.Mapping]:
+    mappings = []
+    for index, item in enumerate(items):
+        fields = Fields(item, f"{where}[{index}]")
+        mappings.append(userns.Mapping(fields.get("containerID", -1, int),
+                                       fields.get("hostID", -1, int), fields.get("size", 0, int)))
+        fields.done()
+    userns.check(mappings, where)
+    return mappings
+
+
+def _check_user_namespace(plan: Plan) -> None:
+    """Mappings go with a new user namespace, and only with one (a joined namespace has its
+    own); the process's IDs must be mapped, or it could not become them."""
+    if "user" not in plan.namespaces:
+        for where, mappings in (("uidMappings", plan.uid_map), ("gidMappings", plan.gid_map)):
+            if mappings:
+                raise RuntimeFailure(f"config.json: linux.{where} without a user namespace: add "
+                                     '{"type": "user"} to linux.namespaces, or remove them')
+        return
+    for where, mappings in (("uidMappings", plan.uid_map), ("gidMappings", plan.gid_map)):
+        if plan.namespaces["user"] and mappings:
+            raise RuntimeFailure(f"config.json: linux.{where} with a user namespace path: the "
+                                 "joined namespace has its own: remove them")
+        if not plan.namespaces["user"] and not mappings:
+            raise RuntimeFailure(f"config.json: linux.{where} is missing: a new user namespace "
+                                 "needs uidMappings and gidMappings (containerID, hostID, size)")
+    if plan.namespaces["user"]:
+        return
+    user = plan.process
+    for where, mappings, ids in (("uid", plan.uid_map, (0, user.uid)),
+                                 ("gid", plan.gid_map, (0, user.gid, *user.groups))):
+        for inside in ids:
+            if userns.host_id(mappings, inside) is None:
+                raise RuntimeFailure(
+                    f"config.json: linux.{where}Mappings does not map {where} {inside}"
+                    + (" (the container's root, which sets it up)" if inside == 0 else
+                       " (process.user's)") + ": add it to the mappings")
+    blocked = userns.blocked_on_the_way(plan.root, plan.uid_map, plan.gid_map)
+    if blocked:
+        raise RuntimeFailure(f"config.json: root.path: the container's root (host uid "
+                             f"{userns.host_id(plan.uid_map, 0)}) may not pass through {blocked}: "
+                             f"with a user namespace, let it (chmod o+x {blocked})")
 
 
 def parse_process(data, where: str) -> Process:
@@ -287,9 +336,10 @@ def _mount(data, where: str, bundle: Path) -> Mount:
 
 NAMESPACE_FLAGS = {"pid": namespaces.CLONE_NEWPID, "network": namespaces.CLONE_NEWNET,
                    "ipc": namespaces.CLONE_NEWIPC, "uts": namespaces.CLONE_NEWUTS,
-                   "mount": namespaces.CLONE_NEWNS, "cgroup": namespaces.CLONE_NEWCGROUP}
+                   "mount": namespaces.CLONE_NEWNS, "cgroup": namespaces.CLONE_NEWCGROUP,
+                   "user": namespaces.CLONE_NEWUSER}
 PROC_NS_NAMES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-                 "cgroup": "cgroup"}
+                 "cgroup": "cgroup", "user": "user"}
 
 
 def _namespaces(items: list) -> dict[str, str | None]:
@@ -299,9 +349,7 @@ def _namespaces(items: list) -> dict[str, str | None]:
         kind, path = fields.get("type", "", str), fields.get("path", None, str)
         fields.done()
         if kind not in NAMESPACE_FLAGS:
-            refuse(f"linux.namespaces type {kind!r}",
-                   "user namespaces are not implemented" if kind == "user" else
-                   "minirun knows " + ", ".join(NAMESPACE_FLAGS))
+            refuse(f"linux.namespaces type {kind!r}", "minirun knows " + ", ".join(NAMESPACE_FLAGS))
         if kind == "mount" and path:
             refuse("linux.namespaces mount path", "the container's mounts are its own")
         if path and not os.path.exists(path):
@@ -532,10 +580,18 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
             console.connect(console_socket)
         cgroup = cgroups.create(container_id, plan.limits, path=plan.cgroups_path,
                                 device_rules=plan.device_rules)
+        # With a user namespace the child makes the PID namespace itself, from inside it
+        # (_enter_user_namespace), and the runtime writes its maps meanwhile.
+        handshake = userns.Handshake(plan.uid_map, plan.gid_map) \
+            if "user" in plan.namespaces else None
         child, _ = container._fork_child(
-            lambda: _enter_pid_namespace(plan.namespaces), 
-            lambda link: _become(plan, cgroup, link, fifo_fd, console),
-            False, "creating the container failed", plan.process.args, plan.process.env)
+            (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
+            lambda link: _become(plan, cgroup, link, fifo_fd, console, handshake),
+            False, "creating the container failed", plan.process.args, plan.process.env,
+            after_go=handshake.write_maps if handshake and plan.uid_map else None)
+        if handshake:
+            os.waitpid(child, 0)        # the first child, done once it forked the container's
+            child = handshake.container_pid()
         record = {"id": container_id, "pid": child, "pid_start": state.start_time(child),
                   "bundle": str(bundle_path), "created": time.time(),
                   "annotations": plan.annotations, "cgroups_path": plan.cgroups_path,
@@ -571,24 +627,22 @@ def _enter_pid_namespace(chosen: dict) -> None:
     if "pid" not in chosen:
         return                                  # the host's PID namespace, as asked
     if chosen["pid"]:
-        fd = os.open(chosen["pid"], os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            namespaces.setns(fd, namespaces.CLONE_NEWPID)
-        finally:
-            os.close(fd)
+        _join(chosen["pid"], namespaces.CLONE_NEWPID)
     else:
         namespaces.unshare(namespaces.CLONE_NEWPID)
 
 
-def _become(plan: Plan, cgroup, link, fifo_fd: int, console) -> None:
+def _become(plan: Plan, cgroup, link, fifo_fd: int, console, handshake) -> None:
     """In the child: the container's steps, in the order runc takes them, up to the FIFO."""
     cgroup.join()
-    joined = {kind: path for kind, path in plan.namespaces.items() if path and kind != "pid"}
-    for kind, path in joined.items():
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        namespaces.setns(fd, NAMESPACE_FLAGS[kind])
-        os.close(fd)
-    new = [kind for kind, path in plan.namespaces.items() if not path and kind != "pid"]
+    joined = {kind: path for kind, path in plan.namespaces.items()
+              if path and kind not in ("pid", "user")}
+    for kind, path in joined.items():       # as the host's root still: any namespace may be
+        _join(path, NAMESPACE_FLAGS[kind])
+    if handshake:
+        _enter_user_namespace(plan, link, handshake)
+    new = [kind for kind, path in plan.namespaces.items()
+           if not path and kind not in ("pid", "user")]
     flags = 0
     for kind in new:
         flags |= NAMESPACE_FLAGS[kind]
@@ -610,6 +664,8 @@ def _become(plan: Plan, cgroup, link, fifo_fd: int, console) -> None:
     for item in plan.mounts:
         _mount_one(root, item)
     if any(item.destination == "/dev" for item in plan.mounts):
+        if "user" in plan.namespaces:
+            userns.bind_devices(root / "dev")
         rootfs.make_devices(root / "dev")
     rootfs.pivot_into(root)
     for path in plan.masked:
@@ -627,6 +683,61 @@ def _become(plan: Plan, cgroup, link, fifo_fd: int, console) -> None:
         from minirun import network
         network.bring_up_loopback()
     _enter_process(plan.process, link, console, plan.seccomp, fifo_fd)
+
+
+def _join(path: str, flag: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        namespaces.setns(fd, flag)
+    finally:
+        os.close(fd)
+
+
+def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None:
+    """In the child, for a bundle with a user namespace: enter it, then fork the process that
+    will be the container's, and leave (the runtime records the grandchild: runc's way too).
+
+    Order matters: a namespace belongs to the user namespace its creator was in
+    (user_namespaces(7), "Interaction of user namespaces and other types of namespaces"), and
+    the container's root may mount /proc only for a PID namespace its user namespace owns,
+    sysfs only for a network namespace it owns. So the user namespace comes first, the others
+    after it; and as unshare(CLONE_NEWPID) makes a namespace for the caller's *children*
+    (pid_namespaces(7)), the container's process must be a child forked from in here."""
+    os.close(handshake.read)
+    if plan.namespaces["user"]:
+        _join(plan.namespaces["user"], namespaces.CLONE_NEWUSER)
+    else:
+        namespaces.unshare(namespaces.CLONE_NEWUSER)
+        handshake.ask_for_maps(link)            # the runtime writes them (userns.py)
+    userns.become_root()
+    security.die_with_parent()      # again: a change of IDs clears it (prctl(2))
+    if link.runtime_is_gone():
+        os._exit(RUNTIME_FAILED)
+    _enter_pid_namespace(plan.namespaces)
+    pid = os.fork()
+    if pid:                 # its PID here is its host PID: we are in the runtime's namespace
+        handshake.tell(pid)
+        _stand_by(pid, link)
+        os._exit(0)
+    os.close(handshake.write)
+    security.die_with_parent()      # our parent lives as long as the runtime does (_stand_by)
+    if link.runtime_is_gone():
+        os._exit(RUNTIME_FAILED)
+
+
+def _stand_by(child: int, link) -> None:
+    """The first child, once it forked the container's process: stay its parent, so that a
+    runtime killed during the setup takes both along (parent-death signals, one each), until
+    the runtime lets go (it closes `go` once the container waits at the FIFO) or the child
+    has ended (it failed: reaped here, and the runtime reads why on the error pipe)."""
+    import select
+    os.close(link.errors)
+    ended = os.pidfd_open(child)
+    poller = select.poll()
+    poller.register(ended, select.POLLIN)
+    poller.register(link.go, select.POLLIN)
+    if any(fd == ended for fd, _ in poller.poll()):
+        os.waitpid(child, 0)
 
 
 def _mount_one(root: Path, item: Mount) -> None:
@@ -916,7 +1027,7 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
     plan = load(Path(record["bundle"]), container_id)      # its seccomp rules apply too
     pid = record["pid"]
     joined = {}
-    for name in ("cgroup", "ipc", "uts", "net", "mnt", "pid"):
+    for name in ("cgroup", "ipc", "uts", "net", "mnt", "user", "pid"):
         if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
             joined[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
     if not _alive(record):
@@ -935,7 +1046,9 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
 
     def join(link) -> None:
         cgroup.join()
-        for name in ("cgroup", "ipc", "uts", "net", "mnt"):
+        # The user namespace last: until then we are the host's root, who may join any
+        # namespace; after it, the process's IDs are the container's (_enter_process sets them).
+        for name in ("cgroup", "ipc", "uts", "net", "mnt", "user"):
             if name in joined:
                 namespaces.setns(joined[name])
         _enter_process(process, link, console, plan.seccomp, None, outlives_runtime=detach)
