@@ -115,7 +115,7 @@ def same_in_both(guest, minirun, minirun_env, image: str, *command: str, vm_flag
     assert leftovers(guest) == ([], [])
     if "--explain" in vm_flags:     # the disks and the modules beside them
         assert "virtio-blk-device,drive=layer0,serial=minivm.layer0" in vm.stderr
-        assert "guest kernel modules for overlayfs: overlay" in vm.stderr
+        assert "modules      for overlayfs: overlay" in vm.stderr
         if image == "sixty":        # 22 slots left (21 with a NIC): the bottom 39 (40) merged
             assert re.search(r"minivm\.layer0 holds the bottom (39|40) layers merged", vm.stderr)
     return vm.stdout
@@ -162,7 +162,7 @@ def test_a_300_mb_image_boots_at_the_default_memory(guest, minirun, minirun_env,
     assert result.stdout == f"{300 << 20}\n"
     assert "-m 512M" in result.stderr                   # the default
     assert "virtio-blk-device,drive=layer0,serial=minivm.layer0" in result.stderr
-    assert "guest kernel modules for erofs: crc32c_generic, libcrc32c, erofs" in result.stderr
+    assert "modules      for erofs: crc32c_generic, libcrc32c, erofs" in result.stderr
     assert leftovers(guest) == ([], [])
 
 
