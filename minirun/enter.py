@@ -60,7 +60,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
         try:
             pid, master = container._fork_child(enter_pid_namespace, join, tty,
                                                 "joining the container failed", command,
-                                                environment)
+                                                environment, born_in=cgroup)
         finally:
             for fd in joined.values():
                 os.close(fd)

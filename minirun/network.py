@@ -35,7 +35,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -382,6 +381,7 @@ def _refuse_overlapping_routes() -> None:
 
 
 def _iptables(*args: str, missing_ok: bool = False) -> bool:
+    import subprocess       # here: only a run that sets up the bridge's NAT rules needs it
     done = subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
     if done.returncode != 0 and not missing_ok:
         raise RuntimeFailure(f"iptables -t nat {' '.join(args)} failed: "
@@ -508,11 +508,12 @@ class ContainerNetwork:
         return self.attachment.netns if self.attachment else -1
 
     def prepare(self, container_id: str, name: str, hostname: str, upper: Path, say) -> None:
-        from minirun import hosts, ports
+        from minirun import hosts
         if self.mode == "bridge":
             self.attachment = attach(container_id, name, hostname, say)
         for port in self.ports:
-            self.proxies.append(ports.Proxy(port))
+            from minirun.ports import Proxy     # only with -p: it brings selectors and threads
+            self.proxies.append(Proxy(port))
             say("ports", f"listening on {port.host_ip}:{port.host_port}/{port.protocol} "
                 f"(relayed to the container's port {port.container_port} once it runs)")
         address = str(self.attachment.address) if self.attachment else None
