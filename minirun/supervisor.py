@@ -68,28 +68,46 @@ def directory() -> Path:
 
 
 def load(path: Path) -> SupervisedRecord | None:
-    try:
-        return SupervisedRecord(**json.loads((path / "record.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return load_record(path, SupervisedRecord)
 
 
 def records() -> list[SupervisedRecord]:
-    if not directory().is_dir():
-        return []
-    found = (load(path) for path in sorted(directory().iterdir()) if not path.name.startswith("."))
-    return sorted((record for record in found if record), key=lambda record: record.created)
-
-
-def save_record(record: SupervisedRecord, home: Path) -> None:
-    state.write_atomically(home / "record.json", json.dumps(asdict(record)).encode(), mode=0o600)
+    return records_in(directory(), SupervisedRecord)
 
 
 def is_supervised(record: SupervisedRecord) -> bool:
     """True while its supervisor lives (it holds the lock)."""
-    lock = state.take_if_free(directory() / record.id / "lock")
+    return lock_is_held(directory() / record.id)
+
+
+# One supervised directory per container here, per VM in minivm/supervisor.py: the same files.
+
+def load_record(home: Path, record_type):
+    """The record.json in `home`, as a `record_type`; None if there is none (yet) or it is bad."""
+    try:
+        return record_type(**json.loads((home / "record.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def records_in(root: Path, record_type) -> list:
+    """Every record under `root`, oldest first (names that begin with "." are temporaries)."""
+    if not root.is_dir():
+        return []
+    found = (load_record(home, record_type) for home in sorted(root.iterdir())
+             if not home.name.startswith("."))
+    return sorted((record for record in found if record), key=lambda record: record.created)
+
+
+def save_record(record, home: Path) -> None:
+    state.write_atomically(home / "record.json", json.dumps(asdict(record)).encode(), mode=0o600)
+
+
+def lock_is_held(home: Path) -> bool:
+    """Whether the supervisor of `home` lives: it holds the lock for its whole life."""
+    lock = state.take_if_free(home / "lock")
     if lock is None:
-        return (directory() / record.id / "lock").exists()
+        return (home / "lock").exists()
     os.close(lock)
     return False
 
@@ -124,26 +142,36 @@ def run_detached(spec) -> str:
                               remove=spec.remove, tty=spec.tty, limits=limits,
                               hostname=spec.hostname or container_id[:12])
     save_record(record, home)
+    try:
+        as_daemon(lambda report: _supervise(spec, record, home, lock, report), "started",
+                  "the supervisor died before the container started")
+    finally:
+        os.close(lock)              # the supervisor holds it on (the same open file)
+    return container_id
+
+
+def as_daemon(supervise, started: str, died: str) -> None:
+    """Run `supervise(report)` as a daemon: fork, setsid(2) (no controlling terminal, no
+    caller's session), fork again (not a session leader: it can never acquire a terminal, and
+    the first child can exit at once). Return once it writes `started` on `report`; if it
+    writes "CODE\nMESSAGE" instead, or dies (`died`), raise that as this command's failure."""
     report_read, report_write = os.pipe()
     first = os.fork()
     if first == 0:
         try:
             os.close(report_read)
-            os.setsid()                     # no controlling terminal, no caller's session
+            os.setsid()
             if os.fork() == 0:
-                _supervise(spec, record, home, lock, report_write)
+                supervise(report_write)
         finally:
             os._exit(0)
     os.close(report_write)
-    os.close(lock)
     os.waitpid(first, 0)
     with os.fdopen(report_read, "rb") as report:
         outcome = report.read().decode(errors="replace")
-    if outcome == "started":
-        return container_id
-    code, _, message = outcome.partition("\n")
-    raise RuntimeFailure(message or "the supervisor died before the container started",
-                         int(code) if code.isdigit() else RUNTIME_FAILED)
+    if outcome != started:
+        code, _, message = outcome.partition("\n")
+        raise RuntimeFailure(message or died, int(code) if code.isdigit() else RUNTIME_FAILED)
 
 
 def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: int) -> None:
@@ -372,24 +400,36 @@ def remove(target: str, force: bool) -> str:
         except RuntimeFailure:
             pass                            # it ended meanwhile
         wait(record.id)
-    lock = state.take_if_free(directory() / record.id / "lock")
-    remove_directory(directory() / record.id)
+    remove_home(directory() / record.id)
+    return record.id
+
+
+def remove_home(home: Path) -> None:
+    """Remove a supervised directory whose supervisor has ended, holding its lock meanwhile (a
+    `boot -d` or `run -d` starting at that moment cannot mistake it for a free one)."""
+    lock = state.take_if_free(home / "lock")
+    remove_directory(home)
     if lock is not None:
         os.close(lock)
-    return record.id
 
 
 def remove_stale() -> list[str]:
     """For gc: the directories of supervisors that were killed (lock free, never exited)."""
+    return remove_killed_supervisors(directory(), load)
+
+
+def remove_killed_supervisors(root: Path, load_record) -> list[str]:
+    """Remove the directories under `root` whose lock is free and whose record never reached
+    "exited": their supervisor was killed. Their names. (minirun's and minivm's gc.)"""
     removed = []
-    for record_dir in (directory().iterdir() if directory().is_dir() else ()):
-        lock = state.take_if_free(record_dir / "lock")
+    for home in (root.iterdir() if root.is_dir() else ()):
+        lock = state.take_if_free(home / "lock")
         if lock is None:
             continue
-        record = load(record_dir)
+        record = load_record(home)
         if record is None or record.status != "exited":
-            remove_directory(record_dir)
-            removed.append(record_dir.name)
+            remove_directory(home)
+            removed.append(home.name)
         os.close(lock)
     return removed
 

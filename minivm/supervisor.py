@@ -35,7 +35,6 @@ The lock says what the directory is, as for minirun's: held, the supervisor live
 status "exited", the VM ended and stays until `minivm rm`; free otherwise, the supervisor was
 killed (and QEMU with it), and `minivm gc` removes the directory.
 """
-import json
 import os
 import signal
 import time
@@ -44,7 +43,9 @@ from pathlib import Path
 
 from minirun import state
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.supervisor import Log, matching, remove_directory, save_record, wait_for_exit
+from minirun.supervisor import (Log, as_daemon, load_record, lock_is_held, matching,
+                                records_in, remove_directory, remove_home,
+                                remove_killed_supervisors, save_record, wait_for_exit)
 
 MONITOR = "qmp.sock"
 EXEC = "exec.sock"
@@ -97,18 +98,11 @@ def _make_root() -> Path:
 
 
 def load(home: Path) -> VMRecord | None:
-    try:
-        return VMRecord(**json.loads((home / "record.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return load_record(home, VMRecord)
 
 
 def records() -> list[VMRecord]:
-    root = state_root()
-    if not root.is_dir():
-        return []
-    found = (load(home) for home in sorted(root.iterdir()) if not home.name.startswith("."))
-    return sorted((record for record in found if record), key=lambda record: record.created)
+    return records_in(state_root(), VMRecord)
 
 
 def home_of(record: VMRecord) -> Path:
@@ -117,11 +111,7 @@ def home_of(record: VMRecord) -> Path:
 
 def is_supervised(record: VMRecord) -> bool:
     """True while the VM's supervisor lives: it holds the lock."""
-    lock = state.take_if_free(home_of(record) / "lock")
-    if lock is None:
-        return (home_of(record) / "lock").exists()
-    os.close(lock)
-    return False
+    return lock_is_held(home_of(record))
 
 
 def find(target: str) -> VMRecord:
@@ -160,26 +150,12 @@ def boot_detached(options, name: str, remove: bool) -> str:
     record = VMRecord(id=vm_id, name=name or vm_id[:12], image=options.image,
                       command=list(options.args), created=time.time(), remove=remove)
     save_record(record, home)
-    report_read, report_write = os.pipe()
-    first = os.fork()
-    if first == 0:
-        try:
-            os.close(report_read)
-            os.setsid()                     # no controlling terminal, no caller's session
-            if os.fork() == 0:
-                _supervise(options, record, home, lock, report_write)
-        finally:
-            os._exit(0)
-    os.close(report_write)
-    os.close(lock)
-    os.waitpid(first, 0)
-    with os.fdopen(report_read, "rb") as report:
-        outcome = report.read().decode(errors="replace")
-    if outcome == "booted":
-        return vm_id
-    code, _, message = outcome.partition("\n")
-    raise RuntimeFailure(message or "the supervisor died before the VM booted",
-                         int(code) if code.isdigit() else RUNTIME_FAILED)
+    try:
+        as_daemon(lambda report: _supervise(options, record, home, lock, report), "booted",
+                  "the supervisor died before the VM booted")
+    finally:
+        os.close(lock)              # the supervisor holds it on (the same open file)
+    return vm_id
 
 
 def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) -> None:
@@ -310,26 +286,12 @@ def remove(target: str, force: bool) -> str:
         except RuntimeFailure:
             os.kill(record.supervisor_pid, signal.SIGKILL)   # QEMU dies with it (PDEATHSIG)
         wait_for_end(record, None)
-    lock = state.take_if_free(home_of(record) / "lock")
-    remove_directory(home_of(record))
-    if lock is not None:
-        os.close(lock)
+    remove_home(home_of(record))
     return record.name
 
 
 def remove_stale() -> list[str]:
     """`minivm gc`: the directories of supervisors that were killed (lock free, never exited).
     Their QEMU died with them (PR_SET_PDEATHSIG); their directory is all that is left."""
-    root = state_root()
-    removed = []
-    for home in (root.iterdir() if root.is_dir() else ()):
-        lock = state.take_if_free(home / "lock")
-        if lock is None:
-            continue
-        record = load(home)
-        if record is None or record.status != "exited":
-            remove_directory(home)
-            removed.append(home.name)
-        os.close(lock)
-    return removed
+    return remove_killed_supervisors(state_root(), load)
 

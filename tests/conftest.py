@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -186,6 +187,21 @@ def leftovers(guest):
         if b"qemu-system" in argv[0] and str(home).encode() in b" ".join(argv):
             qemus.append(cmdline.parent.name)
     return qemus, sorted(os.listdir(home / "tmp"))
+
+
+def wait_for_qemu_to_end(guest) -> None:
+    """QEMU dies with a killed minivm (PR_SET_PDEATHSIG), a little later: wait until each one
+    has ended, rather than guess a time. A pidfd becomes readable when its process ends, even
+    one that is not our child."""
+    for pid in leftovers(guest)[0]:
+        try:
+            pidfd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([pidfd], [], [], 60)[0], f"QEMU {pid} outlived minivm"
+        finally:
+            os.close(pidfd)
 
 
 # --- the network: what it adds to the host, counted before and after a test ---------------------

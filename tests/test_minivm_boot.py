@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BOOT_TIMEOUT, leftovers, minivm, with_store
+from conftest import BOOT_TIMEOUT, leftovers, minivm, wait_for_qemu_to_end, with_store
 
 pytestmark = pytest.mark.vm
 
@@ -183,17 +183,7 @@ def test_qemu_does_not_outlive_a_killed_minivm(guest):
         boot.kill()
         boot.wait()
         boot.stdout.close()
-    # The kernel kills QEMU (PR_SET_PDEATHSIG): wait until each one has ended, rather than guess
-    # a time. A pidfd becomes readable when its process ends, even one that is not our child.
-    for pid in leftovers(guest)[0]:
-        try:
-            pidfd = os.pidfd_open(int(pid))
-        except ProcessLookupError:
-            continue
-        try:
-            assert select.select([pidfd], [], [], 60)[0], f"QEMU {pid} outlived minivm"
-        finally:
-            os.close(pidfd)
+    wait_for_qemu_to_end(guest)                 # the kernel kills QEMU (PR_SET_PDEATHSIG)
     assert leftovers(guest)[0] == []
 
 

@@ -8,7 +8,6 @@ Each test counts what a network adds to the host (taps, veths, addresses, rules,
 leases) before and after: user mode adds nothing but QEMU's own listening sockets.
 """
 import os
-import select
 import shutil
 import signal
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BOOT_TIMEOUT, HTTPD, LEASES, fetch, free_port, leftovers, minivm, \
-    network_state, read_line
+    network_state, read_line, wait_for_qemu_to_end
 from minirun.network import CHAIN
 from minivm.hardware import USER_GUEST, USER_HOST
 
@@ -115,19 +114,6 @@ def qemu_owners(guest) -> list[int]:
     """The real user IDs of the QEMU processes booted from this environment."""
     return [int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
             for pid in leftovers(guest)[0]]
-
-
-def wait_for_qemu_to_end(guest) -> None:
-    """QEMU dies with minivm (PR_SET_PDEATHSIG), a little later: wait on each one's pidfd."""
-    for pid in leftovers(guest)[0]:
-        try:
-            pidfd = os.pidfd_open(int(pid))
-        except ProcessLookupError:
-            continue
-        try:
-            assert select.select([pidfd], [], [], 60)[0], f"QEMU {pid} outlived minivm"
-        finally:
-            os.close(pidfd)
 
 
 @pytest.mark.vm
