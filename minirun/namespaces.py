@@ -114,8 +114,10 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     With no stack given, clone3 duplicates the caller as fork(2) does, and the child returns
     here. Around it, the calls CPython documents for "fork() or any similar function" (PyOS_
     BeforeFork and AfterFork: the import lock, the GIL, os.register_at_fork hooks), as os.fork
-    makes them. What glibc's fork() adds, for the locks of other threads, is not done: call
-    this only in a process that has no other thread.
+    makes them. What glibc's fork() adds is not done: the locks of other threads (so call this
+    only in a process that has no other thread), and the thread's own record of its TID, which
+    keeps the parent's (so the child must not raise(3) itself a signal before it execs; kill(2)
+    of its own PID, what os.kill does, is right).
     """
     args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
     ctypes.pythonapi.PyOS_BeforeFork()
