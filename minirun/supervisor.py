@@ -221,10 +221,13 @@ def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: in
         save_record(record, home)
 
 
-def remove_directory(home: Path) -> None:
+def remove_directory(home: Path, keep_parent: bool = False) -> None:
     """Remove a container's directory, and supervised/ itself once it is empty, so that a
-    state directory without containers is empty again."""
+    state directory without containers is empty again (`keep_parent`: minivm's state root,
+    which may be a directory the user chose, stays)."""
     shutil.rmtree(home, ignore_errors=True)
+    if keep_parent:
+        return
     try:
         home.parent.rmdir()
     except OSError:
@@ -404,11 +407,11 @@ def remove(target: str, force: bool) -> str:
     return record.id
 
 
-def remove_home(home: Path) -> None:
+def remove_home(home: Path, keep_parent: bool = False) -> None:
     """Remove a supervised directory whose supervisor has ended, holding its lock meanwhile (a
     `boot -d` or `run -d` starting at that moment cannot mistake it for a free one)."""
     lock = state.take_if_free(home / "lock")
-    remove_directory(home)
+    remove_directory(home, keep_parent)
     if lock is not None:
         os.close(lock)
 
@@ -418,17 +421,19 @@ def remove_stale() -> list[str]:
     return remove_killed_supervisors(directory(), load)
 
 
-def remove_killed_supervisors(root: Path, load_record) -> list[str]:
+def remove_killed_supervisors(root: Path, load_record, keep_root: bool = False) -> list[str]:
     """Remove the directories under `root` whose lock is free and whose record never reached
     "exited": their supervisor was killed. Their names. (minirun's and minivm's gc.)"""
     removed = []
     for home in (root.iterdir() if root.is_dir() else ()):
+        if home.name.startswith(".") or not home.is_dir() or home.is_symlink():
+            continue                # a temporary, or nothing of ours
         lock = state.take_if_free(home / "lock")
         if lock is None:
             continue
         record = load_record(home)
         if record is None or record.status != "exited":
-            remove_directory(home)
+            remove_directory(home, keep_root)
             removed.append(home.name)
         os.close(lock)
     return removed

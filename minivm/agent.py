@@ -46,8 +46,9 @@ def parse_header(line: bytes) -> tuple[int, int, int]:
 class Relay:
     """In the supervisor: the host end of the agent's port, and exec.sock for the clients."""
 
-    def __init__(self, port: socket.socket):
+    def __init__(self, port: socket.socket, running):
         self.port = port
+        self.running = running      # False while the VM is paused (QMP stop): no one would answer
         self.turn = asyncio.Lock()
 
     async def serve(self, path: Path) -> None:
@@ -62,7 +63,14 @@ class Relay:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
+            if not self.running():
+                refusal = b"minivm: the VM is paused (QMP stop): `minivm qmp NAME cont` resumes it\n"
+                writer.write(b"exit 125 0 %d\n" % len(refusal) + refusal)
+                await writer.drain()
+                return
             async with self.turn:
+                if reader.at_eof():
+                    return          # its client gave up while waiting its turn: do not run it
                 self.writer.write(line.strip() + b"\n")
                 await self.writer.drain()
                 header = await self.reader.readline()

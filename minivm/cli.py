@@ -159,10 +159,15 @@ def inspect(vm):
 
 @cli.command()
 def gc():
-    """Remove what killed supervisors left: their VMs' directories (QEMU died with them)."""
+    """Remove what killed supervisors left: their VMs' directories (QEMU died with them), and
+    as root the bridge addresses their VMs leased (the tap went with QEMU)."""
     from minivm import supervisor
     for vm_id in supervisor.remove_stale():
         click.echo(f"removed {vm_id[:12]}")
+    if os.geteuid() == 0:
+        from minirun import network
+        for address in network.collect_leases():
+            click.echo(f"released {address}")
 
 
 @cli.command("exec", context_settings={"allow_interspersed_args": False})

@@ -110,6 +110,7 @@ class Machine:
         self.process: asyncio.subprocess.Process | None = None
         self.qmp = None
         self.streams: AppStreams | None = None
+        self.paused = False             # its vCPUs stopped by a QMP `stop` (events STOP/RESUME)
         self.press_button = True        # stopping: try the power button before pulling the plug
         self.listeners: list[asyncio.Task] = []     # console, QMP events, QEMU's stderr...
         self.console_reader: asyncio.Task | None = None
@@ -165,7 +166,8 @@ class Machine:
                     self.streams.start()
                 if self.detached:
                     from minivm.agent import Relay
-                    self._in_background(Relay(ports["agent"][0]).serve(self.detached.exec_path))
+                    relay = Relay(ports["agent"][0], running=lambda: not self.paused)
+                    self._in_background(relay.serve(self.detached.exec_path))
                 self.console_reader = self._in_background(self._read_console(console))
                 await self._connect(monitor)
                 return await self._supervise(started, timeout, stop_request)
@@ -385,6 +387,8 @@ class Machine:
     async def _follow_events(self) -> None:
         async for event in self.qmp.events:
             self.say("qmp", f"event {event['event']} {event.get('data', '')}")
+            if event["event"] in ("STOP", "RESUME"):    # `minivm qmp NAME stop`, then `cont`
+                self.paused = event["event"] == "STOP"
 
     async def _collect_qemu_errors(self) -> None:
         while line := await self.process.stderr.readline():

@@ -35,6 +35,9 @@ async def _execute(socket_path: Path, command: str, arguments: dict | None) -> d
     client = QMPClient(socket_path.parent.name[:12])
     try:
         await asyncio.wait_for(client.connect(str(socket_path)), TIMEOUT)
+    except asyncio.TimeoutError:
+        raise RuntimeFailure(f"the VM's QMP monitor did not answer in {TIMEOUT:g} s: another "
+                             "client may hold it (QEMU serves one at a time)") from None
     except Exception as error:
         raise RuntimeFailure(f"cannot reach the VM's QMP monitor ({error}): is it still "
                              "running? See `minivm ps -a`") from None

@@ -163,6 +163,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
     from minivm.boot import boot
     from minivm.machine import Detached
     record.supervisor_pid = os.getpid()
+    save_record(record, home)           # `rm -f` of a VM still booting must know whom to end
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)                    # the caller's terminal is not ours to hold
@@ -190,14 +191,14 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
         log.close()
     if not booted:                      # it never ran: say why to `boot -d`, keep nothing
         os.write(report, f"{code}\n{message}".encode())
-        remove_directory(home)
+        remove_directory(home, keep_parent=True)    # the state root may be the user's
         return
     if message:
         os.write(2, f"minivm: {message}\n".encode())
     record.status, record.exit_code, record.finished = "exited", code, time.time()
     os.pwrite(lock, str(code).encode(), 0)      # for a `minivm wait` of a --rm VM
     if record.remove:
-        remove_directory(home)
+        remove_directory(home, keep_parent=True)
     else:
         save_record(record, home)
 
@@ -283,15 +284,19 @@ def remove(target: str, force: bool) -> str:
         from minivm import monitor
         try:
             monitor.execute(home_of(record) / MONITOR, "quit")
-        except RuntimeFailure:
+        except RuntimeFailure:          # no QMP yet (booting) or any more: end its supervisor
+            record = find(target)       # as saved now: the supervisor writes its PID first
+            if record.supervisor_pid <= 0:      # kill(0) would be our own process group's
+                raise RuntimeFailure(f"VM {record.name} is still starting: try again in a "
+                                     "moment") from None
             os.kill(record.supervisor_pid, signal.SIGKILL)   # QEMU dies with it (PDEATHSIG)
         wait_for_end(record, None)
-    remove_home(home_of(record))
+    remove_home(home_of(record), keep_parent=True)
     return record.name
 
 
 def remove_stale() -> list[str]:
     """`minivm gc`: the directories of supervisors that were killed (lock free, never exited).
     Their QEMU died with them (PR_SET_PDEATHSIG); their directory is all that is left."""
-    return remove_killed_supervisors(state_root(), load)
+    return remove_killed_supervisors(state_root(), load, keep_root=True)
 

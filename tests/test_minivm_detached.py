@@ -121,6 +121,11 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     status = run("qmp", "job", "query-status")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "running"
+    # Paused (QMP stop), no one in the guest would answer an exec: refused, not left hanging.
+    assert run("qmp", "job", "stop").returncode == 0
+    paused = run("exec", "job", "true")
+    assert one_line_125(paused) and "the VM is paused" in paused.stderr, paused.stderr
+    assert run("qmp", "job", "cont").returncode == 0
 
     executed = run("exec", "job", "sh", "-c", "echo from exec; echo to stderr >&2; exit 3")
     assert (executed.returncode, executed.stdout, executed.stderr) == \
@@ -156,6 +161,7 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
             refused.stderr
     assert run("rm", "job").stdout == "job\n"
     assert nothing_left(guest, state) == ([], [], [])
+    assert state.is_dir()                   # the state root stays: it may be the user's own
 
 
 def test_stop_presses_the_power_button_and_pulls_the_plug_after_the_grace_period(vms, guest):
@@ -234,8 +240,11 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
     assert run("exec", "victim", "true").returncode == 125
     orphan = run("wait", "victim")
     assert one_line_125(orphan) and "ended without an exit status" in orphan.stderr, orphan.stderr
+    (state / "junk").touch()                # not a VM's: gc leaves it alone, and says nothing
     collected = run("gc")
-    assert collected.stdout == f"removed {record['id'][:12]}\n", collected.stderr
+    assert collected.returncode == 0 and \
+        f"removed {record['id'][:12]}" in collected.stdout.splitlines(), collected.stderr
+    (state / "junk").unlink()
     assert nothing_left(guest, state) == ([], [], [])
     assert run("ps", "-a").stdout.count("\n") == 1
 
