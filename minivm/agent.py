@@ -25,6 +25,7 @@ import asyncio
 import base64
 import os
 import shlex
+import signal
 import socket
 from pathlib import Path
 
@@ -99,8 +100,11 @@ def run(socket_path: Path, command: list[str]) -> int:
                 status, out, err = parse_header(header)
             except ValueError:
                 raise RuntimeFailure("the VM stopped before the command ended") from None
-            for fd, size in ((1, out), (2, err)):
-                data = replies.read(size)
-                while data:
-                    data = data[os.write(fd, data):]
+            try:
+                for fd, size in ((1, out), (2, err)):
+                    data = replies.read(size)
+                    while data:
+                        data = data[os.write(fd, data):]
+            except BrokenPipeError:     # `minivm exec ... | head -1`: as a shell reports SIGPIPE
+                return 128 + signal.SIGPIPE
     return status

@@ -105,7 +105,12 @@ static int run(char **argv)
         if (!saved)
             saved = ENOENT;
     }
-    fprintf(stderr, "become: %s: %s\n", argv[0], strerror(saved));
+    if (saved == ENOENT)    /* the same lines as minirun's (container.py), the VM for the container */
+        fprintf(stderr, "minivm: '%s' not found in the VM (PATH=%s): check the command and "
+                "the image\n", argv[0], path ? path : "");
+    else
+        fprintf(stderr, "minivm: '%s' cannot be executed in the VM: %s\n", argv[0],
+                strerror(saved));
     return saved == ENOENT ? 127 : 126;
 }
 

@@ -49,7 +49,8 @@ def test_exit_status_of_the_app_is_minivms(guest, command, status):
     if status == 3:
         assert (result.stdout, result.stderr) == ("to stdout\n", "to stderr\n")
     if status == 127:
-        assert "/no/such/program" in result.stderr and result.stdout == ""
+        assert result.stderr.startswith("minivm: '/no/such/program' not found in the VM (PATH=")
+        assert result.stderr.count("\n") == 1 and result.stdout == ""     # minirun's line
 
 
 def test_piped_stdin_reaches_the_app_byte_exact_and_ends(guest):

@@ -131,9 +131,13 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     assert (executed.returncode, executed.stdout, executed.stderr) == \
         (3, "from exec\n", "to stderr\n")
     assert run("exec", "job", "/no/such/program").returncode == 127
+    _, env = guest
+    piped = subprocess.run(f"{sys.executable} -m minivm exec job seq 100000 | head -1; "
+                           "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", text=True,
+                           env={**env, "MINIVM_STATE": str(state)}, capture_output=True)
+    assert (piped.stdout, piped.stderr) == ("1\n141\n", ""), piped.stderr   # as `| head -1`
 
     # logs -f follows until the VM has exited: it shows what came after it started.
-    _, env = guest
     follow = subprocess.Popen([sys.executable, "-m", "minivm", "logs", "-f", "job"], text=True,
                               env={**env, "MINIVM_STATE": str(state)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
