@@ -210,11 +210,21 @@ def default_mounts(writable_sys: bool = False) -> list[Mount]:
             Mount("/sys/fs/cgroup", "cgroup", "cgroup", HARDENED | MS_RDONLY)]
 
 
-def make_devices(dev: Path) -> None:
+def make_devices(dev: Path, bind: bool = False) -> None:
     """The few device nodes (DEVICES) and the links every program expects, in an empty /dev.
-    Links whose name exists are left."""
+    Links whose name exists are left.
+
+    bind: for a container in its own user namespace. mknod(2) of a device needs CAP_MKNOD in
+    the first user namespace, which the container's root has not, so each node is an empty
+    file with the host's node bind-mounted over it (as runc does). Opening it still passes the
+    device cgroup's check."""
     for name, major, minor in DEVICES:
-        if not (dev / name).exists():
+        if (dev / name).exists():
+            continue
+        if bind:
+            (dev / name).touch()
+            mount(f"/dev/{name}", str(dev / name), None, MS_BIND)
+        else:
             os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))   # S_IFCHR
             os.chmod(dev / name, 0o666)                                          # umask ignored
     links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
@@ -281,16 +291,13 @@ def assemble(root: Path, mounts: list[Mount], masked: list[str], read_only_paths
     Where the two still differ, the difference is in the data, but for these: run's
     --chroot (chroot_into, to teach why pivot_root: a bundle always gets pivot_root); and an
     OCI bundle's user namespace, whose root may not mknod (user_namespace: the host's nodes
-    are bound instead, userns.bind_devices). Masks and read-only paths come after the switch,
+    are bound instead: make_devices). Masks and read-only paths come after the switch,
     on the container's own paths, so no path of theirs is resolved on the host's side.
     """
     for item in mounts:
         mount_one(root, item)
     if any(item.destination == "/dev" for item in mounts):
-        if user_namespace:
-            from minirun import userns     # (userns needs this module: imported here)
-            userns.bind_devices(root / "dev")
-        make_devices(root / "dev")
+        make_devices(root / "dev", bind=user_namespace)
     if use_chroot:
         chroot_into(root)
     else:
