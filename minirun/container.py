@@ -160,6 +160,10 @@ class Plan(NamedTuple):     # (a NamedTuple: a third of a dataclass's cost to de
     privileges: security.Privileges
     seccomp: bool               # the default system call filter (seccomp.py), off if privileged
     init_binary: str | None     # --init: the host path of the program bind-mounted as /dev/init
+    # The root filesystem as data, in the shape of an OCI bundle's (rootfs.assemble):
+    mounts: list[rootfs.Mount]  # on the overlay, in order
+    masked: list[str]           # hidden paths; none with --privileged
+    read_only_paths: list[str]
     spec: ContainerSpec
 
 
@@ -312,12 +316,18 @@ def _plan(spec: ContainerSpec, image: Image) -> Plan:
     env.setdefault("HOSTNAME", hostname)
     if spec.tty:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    privileged = spec.privileges.privileged
+    init_binary = _init_binary() if spec.use_init else None
+    mounts = (rootfs.default_mounts(writable_sys=privileged)
+              + [volume.mount() for volume in spec.volumes]
+              + ([rootfs.init_mount(init_binary)] if init_binary else []))
     return Plan(id=container_id, image=image, command=command, env=env,
                 workdir=spec.workdir or image.config.workdir or "/", hostname=hostname,
                 user=spec.user if spec.user is not None else image.config.user,
                 privileges=spec.privileges,
-                seccomp=spec.seccomp and not spec.privileges.privileged, init_binary=_init_binary() if spec.use_init else None,
-                spec=spec)
+                seccomp=spec.seccomp and not privileged, init_binary=init_binary,
+                mounts=mounts, masked=[] if privileged else rootfs.MASKED_PATHS,
+                read_only_paths=[] if privileged else rootfs.READ_ONLY_PATHS, spec=spec)
 
 
 def _init_binary() -> str:
@@ -458,8 +468,10 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     namespaces.sethostname(plan.hostname)
     say("sethostname", plan.hostname)
 
-    # 3. The root filesystem: the image's layers under a writable overlay, then the kernel's
-    #    pseudo-filesystems, a minimal /dev, and masks over what would reveal the host.
+    # 3-4. The root filesystem: the image's layers under a writable overlay; then, as for an OCI
+    #    bundle (rootfs.assemble), the plan's mounts (the kernel's pseudo-filesystems, a minimal
+    #    /dev, -v's volumes, --init's program), the root switch (pivot_root detaches the host's
+    #    filesystem; chroot only hides it), masks over what would reveal the host, --read-only.
     rootfs.make_mounts_private()
     say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
     privileged = plan.privileges.privileged
@@ -467,33 +479,21 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
         + ("" if privileged else ", nosuid and nodev"))
     root = bundle.merged
-    rootfs.mount_proc(root)
-    rootfs.mount_dev(root)
-    rootfs.mount_sys(root, writable=privileged)
-    cgroups.mount_view(str(root / "sys/fs/cgroup"))
-    if not privileged:
-        rootfs.mask_host_paths(root)
-    if plan.init_binary:
-        rootfs.mount_init(root, plan.init_binary)
     say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
         "its own cgroups read-only on /sys/fs/cgroup"
-        + (", masks" if not privileged else "; no masks (--privileged)")
+        + (", masks" if plan.masked else "; no masks (--privileged)")
         + (", /dev/init" if plan.init_binary else ""))
-    for volume in plan.spec.volumes:        # before --read-only, which leaves their flags alone
-        rootfs.bind_volume(root, volume)
+    for volume in plan.spec.volumes:
         say("mount", f"{volume.source} bound on {volume.target}"
             + (" read-only" if volume.read_only else ""))
-    if plan.spec.read_only:
-        rootfs.make_read_only(root)
-        say("mount", f"{root} remounted read-only (--read-only)")
-
-    # 4. Change root: pivot_root detaches the host's filesystem; chroot only hides it.
+    rootfs.assemble(root, plan.mounts, plan.masked, plan.read_only_paths, plan.spec.read_only,
+                    plan.workdir, use_chroot=plan.spec.use_chroot)
     if plan.spec.use_chroot:
-        rootfs.chroot_into(root)
         say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
     else:
-        rootfs.pivot_into(root)
         say("pivot_root", f"{root} is now /; the old root is unmounted")
+    if plan.spec.read_only:
+        say("mount", "/ remounted read-only (--read-only)")
 
     # 5. The network: `lo` up (a new namespace has it down) and, on the bridge, eth0 once the
     #    runtime has wired it.
@@ -504,8 +504,7 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         link.wait_for_runtime()
         say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
 
-    # 6. Where the command starts.
-    os.makedirs(plan.workdir, exist_ok=True)
+    # 6. Where the command starts (made by rootfs.assemble, before any --read-only).
     os.chdir(plan.workdir)
 
     # 7-11. The terminal, privileges, descriptors, the system call filter, and exec: the same

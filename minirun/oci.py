@@ -19,9 +19,10 @@ namespace, write its pid file, run hooks.
 
 This module reads config.json into a Plan (refusing, in one line naming it, every field it does
 not carry out: nothing is silently ignored), makes the container from it (_become: the child's
-steps, in runc's order) and keeps its state in $MINIRUN_STATE/oci/ID/ (or --root). The runtime
-process exits after each command: the container's process is left to the engine's own
-supervisor (conmon, containerd-shim), a subreaper that waits for it.
+steps, in runc's order; the root assembled by rootfs.assemble, as `minirun run`'s is) and keeps
+its state in $MINIRUN_STATE/oci/ID/ (or --root). The runtime process exits after each command:
+the container's process is left to the engine's own supervisor (conmon, containerd-shim), a
+subreaper that waits for it.
 """
 import ctypes
 import errno
@@ -40,7 +41,7 @@ from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, s
                      userns)
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
 from minirun.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                                MS_REC, MS_REMOUNT, mount)
+                                MS_REC, mount)
 
 OCI_VERSION = "1.0.2"
 
@@ -82,16 +83,6 @@ def _invalid(where: str, kind: str) -> RuntimeFailure:
 
 
 @dataclass
-class Mount:
-    destination: str
-    type: str
-    source: str
-    flags: int              # mount(2) flags
-    propagation: int        # MS_PRIVATE, MS_SLAVE, ... (| MS_REC), applied after the mount
-    data: str               # what mount(2) passes to the filesystem (mode=755,size=...)
-
-
-@dataclass
 class Process:
     args: list[str]
     env: dict[str, str]
@@ -116,7 +107,7 @@ class Plan:
     read_only: bool
     process: Process
     hostname: str | None
-    mounts: list[Mount]
+    mounts: list[rootfs.Mount]
     namespaces: dict[str, str | None]       # type -> a path to join, or None for a new one
     limits: cgroups.Limits
     device_rules: tuple
@@ -304,7 +295,7 @@ PROPAGATION = {"private": MS_PRIVATE, "slave": 1 << 19, "shared": 1 << 20, "unbi
 MOUNT_TYPES = ("bind", "proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2", "shm")
 
 
-def _mount(data, where: str, bundle: Path) -> Mount:
+def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
     fields = Fields(data, where)
     destination = fields.get("destination", "", str)
     if not destination.startswith("/") or ".." in destination.split("/"):
@@ -331,7 +322,7 @@ def _mount(data, where: str, bundle: Path) -> Mount:
         if not os.path.exists(source):
             raise RuntimeFailure(f"config.json: {where}.source {source} does not exist")
     fields.done()
-    return Mount(destination, kind, source, flags, propagation, ",".join(extra))
+    return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra))
 
 
 NAMESPACE_FLAGS = {"pid": namespaces.CLONE_NEWPID, "network": namespaces.CLONE_NEWNET,
@@ -656,29 +647,13 @@ def _become(plan: Plan, cgroup, link, fifo_fd: int, console, handshake) -> None:
     for key, value in plan.sysctl.items():      # /proc/sys/net follows the writer's namespace
         Path("/proc/sys", *key.split(".")).write_text(value)
 
-    # The root: a bind mount of itself (pivot_root wants a mount point), the bundle's mounts
-    # in order, the devices, pivot_root, then masks and the read-only parts.
+    # The root: a bind mount of itself (pivot_root wants a mount point), then what `run` does
+    # too, with the bundle's data: its mounts in order, the devices, pivot_root, its masked and
+    # read-only paths (rootfs.assemble).
     rootfs.make_mounts_private()
-    root = plan.root
-    mount(str(root), str(root), None, MS_BIND | MS_REC)
-    for item in plan.mounts:
-        _mount_one(root, item)
-    if any(item.destination == "/dev" for item in plan.mounts):
-        if "user" in plan.namespaces:
-            userns.bind_devices(root / "dev")
-        rootfs.make_devices(root / "dev")
-    rootfs.pivot_into(root)
-    for path in plan.masked:
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_RDONLY)
-        elif os.path.exists(path):
-            mount("/dev/null", path, None, MS_BIND)
-    for path in plan.read_only_paths:
-        if os.path.exists(path):
-            rootfs.bind_read_only(Path(path))
-    os.makedirs(plan.process.cwd, exist_ok=True)     # before the root may turn read-only
-    if plan.read_only:
-        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    mount(str(plan.root), str(plan.root), None, MS_BIND | MS_REC)
+    rootfs.assemble(plan.root, plan.mounts, plan.masked, plan.read_only_paths, plan.read_only,
+                    plan.process.cwd, user_namespace="user" in plan.namespaces)
     if "network" in new:
         from minirun import network
         network.bring_up_loopback()
@@ -738,40 +713,6 @@ def _stand_by(child: int, link) -> None:
     poller.register(link.go, select.POLLIN)
     if any(fd == ended for fd, _ in poller.poll()):
         os.waitpid(child, 0)
-
-
-def _mount_one(root: Path, item: Mount) -> None:
-    target = _mount_target(root, item)
-    if item.type in ("cgroup", "cgroup2"):
-        cgroups.mount_view(target)          # the container's own cgroups only, read-only
-    elif item.flags & MS_BIND:
-        mount(item.source, target, None, item.flags & (MS_BIND | MS_REC))
-        others = item.flags & ~(MS_BIND | MS_REC)
-        if others:      # a bind mount takes its flags in a second call (mount(2))
-            mount(None, target, None, MS_BIND | MS_REMOUNT | others)
-    else:
-        mount(item.source, target, item.type, item.flags, item.data or None)
-    if item.propagation:
-        mount(None, target, None, item.propagation)
-
-
-def _mount_target(root: Path, item: Mount) -> str:
-    """The destination under the new root, made if missing (a file for a file's bind mount).
-    No component may be a symbolic link: resolved now, on the host's side, a link in the
-    image could point a mount at the host's own files."""
-    path = root
-    for part in item.destination.strip("/").split("/"):
-        path = path / part
-        if path.is_symlink():
-            raise RuntimeFailure(f"mount destination {item.destination}: {path} is a symbolic "
-                                 "link in the root: refusing to mount through it")
-    if not path.exists():
-        if item.flags & MS_BIND and not os.path.isdir(item.source):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        else:
-            path.mkdir(parents=True)
-    return str(path)
 
 
 def _enter_process(process: Process, link, console, program: bytes | None,

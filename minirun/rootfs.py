@@ -11,7 +11,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import NamedTuple
 
-from minirun import state
+from minirun import cgroups, state
 from minirun.errors import RuntimeFailure
 from minirun.namespaces import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                                 MS_RDONLY, MS_REC, MS_REMOUNT, mount, pivot_root, umount2)
@@ -21,17 +21,18 @@ from minirun.namespaces import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOS
 DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
            ("tty", 5, 0)]
 
-# Files in /proc that leak host information or give control over the host kernel: covered by an
-# empty read-only file, as runc's default spec does. Directories of the same kind are shadowed
-# by an empty read-only tmpfs.
-MASKED_FILES = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list", "proc/sched_debug"]
-MASKED_DIRS = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
-               "sys/devices/virtual/powercap"]     # (power readings: a side channel, RAPL)
+# What a root process in the container could read the host's secrets through, or poke its
+# kernel with: runc's default spec's linux.maskedPaths and linux.readonlyPaths, the lists `run`
+# gives `assemble` (an OCI bundle brings its own). A masked file is covered by /dev/null, a
+# masked directory by an empty read-only tmpfs; the read-only ones are bound read-only on
+# themselves (--privileged: neither).
+MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/sched_debug", "/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap"]    # (power readings: a side channel, RAPL)
+READ_ONLY_PATHS = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
 # overlayfs refuses more lower layers than this (OVL_MAX_STACK in the kernel's fs/overlayfs; Docker
 # itself stops images at 127 layers).
 OVERLAY_MAX_LOWER = 500
-# Kernel tunables that a container may read but not write.
-READ_ONLY = ["proc/sys", "proc/sysrq-trigger", "proc/irq", "proc/bus", "proc/fs"]
 
 
 class Bundle:
@@ -177,50 +178,53 @@ def layer_links(layers: list[Path], directory: Path) -> str:
     return ":".join(str(number) for number in reversed(range(len(layers))))
 
 
-def mountpoint(root: Path, name: str) -> str:
-    """The directory `name` of the image's root, to mount on; made if the image lacks it.
+# -- the root as data: mounts in the OCI shape, and one function that assembles them -----------
 
-    Mounting follows symlinks, and these paths are resolved *before* the root changes, on the
-    host's side: an image whose /proc is a link to /etc would get procfs mounted over the
-    host's /etc (in the container's own mount namespace, but still). So a link is refused.
-    """
-    path = root / name
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise RuntimeFailure(f"the image's /{name} is not a directory: refusing to mount over it")
-    path.mkdir(exist_ok=True)
-    return str(path)
-
-
-def mount_proc(root: Path) -> None:
-    """A fresh procfs: it shows the processes of the PID namespace of the process that mounts it."""
-    mount("proc", mountpoint(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+class Mount(NamedTuple):
+    """One entry of config.json's `mounts` (the OCI runtime spec, config.md "Mounts"), parsed:
+    `run` makes its own list of them (default_mounts), oci.py reads a bundle's."""
+    destination: str        # in the container, absolute
+    type: str               # proc, tmpfs, bind, cgroup...
+    source: str
+    flags: int = 0          # mount(2) flags
+    propagation: int = 0    # MS_PRIVATE, MS_SLAVE, ... (| MS_REC), applied after the mount
+    data: str = ""          # what mount(2) passes to the filesystem (mode=755,size=...)
 
 
-def mount_sys(root: Path, writable: bool = False) -> None:
-    """sysfs, read-only (writable only with --privileged). Mounted from the new network
-    namespace, it shows only that namespace's network devices under /sys/class/net."""
-    mount("sysfs", mountpoint(root, "sys"), "sysfs",
-          (0 if writable else MS_RDONLY) | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+HARDENED = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
-def mount_dev(root: Path) -> None:
-    """A minimal /dev on a tmpfs: a few character devices, a private devpts for ptys, and shm."""
-    dev = Path(mountpoint(root, "dev"))
-    mount("tmpfs", str(dev), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
-    make_devices(dev)
-    # A new devpts instance: its ptys are the container's own, numbered from 0 (devpts.rst).
-    (dev / "pts").mkdir()
-    mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-          "newinstance,ptmxmode=0666,mode=0620")
-    (dev / "shm").mkdir()
-    mount("shm", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+def default_mounts(writable_sys: bool = False) -> list[Mount]:
+    """`run`'s mounts, those of runc's default spec: a fresh procfs (it shows the PID namespace
+    of the process that mounts it); a minimal /dev on a tmpfs, with a new devpts instance whose
+    ptys are the container's own, numbered from 0 (devpts.rst), and shm; sysfs, read-only
+    unless --privileged (mounted from the new network namespace, its /sys/class/net lists only
+    the container's devices); and the container's own cgroups, read-only (cgroups.mount_view).
+    The device nodes come after the mounts (assemble)."""
+    return [Mount("/proc", "proc", "proc", HARDENED),
+            Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, data="mode=755,size=65536k"),
+            Mount("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+                  data="newinstance,ptmxmode=0666,mode=0620"),
+            Mount("/dev/shm", "tmpfs", "shm", HARDENED, data="mode=1777,size=65536k"),
+            Mount("/sys", "sysfs", "sysfs", HARDENED | (0 if writable_sys else MS_RDONLY)),
+            Mount("/sys/fs/cgroup", "cgroup", "cgroup", HARDENED | MS_RDONLY)]
 
 
-def make_devices(dev: Path) -> None:
-    """The few device nodes (DEVICES) and the links every program expects, in an empty /dev
-    (here, or an OCI bundle's tmpfs on /dev: oci.py). Links whose name exists are left."""
+def make_devices(dev: Path, bind: bool = False) -> None:
+    """The few device nodes (DEVICES) and the links every program expects, in an empty /dev.
+    Links whose name exists are left.
+
+    bind: for a container in its own user namespace. mknod(2) of a device needs CAP_MKNOD in
+    the first user namespace, which the container's root has not, so each node is an empty
+    file with the host's node bind-mounted over it (as runc does). Opening it still passes the
+    device cgroup's check."""
     for name, major, minor in DEVICES:
-        if not (dev / name).exists():
+        if (dev / name).exists():
+            continue
+        if bind:
+            (dev / name).touch()
+            mount(f"/dev/{name}", str(dev / name), None, MS_BIND)
+        else:
             os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))   # S_IFCHR
             os.chmod(dev / name, 0o666)                                          # umask ignored
     links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
@@ -235,13 +239,10 @@ def make_devices(dev: Path) -> None:
 INIT_PATH = "/dev/init"
 
 
-def mount_init(root: Path, program: str) -> None:
-    """Bind the host's compiled init (minirun/init.c) read-only onto /dev/init in the container.
-    The bind mount carries its own flags: /dev's noexec does not apply to it."""
-    target = root / INIT_PATH.lstrip("/")
-    target.touch()
-    mount(program, str(target), None, MS_BIND)
-    mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+def init_mount(program: str) -> Mount:
+    """--init: the host's compiled init (minirun/init.c), bound read-only on /dev/init. The bind
+    mount carries its own flags: /dev's noexec does not apply to it."""
+    return Mount(INIT_PATH, "bind", program, MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 # -- volumes: -v HOST_DIR:DIR[:ro] -------------------------------------------------------------
@@ -254,6 +255,11 @@ class Volume(NamedTuple):
     source: Path        # on the host, as given (absolute)
     target: str         # in the container, absolute and normalized
     read_only: bool
+
+    def mount(self) -> Mount:
+        """The volume as a bind mount, recursive, as `docker run -v` binds."""
+        return Mount(self.target, "bind", str(self.source),
+                     MS_BIND | MS_REC | (MS_RDONLY if self.read_only else 0))
 
 
 def parse_volume(text: str) -> Volume:
@@ -274,47 +280,87 @@ def parse_volume(text: str) -> Volume:
     return Volume(Path(source), target, len(parts) == 3 and parts[2] == "ro")
 
 
-def bind_volume(root: Path, volume: Volume) -> None:
-    """Bind the host's directory (or file) onto its place in the container's root, made if
-    missing. As with mountpoint(), no part of the path may be a symbolic link in the image: it
-    is resolved on the host's side, and a link could aim the mount at the host's own files."""
-    target = root
-    for part in volume.target.strip("/").split("/"):
-        target = target / part
-        if target.is_symlink():
-            raise RuntimeFailure(f"-v: the image's {volume.target} goes through a symbolic link "
-                                 f"(/{target.relative_to(root)}): refusing to mount over it")
-    if volume.source.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
+def assemble(root: Path, mounts: list[Mount], masked: list[str], read_only_paths: list[str],
+             read_only: bool, workdir: str, use_chroot: bool = False,
+             user_namespace: bool = False) -> None:
+    """Make `root` (a mount point already: run's overlay, a bundle's bind of itself) the
+    container's /: the mounts in order, the device nodes if /dev is among them, the root switch,
+    then the masked and read-only paths, the working directory, and a read-only root.
+    `minirun run` and OCI `create` both come here, with their own data.
+
+    Where the two still differ, the difference is in the data, but for these: run's
+    --chroot (chroot_into, to teach why pivot_root: a bundle always gets pivot_root); and an
+    OCI bundle's user namespace, whose root may not mknod (user_namespace: the host's nodes
+    are bound instead: make_devices). Masks and read-only paths come after the switch,
+    on the container's own paths, so no path of theirs is resolved on the host's side.
+    """
+    for item in mounts:
+        mount_one(root, item)
+    if any(item.destination == "/dev" for item in mounts):
+        make_devices(root / "dev", bind=user_namespace)
+    if use_chroot:
+        chroot_into(root)
     else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.touch(exist_ok=True)
-    mount(str(volume.source), str(target), None, MS_BIND | MS_REC)
-    if volume.read_only:        # a second call: MS_RDONLY is ignored on the first (mount(2))
-        mount(None, str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        pivot_into(root)
+    for path in masked:
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY)
+        elif os.path.exists(path):
+            mount("/dev/null", path, None, MS_BIND)
+    for path in read_only_paths:
+        if os.path.exists(path):
+            bind_read_only(Path(path))
+    os.makedirs(workdir, exist_ok=True)     # made while the root can still be written
+    if read_only:
+        # A bind remount sets this mount's flags, all of them (mount(2)): those it has (the
+        # overlay's nosuid and nodev) are given again, or they would be cleared. The mounts on
+        # top (/dev, /dev/shm, volumes) keep their own, as with `docker run --read-only`.
+        kept = os.statvfs("/").f_flag & HARDENED        # ST_NOSUID... are the MS_ values
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
 
 
-def make_read_only(root: Path) -> None:
-    """--read-only: the container's root can no longer be written (mount(2): a bind remount
-    changes the flags of this one mount, not of the overlay filesystem). /dev, /dev/shm and the
-    other mounts on top keep their own flags; there is no writable /tmp unless one is mounted,
-    as with `docker run --read-only`."""
-    mount(None, str(root), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+def mount_one(root: Path, item: Mount) -> None:
+    target = mount_target(root, item)
+    if item.type in ("cgroup", "cgroup2"):
+        cgroups.mount_view(target)          # the container's own cgroups only, read-only
+    elif item.flags & MS_BIND:
+        mount(item.source, target, None, item.flags & (MS_BIND | MS_REC))
+        others = item.flags & ~(MS_BIND | MS_REC)
+        if others:      # a bind mount takes its flags in a second call (mount(2))
+            mount(None, target, None, MS_BIND | MS_REMOUNT | others)
+    else:
+        mount(item.source, target, item.type, item.flags, item.data or None)
+    if item.propagation:
+        mount(None, target, None, item.propagation)
 
 
-def mask_host_paths(root: Path) -> None:
-    """Hide what would let a root process in the container read the host's secrets or poke its
-    kernel: /dev/null over sensitive files, an empty read-only tmpfs over directories, and
-    read-only bind mounts over kernel tunables."""
-    for name in MASKED_FILES:
-        if (root / name).exists():
-            mount(str(root / "dev/null"), str(root / name), None, MS_BIND)
-    for name in MASKED_DIRS:
-        if (root / name).is_dir():
-            mount("tmpfs", str(root / name), "tmpfs", MS_RDONLY)
-    for name in READ_ONLY:
-        if (root / name).exists():
-            bind_read_only(root / name)
+def mount_target(root: Path, item: Mount) -> str:
+    """The destination under the new root, made if missing (a file for a file's bind mount).
+
+    Mounting follows symlinks, and these paths are resolved *before* the root changes, on the
+    host's side: an image whose /proc is a link to /etc would get procfs mounted over the
+    host's /etc (in the container's own mount namespace, but still). So no component may be a
+    symbolic link, and a directory's mount is not made over a file."""
+    wants_file = item.flags & MS_BIND and not os.path.isdir(item.source)
+    *parents, name = item.destination.strip("/").split("/")
+    path = root
+    for part in parents:
+        path = path / part
+        if path.is_symlink():
+            raise RuntimeFailure(f"the image's {item.destination} goes through a symbolic link "
+                                 f"(/{path.relative_to(root)}): refusing to mount over it")
+    path = path / name
+    if path.is_symlink() or (path.exists() and not wants_file and not path.is_dir()):
+        what = "a symbolic link" if wants_file else "not a directory"
+        raise RuntimeFailure(f"the image's {item.destination} is {what}: refusing to mount "
+                             "over it")
+    if not path.exists():
+        if wants_file:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True)
+    return str(path)
 
 
 def bind_read_only(path: Path) -> None:

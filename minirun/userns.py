@@ -33,9 +33,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from minirun import rootfs
 from minirun.errors import RuntimeFailure
-from minirun.namespaces import MS_BIND, mount
 
 # A map holds at most 340 lines (since Linux 4.15; 5 before), and (uid_t)-1 is no ID: to
 # setresuid(2) and chown(2) it means "leave it unchanged" (user_namespaces(7)).
@@ -175,14 +173,3 @@ def become_root() -> None:
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
-
-def bind_devices(dev: Path) -> None:
-    """The few device nodes of rootfs.DEVICES, for a container in its own user namespace:
-    mknod(2) of a device needs CAP_MKNOD in the first user namespace, which the container's
-    root has not, so each node is an empty file with the host's node bind-mounted over it (as
-    runc does). Opening it still passes the device cgroup's check."""
-    for name, _, _ in rootfs.DEVICES:
-        target = dev / name
-        if not target.exists():
-            target.touch()
-            mount(f"/dev/{name}", str(target), None, MS_BIND)

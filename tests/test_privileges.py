@@ -62,6 +62,12 @@ def test_read_only_root(minirun):
     assert "root=1" in result.stdout and "shm=0" in result.stdout
     assert "Read-only file system" in result.stderr
     assert "root=0" in minirun("run", "hello", "sh", "-c", "touch /file; echo root=$?").stdout
+    # The remount to read-only sets all of the root's flags: the overlay's nosuid and nodev stay.
+    mounts = minirun("run", "--read-only", "hello", "mount").stdout.splitlines()
+    root = next(line for line in mounts if line.startswith("overlay on / "))
+    assert "(ro," in root and "nosuid" in root and "nodev" in root
+    # A working directory the image lacks is made before the root turns read-only (as Docker).
+    assert minirun("run", "--read-only", "-w", "/new/dir", "hello", "pwd").stdout == "/new/dir\n"
 
 
 def test_the_writable_layer_is_nosuid_and_nodev(minirun):
