@@ -205,8 +205,9 @@ def _check_user_namespace(plan: Plan) -> None:
             raise RuntimeFailure(f"config.json: linux.{where} with a user namespace path: the "
                                  "joined namespace has its own: remove them")
         if not plan.namespaces["user"] and not mappings:
-            raise RuntimeFailure(f"config.json: linux.{where} is missing: a new user namespace "
-                                 "needs uidMappings and gidMappings (containerID, hostID, size)")
+            raise RuntimeFailure(f"config.json: linux.{where} is missing or empty: a new user "
+                                 "namespace needs uidMappings and gidMappings (containerID, "
+                                 "hostID, size)")
     if plan.namespaces["user"]:
         return
     user = plan.process

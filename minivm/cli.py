@@ -197,8 +197,9 @@ def qmp(vm, command, arguments):
     if parsed is not None and not isinstance(parsed, dict):
         raise RuntimeFailure(f"ARGUMENTS must be a JSON object, {example}")
     record = supervisor.find_running(vm)
-    click.echo(json.dumps(monitor.execute(supervisor.home_of(record) / supervisor.MONITOR,
-                                          command, parsed), indent=2))
+    reply = monitor.execute(supervisor.home_of(record) / supervisor.MONITOR, command, parsed)
+    # human-monitor-command answers with the HMP's text: print it as text, not as a JSON string.
+    click.echo(reply.rstrip() if isinstance(reply, str) else json.dumps(reply, indent=2))
 
 
 @cli.group("kernel")

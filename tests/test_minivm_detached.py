@@ -121,6 +121,8 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     status = run("qmp", "job", "query-status")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "running"
+    human = run("qmp", "job", "human-monitor-command", '{"command-line": "info status"}')
+    assert human.stdout == "VM status: running\n", human.stderr       # HMP's text, as text
     # Paused (QMP stop), no one in the guest would answer an exec: refused, not left hanging.
     assert run("qmp", "job", "stop").returncode == 0
     paused = run("exec", "job", "true")

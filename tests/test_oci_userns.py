@@ -163,6 +163,7 @@ def _without_user_namespace(config):
 @pytest.mark.parametrize("change, named", [
     (_without_user_namespace, "linux.uidMappings without a user namespace"),
     (lambda c: c["linux"].pop("gidMappings"), "linux.gidMappings is missing"),
+    (lambda c: c["linux"].update(uidMappings=[]), "linux.uidMappings is missing or empty"),
     (lambda c: c["linux"]["uidMappings"].append({"containerID": 100, "hostID": 300000,
                                                  "size": 10}),
      "linux.uidMappings[1] overlaps linux.uidMappings[0] on the container side"),
