@@ -147,7 +147,11 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
                                env={**env, "MINIVM_STATE": str(state)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert json.loads(run("inspect", "job").stdout)["state"] == "Up"
-    assert run("exec", "job", "touch", "/tmp/go").returncode == 0
+    released = run("exec", "job", "touch", "/tmp/go")
+    # The app ends on it, and the guest powers off: the reply may be lost on the way, as a
+    # `docker exec` that ends a container's PID 1 may end with it.
+    assert released.returncode == 0 or released.stderr == \
+        "minivm: the VM stopped before the command ended\n", released.stderr
     assert follow.communicate(timeout=BOOT_TIMEOUT) == ("working\ndone\n", "a warning\n")
     assert waiting.communicate(timeout=BOOT_TIMEOUT) == ("3\n", "")     # wait: the app's code
     until(lambda: status_of(run, "job").startswith("Exited (3)"), "the app's exit")
@@ -210,9 +214,7 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
                                *flags, "hello", *command], env={**env, "MINIVM_STATE": str(state)},
                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for flags, command in ((["--name", "victim"], ["sleep", "1000"]),
-                                    (["--name", "brief", "--rm"],
-                                     ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; "
-                                                  "exit 4"]),
+                                    (["--name", "brief", "--rm"], ["sleep", "1000"]),
                                     (["--name", "forced"], ["sleep", "1000"]))]
     for boot in boots:
         out, err = boot.communicate(timeout=BOOT_TIMEOUT)
@@ -224,8 +226,8 @@ def test_a_killed_supervisor_takes_qemu_with_it_and_gc_removes_its_record(vms, g
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     until(lambda: holds_open(waiting.pid, state / record_of(state, "brief")["id"] / "lock"),
           "wait to open the lock")
-    assert run("exec", "brief", "touch", "/tmp/go").returncode == 0
-    assert waiting.communicate(timeout=BOOT_TIMEOUT) == ("4\n", "")
+    assert run("stop", "brief").returncode == 0     # the power button: SIGTERM to the app
+    assert waiting.communicate(timeout=BOOT_TIMEOUT) == ("143\n", "")
     until(lambda: not any(json.loads(path.read_text())["name"] == "brief"
                           for path in state.glob("*/record.json")), "brief's removal",
           timeout=60)
