@@ -133,24 +133,32 @@ def run_detached(spec) -> str:
             if attempt == 2:
                 raise
     os.chmod(directory(), 0o700)
-    # The lock is taken here and inherited by the supervisor: flock(2) locks belong to the open
-    # file, which the fork shares, so there is no moment when the directory is there unowned.
-    lock = state.hold_for_life(home / "lock")
     limits = {key: value for key, value in asdict(spec.limits).items() if value is not None}
     record = SupervisedRecord(id=container_id, name=spec.name, image=spec.image,
                               command=list(spec.command), created=time.time(),
                               remove=spec.remove, tty=spec.tty, limits=limits,
                               hostname=spec.hostname or container_id[:12])
-    save_record(record, home)
-    try:
-        as_daemon(lambda report: _supervise(spec, record, home, lock, report), "started",
-                  "the supervisor died before the container started")
-    finally:
-        os.close(lock)              # the supervisor holds it on (the same open file)
+    start_supervisor(home, record,
+                     lambda lock, report: _supervise(spec, record, home, lock, report),
+                     "started", "the supervisor died before the container started")
     return container_id
 
 
-def as_daemon(supervise, started: str, died: str) -> None:
+def start_supervisor(home: Path, record, supervise, started: str, died: str) -> None:
+    """Save `record` in `home` and run `supervise(lock, report)` as a daemon that holds home's
+    lock for life; return once it reports `started` (minirun's run -d, minivm's boot -d).
+
+    The lock is taken here and inherited by the supervisor: flock(2) locks belong to the open
+    file, which the fork shares, so there is no moment when the directory is there unowned."""
+    lock = state.hold_for_life(home / "lock")
+    try:
+        save_record(record, home)
+        _as_daemon(lambda report: supervise(lock, report), started, died)
+    finally:
+        os.close(lock)              # the supervisor holds it on (the same open file)
+
+
+def _as_daemon(supervise, started: str, died: str) -> None:
     """Run `supervise(report)` as a daemon: fork, setsid(2) (no controlling terminal, no
     caller's session), fork again (not a session leader: it can never acquire a terminal, and
     the first child can exit at once). Return once it writes `started` on `report`; if it

@@ -41,11 +41,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minirun import state
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.supervisor import (Log, as_daemon, load_record, lock_is_held, matching,
-                                records_in, remove_directory, remove_home,
-                                remove_killed_supervisors, save_record, wait_for_exit)
+from minirun.supervisor import (Log, load_record, lock_is_held, matching, records_in,
+                                remove_directory, remove_home, remove_killed_supervisors,
+                                save_record, start_supervisor, wait_for_exit)
 
 MONITOR = "qmp.sock"
 EXEC = "exec.sock"
@@ -145,16 +144,11 @@ def boot_detached(options, name: str, remove: bool) -> str:
         raise RuntimeFailure(f"the state directory {state_root()} has too long a path for the "
                              "VM's sockets (unix(7): 107 bytes): set MINIVM_STATE to a shorter one")
     home.mkdir(mode=0o700)
-    # Taken here and inherited by the supervisor, so the directory is never there unowned.
-    lock = state.hold_for_life(home / "lock")
     record = VMRecord(id=vm_id, name=name or vm_id[:12], image=options.image,
                       command=list(options.args), created=time.time(), remove=remove)
-    save_record(record, home)
-    try:
-        as_daemon(lambda report: _supervise(options, record, home, lock, report), "booted",
-                  "the supervisor died before the VM booted")
-    finally:
-        os.close(lock)              # the supervisor holds it on (the same open file)
+    start_supervisor(home, record,
+                     lambda lock, report: _supervise(options, record, home, lock, report),
+                     "booted", "the supervisor died before the VM booted")
     return vm_id
 
 
