@@ -1,16 +1,21 @@
 """The `minivm` command line: click commands only; the work is in minivm.boot and minivm.kernel,
 and for detached VMs in minivm.supervisor, minivm.monitor (QMP) and minivm.agent (exec)."""
-import os
-import sys
+import signal
 
-try:
-    import click
+# A Ctrl-C while Python loads click and minivm's modules is held (blocked) from this first line
+# until `main` begins, and lands there as one KeyboardInterrupt that main turns into 130. Caught
+# as an exception around the imports instead, it could break out of any line of them (a click
+# decorator, say) with a traceback. minirun holds its signals the same way (minirun/cli.py).
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
-    from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-    from minirun.units import parse_cpus, parse_size
-    from minivm.hardware import DEFAULT_MEMORY, MIB
-except KeyboardInterrupt:       # Ctrl-C while Python is still loading minivm: nothing to undo yet
-    sys.exit(130)
+import os       # noqa: E402  (after the signal is held, on purpose)
+import sys      # noqa: E402
+
+import click    # noqa: E402
+
+from minirun.errors import RUNTIME_FAILED, RuntimeFailure      # noqa: E402
+from minirun.units import parse_cpus, parse_size                # noqa: E402
+from minivm.hardware import DEFAULT_MEMORY, MIB                 # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,6 +254,7 @@ def _megabytes(size: int) -> str:
 
 def main() -> None:
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})    # a held Ctrl-C lands here
         status = cli.main(prog_name="minivm", standalone_mode=False)
     except click.UsageError as error:
         click.echo(f"minivm: {error.format_message()} (see `minivm --help`)", err=True)
