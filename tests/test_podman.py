@@ -138,3 +138,26 @@ def test_podman_exec_in_a_running_container(podman):
         assert "exec" in calls(podman)
     finally:
         podman("rm", "--force", "--time", "0", container)
+
+
+def test_podman_maps_the_containers_root_to_a_host_uid(podman):
+    """--uidmap/--gidmap reach minirun as the bundle's uidMappings and gidMappings
+    (minirun/userns.py): the container's root is host uid 100000, seen from both sides."""
+    container = podman("run", "-d", *RUN, "--uidmap", "0:100000:65536",
+                       "--gidmap", "0:100000:65536", "hello", "sh", "-c",
+                       "cat /proc/self/uid_map /proc/self/gid_map; id -u; sleep 60")
+    assert container.returncode == 0, container.stderr
+    container = container.stdout.strip()
+    try:
+        state = json.loads(podman("inspect", container).stdout)[0]["State"]
+        host_ids = [line.split()[1:3] for line in
+                    Path(f"/proc/{state['Pid']}/status").read_text().splitlines()
+                    if line.startswith(("Uid:", "Gid:"))]
+        assert host_ids == [["100000", "100000"], ["100000", "100000"]]
+        deadline = time.monotonic() + 30
+        while podman("logs", container).stdout.count("\n") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [line.split() for line in podman("logs", container).stdout.splitlines()] == \
+            [["0", "100000", "65536"], ["0", "100000", "65536"], ["0"]]
+    finally:
+        podman("rm", "--force", "--time", "0", container)
