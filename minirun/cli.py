@@ -183,12 +183,12 @@ def exec_command(oci_root, container, command, env, workdir, user, interactive, 
 @click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
               help="How long to wait after SIGTERM before SIGKILL.")
 @click.argument("containers", nargs=-1, required=True)
-def stop(containers, grace) -> None:
+def stop(containers, grace) -> int:
     """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
     _need_root("stop")
     from minirun.lifecycle import stop as stop_container
-    for container in containers:
-        click.echo(stop_container(container, grace)[:12])
+    from minirun.supervisor import each
+    return each(containers, lambda container: stop_container(container, grace)[:12], "minirun")
 
 
 @cli.command()
@@ -227,12 +227,11 @@ def logs(container, follow) -> None:
 
 @cli.command()
 @click.argument("containers", nargs=-1, required=True)
-def wait(containers) -> None:
+def wait(containers) -> int:
     """Wait until detached containers exit; print each one's exit code."""
     _need_root("wait")
     from minirun import supervisor
-    for container in containers:
-        click.echo(supervisor.wait(container))
+    return supervisor.each(containers, supervisor.wait, "minirun")
 
 
 @cli.command()
@@ -304,12 +303,12 @@ def start(oci_root, container) -> None:
 @cli.command()
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
 @click.argument("containers", nargs=-1, required=True)
-def rm(containers, force) -> None:
+def rm(containers, force) -> int:
     """Remove detached containers that have exited (with -f, running ones too)."""
     _need_root("rm")
     from minirun import supervisor
-    for container in containers:
-        click.echo(supervisor.remove(container, force)[:12])
+    return supervisor.each(containers, lambda container: supervisor.remove(container, force)[:12],
+                           "minirun")
 
 
 @cli.command()

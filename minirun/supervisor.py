@@ -35,6 +35,7 @@ import os
 import select
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -308,6 +309,20 @@ def _last_line(path: Path) -> str:
 
 
 # -- Looking after it: logs, wait, rm, gc -------------------------------------------------------
+
+def each(targets, act, program: str) -> int:
+    """`stop a b`, `rm a b`, `wait a b` (minirun's and minivm's): act on each target in turn and
+    print what `act` returns; a target it fails on gets its one line on stderr, and the others
+    are still acted on, as Docker does. The status: 0, or the first failure's (125) at the end."""
+    status = 0
+    for target in targets:
+        try:
+            print(act(target), flush=True)
+        except RuntimeFailure as failure:
+            print(f"{program}: {failure}", file=sys.stderr, flush=True)
+            status = status or failure.exit_code
+    return status
+
 
 def find(target: str) -> SupervisedRecord:
     """The detached container whose name is `target`, or whose id starts with it."""

@@ -161,3 +161,26 @@ def test_a_killed_supervisor_leaves_nothing_gc_does_not_remove(minirun, minirun_
     # of a killed runtime.
     wait_until(lambda: minirun("gc").returncode == 0 and not cgroups_of(container_id)
                and minirun("ps", "-a").stdout.splitlines()[1:] == [])
+
+
+def test_stop_wait_rm_of_several_go_on_past_a_bad_name(minirun, nothing_left):
+    """As `docker stop a nosuch b`: each bad name is one line on stderr, the names after it
+    are still acted on, and the status at the end says that something failed (125)."""
+    ids = [minirun("run", "-d", "--name", name, "hello", *SERVER).stdout.strip()[:12]
+           for name in ("first", "second")]
+    for name in ("first", "second"):
+        wait_until(lambda: minirun("logs", name).stdout == "out\n")
+    try:
+        for command, out, unknown in ((["stop"], ids, "running container"),
+                                      (["wait"], ["7", "7"], "container"),
+                                      (["rm"], ids, "container")):
+            result = minirun(*command, "first", "nosuch", "second", "nothing")
+            assert (result.returncode, result.stdout.split()) == (125, out), result.stderr
+            listing = "`minirun ps`" if command == ["stop"] else "`minirun ps -a`"
+            assert result.stderr == "".join(f"minirun: no {unknown} {name!r}: give a name "
+                                            f"or id from {listing}\n"
+                                            for name in ("nosuch", "nothing"))
+        assert minirun("ps", "-a").stdout.splitlines()[1:] == []
+    finally:                        # a failing test leaves no container running
+        for container_id in ids:
+            minirun("rm", "-f", container_id)
