@@ -22,9 +22,11 @@ import pytest
 
 from conftest import BOOT_TIMEOUT, HTTPD, LEASES, fetch, free_port, leftovers, minivm, \
     network_state, read_line, wait_for_qemu_to_end
-from minirun.network import CHAIN
+from image_helpers import build_static
+from minirun.network import BRIDGE, CHAIN
 from minivm.hardware import USER_GUEST, USER_HOST
 
+UDP_ECHO = Path(__file__).parent / "programs" / "udp_echo.c"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 HOSTNAME = "uservm"
 
@@ -181,6 +183,65 @@ def test_network_user_as_root_publishes_on_every_address_and_goes_with_a_killed_
     wait_for_qemu_to_end(guest)
     assert leftovers(guest)[0] == []
     assert host_network(port) == before
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def udp_exchange(address: tuple, message: bytes, timeout: float = 60.0) -> bytes:
+    """Send `message` to `address` until an answer comes: UDP has no retransmission of its own,
+    and a datagram lost on the way is lost, so the sender retries, as UDP clients do (dig)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        sock.connect(address)       # a connected UDP socket: an ICMP "port unreachable" is
+        tries = int(timeout)        # ECONNREFUSED on the next recv
+        for _ in range(tries):
+            sock.send(message)
+            try:
+                return sock.recv(4096)
+            except TimeoutError:
+                pass
+    raise AssertionError(f"no answer from {address} in {tries} tries")
+
+
+@pytest.mark.vm
+def test_a_published_udp_port_answers_through_qemu_on_loopback_only(guest, tmp_path):
+    """-p 127.0.0.1:PORT:PORT/udp is a udp hostfwd: QEMU binds a UDP socket on 127.0.0.1 and
+    relays each datagram to the guest (from 10.0.2.2, the gateway: QEMU's own address on the
+    guest's network) and the guest's answer back to the sender."""
+    build_static(UDP_ECHO, tmp_path)
+    port = free_udp_port()
+    before = host_network(port)
+    vm = minivm(guest, "--explain", "--network", "user", "--hostname", HOSTNAME,
+                "-v", f"{tmp_path}:/probe:ro", "-p", f"127.0.0.1:{port}:{port}/udp",
+                "hello", "/probe/udp_echo", str(port),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert read_line(vm, timeout=BOOT_TIMEOUT) == "listening\n"
+        assert udp_exchange(("127.0.0.1", port), b"ping") == \
+            f"echo to {USER_HOST}: ping".encode()
+        # QEMU's socket is bound to 127.0.0.1 alone: the host's other addresses have nothing
+        # on that port, and their kernel answers "port unreachable".
+        during = host_network(port)
+        assert [line.split()[:1] + line.split()[4:5] for line in during["listeners"]] == \
+            [["udp", f"127.0.0.1:{port}"]]
+        for line in subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True,
+                                   text=True).stdout.splitlines():
+            device, own = line.split()[1], line.split()[3].split("/")[0]
+            if device not in ("lo", BRIDGE):    # (the bridge comes and goes with other tests)
+                with pytest.raises(ConnectionRefusedError):
+                    udp_exchange((own, port), b"ping")
+        assert not qemu_holds_a_tap(guest)
+    finally:
+        vm.send_signal(signal.SIGINT)               # Ctrl-C: minivm stops the VM in order
+        _, explained = vm.communicate(timeout=120)
+    assert vm.returncode == 130, explained
+    assert f",hostfwd=udp:127.0.0.1:{port}-{USER_GUEST}:{port} " in explained
+    assert host_network(port) == before
+    assert leftovers(guest) == ([], [])
 
 
 def test_bad_user_mode_flags_are_one_line_and_boot_nothing(guest, nobody_guest):
