@@ -129,9 +129,9 @@ def logs(vm, follow):
 @click.argument("vms", nargs=-1, required=True)
 def stop(vms, grace):
     """Stop running VMs: the ACPI power button (QMP system_powerdown), then QMP quit."""
+    from minirun.supervisor import each
     from minivm import supervisor
-    for vm in vms:
-        click.echo(supervisor.stop(vm, grace))
+    return each(vms, lambda vm: supervisor.stop(vm, grace), "minivm")
 
 
 @cli.command()
@@ -139,18 +139,18 @@ def stop(vms, grace):
 @click.argument("vms", nargs=-1, required=True)
 def rm(vms, force):
     """Remove detached VMs that have exited (with -f, running ones too)."""
+    from minirun.supervisor import each
     from minivm import supervisor
-    for vm in vms:
-        click.echo(supervisor.remove(vm, force))
+    return each(vms, lambda vm: supervisor.remove(vm, force), "minivm")
 
 
 @cli.command()
 @click.argument("vms", nargs=-1, required=True)
 def wait(vms):
     """Wait until detached VMs exit; print each one's app's exit code."""
+    from minirun.supervisor import each
     from minivm import supervisor
-    for vm in vms:
-        click.echo(supervisor.wait(vm))
+    return each(vms, supervisor.wait, "minivm")
 
 
 @cli.command()

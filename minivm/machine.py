@@ -90,6 +90,7 @@ class Detached:
     monitor_path: Path          # the second QMP monitor's socket (`minivm qmp`, `minivm stop`)
     exec_path: Path             # where `minivm exec` reaches the guest agent (minivm/agent.py)
     booted: Callable[[int], None]   # called with QEMU's pid once the guest runs the app
+    paused: Callable[[bool], None]  # called as a QMP `stop` or `cont` stops or resumes the vCPUs
 
 
 class Machine:
@@ -389,6 +390,8 @@ class Machine:
             self.say("qmp", f"event {event['event']} {event.get('data', '')}")
             if event["event"] in ("STOP", "RESUME"):    # `minivm qmp NAME stop`, then `cont`
                 self.paused = event["event"] == "STOP"
+                if self.detached:
+                    self.detached.paused(self.paused)
 
     async def _collect_qemu_errors(self) -> None:
         while line := await self.process.stderr.readline():

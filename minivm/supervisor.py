@@ -61,6 +61,7 @@ class VMRecord:
     supervisor_pid: int = 0
     qemu_pid: int = 0
     status: str = "booting"         # booting -> running -> exited
+    paused: bool = False            # running, its vCPUs stopped (`minivm qmp NAME stop`)
     exit_code: int | None = None
     finished: float | None = None
     remove: bool = False            # --rm: nothing stays once it exits
@@ -171,9 +172,13 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
         save_record(record, home)
         os.write(report, b"booted")
         os.close(report)
+
+    def on_pause(paused: bool) -> None:     # QMP's STOP and RESUME events, for ps and inspect
+        record.paused = paused
+        save_record(record, home)
     output = (Log(home / "stdout.log"), Log(home / "stderr.log"))
     options.detached = Detached(output=output, monitor_path=home / MONITOR,
-                                exec_path=home / EXEC, booted=on_boot)
+                                exec_path=home / EXEC, booted=on_boot, paused=on_pause)
     message = ""
     try:
         code = boot(options)
@@ -190,6 +195,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
     if message:
         os.write(2, f"minivm: {message}\n".encode())
     record.status, record.exit_code, record.finished = "exited", code, time.time()
+    record.paused = False
     os.pwrite(lock, str(code).encode(), 0)      # for a `minivm wait` of a --rm VM
     if record.remove:
         remove_directory(home, keep_parent=True)
@@ -205,7 +211,9 @@ def _status(record: VMRecord, now: float | None = None) -> str:
         return f"Exited ({record.exit_code}) {int(now - record.finished)}s ago"
     if not is_supervised(record):
         return "Dead (supervisor killed: `minivm gc`)"
-    return "Up" if record.status == "running" else "Booting"
+    if record.status != "running":
+        return "Booting"
+    return "Up (Paused)" if record.paused else "Up"     # as `docker ps` shows a paused one
 
 
 def table(everything: bool) -> list[tuple]:
@@ -216,7 +224,7 @@ def table(everything: bool) -> list[tuple]:
              f"{int(now - record.created)}s ago", status, " ".join(record.command))
             for record in records()
             for status in [_status(record, now)]
-            if everything or status in ("Up", "Booting")]
+            if everything or status.startswith(("Up", "Booting"))]
 
 
 def wait(target: str) -> int:

@@ -78,7 +78,8 @@ def holds_open(pid: int, path: Path) -> bool:
 def status_of(run, name: str) -> str:
     rows = [line for line in run("ps", "-a").stdout.splitlines()[1:] if line.split()[1] == name]
     assert len(rows) == 1, rows
-    return re.search(r"  (Up|Booting|Exited \(\d+\) \d+s ago|Dead \(.*?\))  ", rows[0]).group(1)
+    return re.search(r"  (Up(?: \(Paused\))?|Booting|Exited \(\d+\) \d+s ago|Dead \(.*?\))  ",
+                     rows[0]).group(1)
 
 
 def nothing_left(guest, state: Path) -> tuple:
@@ -123,11 +124,18 @@ def test_a_detached_vm_outlives_boot_and_is_driven_by_logs_ps_exec_qmp_rm(vms, g
     assert json.loads(status.stdout)["status"] == "running"
     human = run("qmp", "job", "human-monitor-command", '{"command-line": "info status"}')
     assert human.stdout == "VM status: running\n", human.stderr       # HMP's text, as text
-    # Paused (QMP stop), no one in the guest would answer an exec: refused, not left hanging.
+    # Paused (QMP stop): ps and inspect say so, as `docker ps` does, from the STOP event the
+    # supervisor follows; no one in the guest would answer an exec: refused, not left hanging.
     assert run("qmp", "job", "stop").returncode == 0
+    until(lambda: status_of(run, "job") == "Up (Paused)", "ps to show the pause", timeout=30)
+    assert "job" in run("ps").stdout                    # paused is still running: no -a needed
+    assert json.loads(run("inspect", "job").stdout)["state"] == "Up (Paused)"
+    assert json.loads(run("qmp", "job", "query-status").stdout)["status"] == "paused"
     paused = run("exec", "job", "true")
     assert one_line_125(paused) and "the VM is paused" in paused.stderr, paused.stderr
-    assert run("qmp", "job", "cont").returncode == 0
+    assert run("qmp", "job", "cont").returncode == 0    # resumed (the RESUME event): Up again
+    until(lambda: status_of(run, "job") == "Up", "ps to show the resume", timeout=30)
+    assert json.loads(run("inspect", "job").stdout)["state"] == "Up"
 
     executed = run("exec", "job", "sh", "-c", "echo from exec; echo to stderr >&2; exit 3")
     assert (executed.returncode, executed.stdout, executed.stderr) == \
@@ -192,8 +200,10 @@ def test_stop_presses_the_power_button_and_pulls_the_plug_after_the_grace_period
     assert len(leftovers(guest)[0]) == 2
 
     # The grace period is far longer than the guest needs: the button alone ends "polite".
-    stopped = run("stop", "-t", "30", "polite")
-    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, "polite\n", "")
+    # A bad name among several is one line, and the next name is still stopped (as Docker).
+    stopped = run("stop", "-t", "30", "nosuch", "polite")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (
+        125, "polite\n", "minivm: no VM 'nosuch': give a name or id from `minivm ps -a`\n")
     assert status_of(run, "polite").startswith("Exited (143)")
     assert status_of(run, "deaf") == "Up"                  # the other one is not touched
 
@@ -203,7 +213,10 @@ def test_stop_presses_the_power_button_and_pulls_the_plug_after_the_grace_period
     log = (state / record_of(state, "deaf")["id"] / "minivm.log").read_text()
     assert "the VM was switched off (QMP quit) before its app ended" in log
 
-    assert run("rm", "polite", "deaf").returncode == 0
+    for command, out in (("wait", "143\n137\n"), ("rm", "polite\ndeaf\n")):
+        result = run(command, "polite", "nosuch", "deaf")
+        assert (result.returncode, result.stdout, result.stderr) == (
+            125, out, "minivm: no VM 'nosuch': give a name or id from `minivm ps -a`\n")
     assert nothing_left(guest, state) == ([], [], [])
 
 
