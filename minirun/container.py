@@ -5,19 +5,24 @@ forked child does to turn itself into the container's PID 1. Each step is one ca
 module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
 chapters of docs/minirun.md follow the same order.
 
-The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`)
-and the standing by (`_supervise`) are `minirun exec`'s too (enter.py), as are `run`'s first
-checks. What happens to a container from outside lives beside this file: found and stopped in
+The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`,
+given a `Process` in the shape of config.json's) and the standing by (`_supervise`) are `minirun
+exec`'s too (enter.py), as are `run`'s first checks; the fork and the last steps are also those
+of the OCI commands, `create` and an engine's exec (oci.py). What happens to a container from outside lives beside this file: found and stopped in
 lifecycle.py, and what killed runs left behind removed in garbage.py.
 """
 import errno
+import fcntl
 import os
 import re
+import resource
 import select
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,68 +509,159 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
         link.wait_for_runtime()
         say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
 
-    # 6. Where the command starts (made by rootfs.assemble, before any --read-only).
-    os.chdir(plan.workdir)
+    # 6-12. Where the command starts, the terminal, privileges, descriptors, the system call
+    #       filter, and exec: the last steps of every process entering a container.
+    privileges = plan.privileges
+    _last_steps(Process(args=plan.command, env=plan.env, cwd=plan.workdir, user=plan.user,
+                        terminal=plan.spec.tty, capabilities=privileges.capability_sets(),
+                        no_new_privileges=not privileges.privileged,
+                        init=plan.init_binary is not None),
+                link, seccomp.default_filter() if plan.seccomp else None, say)
 
-    # 7-11. The terminal, privileges, descriptors, the system call filter, and exec: the same
-    #       as for `minirun exec`.
-    _last_steps(link, plan.command, plan.env, plan.user, plan.privileges, plan.seccomp,
-                plan.init_binary, say)
+
+@dataclass
+class Process:
+    """A process entering a container, in the shape of config.json's `process` (the OCI
+    runtime spec's config.md): `run`'s PID 1, `minirun exec`'s command, a bundle's process
+    (`minirun create`) and an engine's `minirun exec --process` are each one of these, and all
+    take the same last steps (_last_steps)."""
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
+    # As -u takes it (name, uid, name:group, uid:gid), looked up in the container's own
+    # /etc/passwd and /etc/group once its root is in place; "" leaves root as it is; None (a
+    # bundle's process): the numeric uid, gid and groups above.
+    user: str | None = None
+    umask: int | None = None
+    terminal: bool = False
+    capabilities: dict[str, frozenset] = field(default_factory=dict)   # set -> short names
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    console_size: tuple[int, int] | None = None     # rows, columns
+    init: bool = False          # --init: exec the init on /dev/init, which runs args as PID 2
 
 
-def _last_steps(link: _Link, command: list[str], env: dict[str, str], user: str,
-                privileges: security.Privileges, filtered: bool, init_binary: str | None,
-                say) -> None:
-    """What every process entering a container does last, in `run` and in `exec` alike."""
+def _last_steps(process: Process, link: _Link, seccomp_filter: bytes | None, say,
+                gate: int | None = None, outlives_runtime: bool = False) -> None:
+    """What every process entering a container does last, then exec: `run`'s PID 1, `minirun
+    exec`'s command, `minirun create`'s and an engine's exec'd process (oci.py) alike.
+
+    gate: `create`'s FIFO (oci.py), where the process, ready, waits for `start`.
+    outlives_runtime: the minirun that forked it exits first (`create`, `exec --detach`) and
+    the engine's subreaper adopts it: no parent-death signal then.
+    """
+    # 6. Where it starts (made by rootfs.assemble for a first process, before any --read-only),
+    #    and the limits a bundle may give it: setrlimit(2), oom_score_adj (proc(5)), umask(2).
+    os.makedirs(process.cwd, exist_ok=True)
+    os.chdir(process.cwd)
+    for number, soft, hard in process.rlimits:
+        resource.setrlimit(number, (soft, hard))
+    if process.oom_score_adj is not None:
+        Path("/proc/self/oom_score_adj").write_text(str(process.oom_score_adj))
+    if process.umask is not None:
+        os.umask(process.umask)
+
     # 7. Its own session, so the host terminal's Ctrl-C reaches minirun, which passes it on
-    #    once; with -t, a pty of the container's own as its controlling terminal.
+    #    once; with a terminal, a pty of the container's own as its controlling terminal.
     os.setsid()
     if link.console:
         terminal.open_in_container(link.console)
+        if process.console_size:        # a bundle's: the engine's window, rows and columns
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *process.console_size, 0, 0))
         say("terminal", f"{os.ttyname(0)} of the container's own /dev/pts; its master sent to the runtime")
 
     # 8. Give up what the command must not have: capabilities, any new privilege, and root
-    #    itself if the image or -u names another user.
-    _give_up_privileges(user, privileges, link, say)
-    env = dict(env)
-    env.setdefault("HOME", security.home_directory(os.getuid()))   # as Docker: from passwd
+    #    itself if the image, -u or the bundle names another user. Without no_new_privs,
+    #    installing a seccomp filter needs CAP_SYS_ADMIN (seccomp(2)): before the drop, then.
+    if seccomp_filter and not process.no_new_privileges:
+        _filter_system_calls(seccomp_filter, say)
+    _give_up_privileges(process, link, say, outlives_runtime)
+    env = dict(process.env)
+    env.setdefault("HOME", security.home_directory(os.getuid()))   # as Docker, runc: from passwd
 
     # 9. Nothing of the runtime's crosses but stdin, stdout and stderr.
     security.close_inherited_descriptors()
     say("exec", "every descriptor above 2 is close-on-exec")
 
-    # 10. The last step before exec: a filter on the system calls themselves. Put on last, the
+    # 10. `create` only: ready. Wait at the gate until `start` (oci.py).
+    if gate is not None:
+        _wait_at_the_gate(process.args, env, link, gate)
+
+    # 11. The last step before exec: a filter on the system calls themselves. Put on last, the
     #     runtime's own set-up above is not filtered; with --init, the init is.
-    if filtered:
-        _filter_system_calls(say)
+    if seccomp_filter and process.no_new_privileges:
+        _filter_system_calls(seccomp_filter, say)
 
-    # 11. Become the command: exec it as PID 1, or exec the tiny init that runs it as PID 2.
-    if init_binary:
-        _exec_init(command, env, link)
-    _exec(command, env, link)
+    # 12. Become the command: exec it (as PID 1 for `run`), or exec the tiny init that runs it
+    #     as PID 2.
+    if process.init:
+        _exec_init(process.args, env, link)
+    _exec(process.args, env, link)
 
 
-def _give_up_privileges(user: str, privileges: security.Privileges, link: _Link, say) -> None:
-    security.drop_privileges(privileges)
-    say("security", privileges.describe())
-    if user:
-        uid, gid, groups = security.switch_user(user)
-        say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
-        # A change of user clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG), which
-        # would let this container outlive a killed runtime unseen. Arm it again, then check
-        # that the runtime did not die in between.
+def _give_up_privileges(process: Process, link: _Link, say, outlives_runtime: bool) -> None:
+    if process.user:
+        ids = security.resolve_user(process.user)       # the root has changed: the container's files
+    elif process.user is None:
+        ids = (process.uid, process.gid, tuple(process.groups))
+    else:
+        ids = None
+    security.drop_privileges(process.capabilities, ids, process.no_new_privileges)
+    say("security", security.describe(process.capabilities["bounding"], process.no_new_privileges))
+    if process.user:
+        uid, gid, groups = ids
+        say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities "
+            "left after the exec")
+    # A change of IDs clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG), which would
+    # let this container outlive a killed runtime unseen. Arm it again, then check that the
+    # runtime did not die in between; or, for a process meant to outlive it, disarm it.
+    if outlives_runtime:
+        security.stay_after_parent()
+    elif ids is not None:
         security.die_with_parent()
         if link.runtime_is_gone():
             os._exit(RUNTIME_FAILED)
 
 
-def _filter_system_calls(say) -> None:
+def _wait_at_the_gate(args: list[str], env: dict[str, str], link: _Link, gate: int) -> None:
+    """`create`'s end: the process is ready. EOF on the errors pipe tells `create` so, and it
+    exits; then the process waits for `start`: open(2) of a FIFO for writing blocks until it
+    has a reader (fifo(7)), runc's design. The command is looked up first, so that `create`,
+    not a silent exit after `start`, says it is missing, as runc does."""
+    if not _findable(args[0], env):
+        raise _exec_failure(args, env, errno.ENOENT)
+    os.close(link.errors)
+    link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fifo = os.open(f"/proc/self/fd/{gate}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fifo, b"0")
+        os.close(fifo)
+    except OSError as error:    # `create` has gone: the engine reads the container's stderr
+        os.write(2, f"minirun: starting the container failed: {error}\n".encode())
+        os._exit(RUNTIME_FAILED)
+
+
+def _findable(program: str, env: dict) -> bool:
+    """Whether execvpe will find `program`."""
+    if "/" in program:
+        return os.path.exists(program)
+    return any(os.path.exists(os.path.join(directory or ".", program))
+               for directory in env.get("PATH", os.defpath).split(":"))
+
+
+def _filter_system_calls(program: bytes, say) -> None:
     began = time.perf_counter()
-    length = seccomp.install_default()
+    length = seccomp.install(program)
     say("seccomp", f"filter of {length} BPF instructions installed in "
-        f"{1000 * (time.perf_counter() - began):.2f} ms; it refuses:")
-    for line in seccomp.describe():
-        say("seccomp", line)
+        f"{1000 * (time.perf_counter() - began):.2f} ms"
+        + ("; it refuses:" if program is seccomp.DEFAULT_FILTER else ""))
+    if program is seccomp.DEFAULT_FILTER:
+        for line in seccomp.describe():
+            say("seccomp", line)
 
 
 def _exec(command: list[str], env: dict[str, str], link: _Link) -> None:

@@ -39,11 +39,14 @@ from pathlib import Path
 
 from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, state,
                      userns)
+from minirun.container import Process
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
+from minirun.narrator import narrator
 from minirun.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                                 MS_REC, mount)
 
 OCI_VERSION = "1.0.2"
+QUIET = narrator("minirun", False)     # no --explain for an engine's commands
 
 
 # -- config.json in ------------------------------------------------------------------------------
@@ -80,23 +83,6 @@ def refuse(where: str, why: str = "") -> None:
 
 def _invalid(where: str, kind: str) -> RuntimeFailure:
     return RuntimeFailure(f"config.json: {where} must be {kind}")
-
-
-@dataclass
-class Process:
-    args: list[str]
-    env: dict[str, str]
-    cwd: str
-    uid: int = 0
-    gid: int = 0
-    groups: list[int] = field(default_factory=list)
-    umask: int | None = None
-    terminal: bool = False
-    capabilities: dict[str, frozenset] = field(default_factory=dict)   # set -> short names
-    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
-    no_new_privileges: bool = False
-    oom_score_adj: int | None = None
-    console_size: tuple[int, int] | None = None     # rows, columns
 
 
 @dataclass
@@ -658,7 +644,9 @@ def _become(plan: Plan, cgroup, link, fifo_fd: int, console, handshake) -> None:
     if "network" in new:
         from minirun import network
         network.bring_up_loopback()
-    _enter_process(plan.process, link, console, plan.seccomp, fifo_fd)
+    link.console = console          # the engine's --console-socket, for the pty's master end
+    container._last_steps(plan.process, link, plan.seccomp, QUIET, gate=fifo_fd,
+                          outlives_runtime=True)
 
 
 def _join(path: str, flag: int) -> None:
@@ -714,100 +702,6 @@ def _stand_by(child: int, link) -> None:
     poller.register(link.go, select.POLLIN)
     if any(fd == ended for fd, _ in poller.poll()):
         os.waitpid(child, 0)
-
-
-def _enter_process(process: Process, link, console, program: bytes | None,
-                   fifo_fd: int | None, outlives_runtime: bool = True) -> None:
-    """The steps every process entering the container takes last (create and exec alike):
-    limits, terminal, user and capabilities, the FIFO (create only), seccomp, exec.
-    outlives_runtime: the minirun that forked it exits first (create, exec --detach), and the
-    engine's subreaper adopts it: no parent-death signal then."""
-    import prctl
-    os.makedirs(process.cwd, exist_ok=True)
-    os.chdir(process.cwd)
-    for number, soft, hard in process.rlimits:
-        resource.setrlimit(number, (soft, hard))
-    if process.oom_score_adj is not None:
-        Path("/proc/self/oom_score_adj").write_text(str(process.oom_score_adj))
-    if process.umask is not None:
-        os.umask(process.umask)
-    os.setsid()
-    if console:
-        from minirun import terminal
-        terminal.open_in_container(console)     # the master goes to the engine's socket
-        if process.console_size:
-            import fcntl
-            import struct
-            import termios
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *process.console_size, 0, 0))
-    # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: before the drop, then.
-    if program and not process.no_new_privileges:
-        seccomp.install(program)
-    caps = process.capabilities
-    for name in prctl.ALL_CAP_NAMES:
-        if name not in caps["bounding"]:
-            prctl.capbset.drop(name)
-    prctl.set_keepcaps(True)            # keep the permitted set across the setuid below
-    os.setgroups(process.groups)
-    os.setgid(process.gid)
-    os.setuid(process.uid)
-    prctl.set_keepcaps(False)
-    _set_capabilities(caps)
-    if process.no_new_privileges:
-        prctl.set_no_new_privs(1)
-    security.close_inherited_descriptors()
-    env = dict(process.env)
-    if not _findable(process.args[0], env):
-        raise container._exec_failure(process.args, env, errno.ENOENT)
-    if outlives_runtime:
-        prctl.set_pdeathsig(0)
-    if fifo_fd is not None:
-        # Ready: EOF on the error pipe tells `create` so, and it exits. Then wait for `start`
-        # on the FIFO: open(2) of a FIFO for writing blocks until it has a reader (fifo(7)).
-        os.close(link.errors)
-        link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            gate = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
-            os.write(gate, b"0")
-            os.close(gate)
-            if program and process.no_new_privileges:
-                seccomp.install(program)
-        except OSError as error:    # `create` has gone: the engine reads the container's stderr
-            os.write(2, f"minirun: starting the container failed: {error}\n".encode())
-            os._exit(RUNTIME_FAILED)
-    elif program and process.no_new_privileges:
-        seccomp.install(program)
-    container._exec(process.args, env, link)
-
-
-def _set_capabilities(caps: dict) -> None:
-    """The permitted, effective, inheritable and ambient sets, as config.json lists them
-    (capabilities(7)); the bounding set is cut already."""
-    import prctl
-    names = prctl.ALL_CAP_NAMES
-    # The kernel keeps ambient capabilities only if inheritable too (capabilities(7)): a
-    # bundle that asks for ambient ones (`runc spec` does) gets them inheritable as well.
-    caps = dict(caps, inheritable=caps["inheritable"] | caps["ambient"])
-    for name in names:                      # raise first, while permitted still holds them
-        if name in caps["inheritable"]:
-            setattr(prctl.cap_inheritable, name, True)
-        if name in caps["effective"]:
-            setattr(prctl.cap_effective, name, True)
-    prctl.cap_effective.limit(*[n for n in names if n in caps["effective"]])
-    prctl.cap_inheritable.limit(*[n for n in names if n in caps["inheritable"]])
-    prctl.cap_permitted.limit(*[n for n in names if n in caps["permitted"]])
-    for name in caps["ambient"]:            # PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE
-        if namespaces.libc.prctl(47, 2, getattr(prctl, f"CAP_{name.upper()}"), 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"raise ambient capability {name}")
-
-
-def _findable(program: str, env: dict) -> bool:
-    """Whether execvpe will find `program` (checked before waiting, so that `create`, not a
-    silent exit after `start`, says the command is missing, as runc does)."""
-    if "/" in program:
-        return os.path.exists(program)
-    return any(os.path.exists(os.path.join(directory or ".", program))
-               for directory in env.get("PATH", os.defpath).split(":"))
 
 
 def _write_pid_file(path: str, pid: int) -> None:
@@ -989,11 +883,12 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
     def join(link) -> None:
         cgroup.join()
         # The user namespace last: until then we are the host's root, who may join any
-        # namespace; after it, the process's IDs are the container's (_enter_process sets them).
+        # namespace; after it, the process's IDs are the container's (_last_steps sets them).
         for name in ("cgroup", "ipc", "uts", "net", "mnt", "user"):
             if name in joined:
                 namespaces.setns(joined[name])
-        _enter_process(process, link, console, plan.seccomp, None, outlives_runtime=detach)
+        link.console = console
+        container._last_steps(process, link, plan.seccomp, QUIET, outlives_runtime=detach)
 
     with signals.held():
         try:
