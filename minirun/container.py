@@ -38,13 +38,6 @@ from minirun.image import Image, Store, store_root
 from minirun.narrator import narrator
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
 
-# Everything but the PID namespace, which the parent asks for on the child's behalf (_fork_child).
-# CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
-# the child unshares only after it has joined the container's cgroup.
-CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
-                        | namespaces.CLONE_NEWNET | namespaces.CLONE_NEWCGROUP)
-
-
 @dataclass
 class ContainerSpec:
     """What the user asked for: `minirun run [OPTIONS] IMAGE [COMMAND...]`."""
@@ -231,11 +224,18 @@ def run(spec: ContainerSpec) -> int:
             net.prepare(plan.id, record.name, plan.hostname, bundle.upper, say)
             _stop_if_interrupted()
 
-            # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-            #    Meanwhile the runtime wires its network namespace (veth, address, route).
+            # 5. Fork the container's PID 1 into new namespaces; it becomes the container as an
+            #    engine's bundle does (_become: the plan in config.json's shape), with two steps of
+            #    run's own: the image's overlay as its root, and eth0, which the runtime wires
+            #    meanwhile (veth, address, route).
+            config = _config(plan, bundle, net)
             child, pty_master = _fork_child(
                 lambda: _new_pid_namespace(say),
-                lambda link: _become_container(plan, bundle, cgroup, net, link, say),
+                lambda link: _become(config, cgroup, link, say,
+                                     lambda: _mount_overlay(plan, bundle, say),
+                                     use_chroot=spec.use_chroot,
+                                     network_ready=(lambda: _wait_for_eth0(net, link, say))
+                                     if net.attachment else None),
                 spec.tty, "setting up the container failed", plan.command, plan.env,
                 after_go=(lambda: net.wire(say)) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
@@ -448,77 +448,6 @@ def _second_go(go_write: int, work) -> None:
         pass                            # the child has failed already: _wait_for_exec says why
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
-                      net: network.ContainerNetwork, link: _Link, say) -> None:
-    """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
-    # 1. Resources: join the container's cgroup (in the cgroup2 tree this process was born in
-    #    it already: Cgroup.fork). Every process forked from here on is born in it, counted and
-    #    limited with the rest of the container.
-    cgroup.join()
-    say("cgroup", f"joined {cgroup}")
-
-    # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen are
-    #    the container's own.
-    #    The network namespace: a new one (--network none), the one the runtime has made and
-    #    wires for it (bridge), or the host's (--network host).
-    if net.mode == "none":
-        namespaces.unshare(CONTAINER_NAMESPACES)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
-    else:
-        namespaces.unshare(CONTAINER_NAMESPACES & ~namespaces.CLONE_NEWNET)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP")
-    if net.netns >= 0:
-        namespaces.setns(net.netns, namespaces.CLONE_NEWNET)
-        say("setns", "the network namespace the runtime made; it is wiring eth0 meanwhile")
-    namespaces.sethostname(plan.hostname)
-    say("sethostname", plan.hostname)
-
-    # 3-4. The root filesystem: the image's layers under a writable overlay; then, as for an OCI
-    #    bundle (rootfs.assemble), the plan's mounts (the kernel's pseudo-filesystems, a minimal
-    #    /dev, -v's volumes, --init's program), the root switch (pivot_root detaches the host's
-    #    filesystem; chroot only hides it), masks over what would reveal the host, --read-only.
-    rootfs.make_mounts_private()
-    say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
-    privileged = plan.privileges.privileged
-    rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged)
-    say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
-        + ("" if privileged else ", nosuid and nodev"))
-    root = bundle.merged
-    say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
-        "its own cgroups read-only on /sys/fs/cgroup"
-        + (", masks" if plan.masked else "; no masks (--privileged)")
-        + (", /dev/init" if plan.init_binary else ""))
-    for volume in plan.spec.volumes:
-        say("mount", f"{volume.source} bound on {volume.target}"
-            + (" read-only" if volume.read_only else ""))
-    rootfs.assemble(root, plan.mounts, plan.masked, plan.read_only_paths, plan.spec.read_only,
-                    plan.workdir, use_chroot=plan.spec.use_chroot)
-    if plan.spec.use_chroot:
-        say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
-    else:
-        say("pivot_root", f"{root} is now /; the old root is unmounted")
-    if plan.spec.read_only:
-        say("mount", "/ remounted read-only (--read-only)")
-
-    # 5. The network: `lo` up (a new namespace has it down) and, on the bridge, eth0 once the
-    #    runtime has wired it.
-    if net.mode != "host":
-        network.bring_up_loopback()
-        say("network", "lo up" + ("" if net.attachment else "; no other device"))
-    if net.attachment:
-        link.wait_for_runtime()
-        say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
-
-    # 6-12. Where the command starts, the terminal, privileges, descriptors, the system call
-    #       filter, and exec: the last steps of every process entering a container.
-    privileges = plan.privileges
-    _last_steps(Process(args=plan.command, env=plan.env, cwd=plan.workdir, user=plan.user,
-                        terminal=plan.spec.tty, capabilities=privileges.capability_sets(),
-                        no_new_privileges=not privileges.privileged,
-                        init=plan.init_binary is not None),
-                link, seccomp.default_filter() if plan.seccomp else None, say)
-
-
 @dataclass
 class Process:
     """A process entering a container, in the shape of config.json's `process` (the OCI
@@ -543,6 +472,151 @@ class Process:
     oom_score_adj: int | None = None
     console_size: tuple[int, int] | None = None     # rows, columns
     init: bool = False          # --init: exec the init on /dev/init, which runs args as PID 2
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A container as config.json describes it (the runtime spec's config.md), read into data:
+    what the forked child becomes (_become). `minirun create` reads one from an engine's bundle
+    (oci.load, whose Plan adds what the runtime does on the host); `run` makes one from its
+    plan (_config)."""
+    root: Path
+    process: Process
+    mounts: list[rootfs.Mount]                  # on the root, in order
+    namespaces: dict[str, str | None]           # config.json's type -> a path to join, or None: new
+    hostname: str | None = None
+    read_only: bool = False
+    masked: list[str] = field(default_factory=list)
+    read_only_paths: list[str] = field(default_factory=list)
+    sysctl: dict[str, str] = field(default_factory=dict)
+    seccomp: bytes | None = None                # an assembled filter (seccomp.py)
+    uid_map: list = field(default_factory=list)     # userns.Mapping, with a new user namespace
+    gid_map: list = field(default_factory=list)
+
+
+def _config(plan: Plan, bundle: rootfs.Bundle, net: network.ContainerNetwork) -> Config:
+    """The plan in config.json's shape, as an engine would write it for its bundle."""
+    chosen = {"pid": None, "mount": None, "uts": None, "ipc": None, "cgroup": None}
+    # The network namespace: a new one (--network none); the one the runtime has made and wires
+    # for it (bridge), joined through the child's own copy of the runtime's descriptor on it,
+    # inherited across the fork (/proc/self/fd/N, a path setns can open); or none of its own
+    # (--network host: the host's).
+    if net.mode == "none":
+        chosen["network"] = None
+    elif net.attachment:
+        chosen["network"] = f"/proc/self/fd/{net.netns}"
+    privileges = plan.privileges
+    return Config(
+        root=bundle.merged, mounts=plan.mounts, namespaces=chosen, hostname=plan.hostname,
+        read_only=plan.spec.read_only, masked=plan.masked, read_only_paths=plan.read_only_paths,
+        seccomp=seccomp.default_filter() if plan.seccomp else None,
+        process=Process(args=plan.command, env=plan.env, cwd=plan.workdir, user=plan.user,
+                        terminal=plan.spec.tty, capabilities=privileges.capability_sets(),
+                        no_new_privileges=not privileges.privileged,
+                        init=plan.init_binary is not None))
+
+
+def _become(config: Config, cgroup: cgroups.Cgroup, link: _Link, say, prepare_root, *,
+            use_chroot: bool = False, network_ready=None, enter_user_namespace=None,
+            gate: int | None = None, outlives_runtime: bool = False) -> None:
+    """In the forked child: become the container `config` describes, then exec. `run`'s PID 1
+    and `minirun create`'s process (oci.py) alike, in the order runc takes these steps.
+
+    prepare_root(): puts the root in place at config.root, a mount point, in the container's
+    mount namespace. network_ready(): run's bridge: eth0, wired by the runtime meanwhile.
+    enter_user_namespace(): a bundle's user namespace (oci.py). gate, outlives_runtime: see
+    _last_steps.
+    """
+    # 1. Resources: join the container's cgroup (in the cgroup2 tree this process was born in
+    #    it already: Cgroup.fork). Every process forked from here on is born in it, counted and
+    #    limited with the rest of the container.
+    cgroup.join()
+    say("cgroup", f"joined {cgroup}")
+
+    # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen are
+    #    the container's own. First those to join, by path, while this process is the host's
+    #    root, who may join any; then a bundle's user namespace; then the new ones. (The PID
+    #    namespace was settled by the fork: see _fork_child.) CLONE_NEWCGROUP makes the cgroup
+    #    the child is in at that moment the root of what it sees: hence after the join above.
+    for kind, path in config.namespaces.items():
+        if path and kind not in ("pid", "user"):
+            namespaces.join(path, namespaces.BY_TYPE[kind])
+            say("setns", f"the {kind} namespace at {path}")
+    if enter_user_namespace:
+        enter_user_namespace()
+    new = [kind for kind, path in config.namespaces.items()
+           if not path and kind not in ("pid", "user")]
+    flags = 0
+    for kind in new:
+        flags |= namespaces.BY_TYPE[kind]
+    # A cgroup filesystem mounted outside a cgroup namespace shows the host's whole tree:
+    # with a cgroup mount, the container gets a cgroup namespace of its own, asked or not.
+    if any(m.type in ("cgroup", "cgroup2") for m in config.mounts) \
+            and "cgroup" not in config.namespaces:
+        flags |= namespaces.CLONE_NEWCGROUP
+    namespaces.unshare(flags)
+    say("unshare", " | ".join(name for flag, name in namespaces.FLAG_NAMES.items() if flags & flag))
+    if config.hostname:
+        namespaces.sethostname(config.hostname)
+        say("sethostname", config.hostname)
+    for key, value in config.sysctl.items():    # /proc/sys/net follows the writer's namespace
+        Path("/proc/sys", *key.split(".")).write_text(value)
+
+    # 3-4. The root filesystem: its mounts made private, then the root put in place (run: the
+    #    image's layers under a writable overlay; a bundle: the engine's directory), then, from
+    #    config.json's data (rootfs.assemble), the mounts (the kernel's pseudo-filesystems, a
+    #    minimal /dev, -v's volumes, --init's program), the root switch (pivot_root detaches the
+    #    host's filesystem; --chroot only hides it), masks over what would reveal the host, and
+    #    a read-only root if asked.
+    rootfs.make_mounts_private()
+    say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
+    prepare_root()
+    rootfs.assemble(config.root, config.mounts, config.masked, config.read_only_paths,
+                    config.read_only, config.process.cwd, use_chroot=use_chroot,
+                    user_namespace="user" in config.namespaces)
+    if use_chroot:
+        say("chroot", f"{config.root} (escapable: the host's mounts are still in this namespace)")
+    else:
+        say("pivot_root", f"{config.root} is now /; the old root is unmounted")
+    if config.read_only:
+        say("mount", "/ remounted read-only (--read-only)")
+
+    # 5. The network: `lo` up in a new namespace (it starts down); run's bridge, eth0 too.
+    if "network" in new:
+        network.bring_up_loopback()
+        say("network", "lo up; no other device")
+    if network_ready:
+        network_ready()
+
+    # 6-12. Where the command starts, the terminal, privileges, descriptors, the system call
+    #       filter, and exec: the last steps of every process entering a container.
+    _last_steps(config.process, link, config.seccomp, say, gate, outlives_runtime)
+
+
+def _mount_overlay(plan: Plan, bundle: rootfs.Bundle, say) -> None:
+    """run's root: the image's layers under the container's writable layer. An engine mounts
+    its overlay before `create`, on the host; `run` mounts it here, in the container's own
+    mount namespace, so that nothing of it shows on the host, and the kernel unmounts it when
+    the container's last process ends."""
+    privileged = plan.privileges.privileged
+    rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged)
+    say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
+        + ("" if privileged else ", nosuid and nodev"))
+    say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
+        "its own cgroups read-only on /sys/fs/cgroup"
+        + (", masks" if plan.masked else "; no masks (--privileged)")
+        + (", /dev/init" if plan.init_binary else ""))
+    for volume in plan.spec.volumes:
+        say("mount", f"{volume.source} bound on {volume.target}"
+            + (" read-only" if volume.read_only else ""))
+
+
+def _wait_for_eth0(net: network.ContainerNetwork, link: _Link, say) -> None:
+    """run's bridge: `lo` up in the namespace the runtime made, then eth0 once it is wired."""
+    network.bring_up_loopback()
+    say("network", "lo up")
+    link.wait_for_runtime()
+    say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
 
 
 def _last_steps(process: Process, link: _Link, seccomp_filter: bytes | None, say,

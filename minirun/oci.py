@@ -18,8 +18,8 @@ engine can do its work on a container that exists but runs nothing yet: join its
 namespace, write its pid file, run hooks.
 
 This module reads config.json into a Plan (refusing, in one line naming it, every field it does
-not carry out: nothing is silently ignored), makes the container from it (_become: the child's
-steps, in runc's order; the root assembled by rootfs.assemble, as `minirun run`'s is) and keeps
+not carry out: nothing is silently ignored), makes the container from it (container._become:
+the child's steps, in runc's order, the very ones `minirun run`'s container takes) and keeps
 its state in $MINIRUN_STATE/oci/ID/ (or --root). The runtime process exits after each command:
 the container's process is left to the engine's own supervisor (conmon, containerd-shim), a
 subreaper that waits for it.
@@ -34,7 +34,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, state,
@@ -85,27 +85,17 @@ def _invalid(where: str, kind: str) -> RuntimeFailure:
     return RuntimeFailure(f"config.json: {where} must be {kind}")
 
 
-@dataclass
-class Plan:
+@dataclass(kw_only=True)
+class Plan(container.Config):
+    """A bundle's config.json, read: the container itself (container.Config, what the child
+    becomes, as `run`'s does), and what the runtime does for it on the host."""
     id: str
     bundle: Path
-    root: Path
-    read_only: bool
-    process: Process
-    hostname: str | None
-    mounts: list[rootfs.Mount]
-    namespaces: dict[str, str | None]       # type -> a path to join, or None for a new one
     limits: cgroups.Limits
     device_rules: tuple
     cgroups_path: str
-    seccomp: bytes | None
-    masked: list[str]
-    read_only_paths: list[str]
-    sysctl: dict[str, str]
     hooks: dict[str, list[dict]]
     annotations: dict[str, str]
-    uid_map: list[userns.Mapping] = field(default_factory=list)    # with a new user namespace
-    gid_map: list[userns.Mapping] = field(default_factory=list)
 
 
 def load(bundle: Path, container_id: str) -> Plan:
@@ -312,22 +302,14 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
     return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra))
 
 
-NAMESPACE_FLAGS = {"pid": namespaces.CLONE_NEWPID, "network": namespaces.CLONE_NEWNET,
-                   "ipc": namespaces.CLONE_NEWIPC, "uts": namespaces.CLONE_NEWUTS,
-                   "mount": namespaces.CLONE_NEWNS, "cgroup": namespaces.CLONE_NEWCGROUP,
-                   "user": namespaces.CLONE_NEWUSER}
-PROC_NS_NAMES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-                 "cgroup": "cgroup", "user": "user"}
-
-
 def _namespaces(items: list) -> dict[str, str | None]:
     chosen = {}
     for index, item in enumerate(items):
         fields = Fields(item, f"linux.namespaces[{index}]")
         kind, path = fields.get("type", "", str), fields.get("path", None, str)
         fields.done()
-        if kind not in NAMESPACE_FLAGS:
-            refuse(f"linux.namespaces type {kind!r}", "minirun knows " + ", ".join(NAMESPACE_FLAGS))
+        if kind not in namespaces.BY_TYPE:
+            refuse(f"linux.namespaces type {kind!r}", "minirun knows " + ", ".join(namespaces.BY_TYPE))
         if kind == "mount" and path:
             refuse("linux.namespaces mount path", "the container's mounts are its own")
         if path and not os.path.exists(path):
@@ -562,9 +544,18 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
         # (_enter_user_namespace), and the runtime writes its maps meanwhile.
         handshake = userns.Handshake(plan.uid_map, plan.gid_map) \
             if "user" in plan.namespaces else None
+
+        def become(link) -> None:
+            """In the child: the container, made from the bundle as `run`'s is from its plan."""
+            link.console = console      # the engine's --console-socket, for the pty's master end
+            container._become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
+                              enter_user_namespace=(lambda: _enter_user_namespace(
+                                  plan, link, handshake)) if handshake else None,
+                              gate=fifo_fd, outlives_runtime=True)
+
         child, _ = container._fork_child(
             (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
-            lambda link: _become(plan, cgroup, link, fifo_fd, console, handshake),
+            become,
             False, "creating the container failed", plan.process.args, plan.process.env,
             after_go=handshake.write_maps if handshake and plan.uid_map else None)
         if handshake:
@@ -605,56 +596,15 @@ def _enter_pid_namespace(chosen: dict) -> None:
     if "pid" not in chosen:
         return                                  # the host's PID namespace, as asked
     if chosen["pid"]:
-        _join(chosen["pid"], namespaces.CLONE_NEWPID)
+        namespaces.join(chosen["pid"], namespaces.CLONE_NEWPID)
     else:
         namespaces.unshare(namespaces.CLONE_NEWPID)
 
 
-def _become(plan: Plan, cgroup, link, fifo_fd: int, console, handshake) -> None:
-    """In the child: the container's steps, in the order runc takes them, up to the FIFO."""
-    cgroup.join()
-    joined = {kind: path for kind, path in plan.namespaces.items()
-              if path and kind not in ("pid", "user")}
-    for kind, path in joined.items():       # as the host's root still: any namespace may be
-        _join(path, NAMESPACE_FLAGS[kind])
-    if handshake:
-        _enter_user_namespace(plan, link, handshake)
-    new = [kind for kind, path in plan.namespaces.items()
-           if not path and kind not in ("pid", "user")]
-    flags = 0
-    for kind in new:
-        flags |= NAMESPACE_FLAGS[kind]
-    # A cgroup filesystem mounted outside a cgroup namespace shows the host's whole tree:
-    # with a cgroup mount, the container gets a cgroup namespace of its own, asked or not.
-    if any(m.type in ("cgroup", "cgroup2") for m in plan.mounts) and "cgroup" not in plan.namespaces:
-        flags |= namespaces.CLONE_NEWCGROUP
-    namespaces.unshare(flags)
-    if plan.hostname:
-        namespaces.sethostname(plan.hostname)
-    for key, value in plan.sysctl.items():      # /proc/sys/net follows the writer's namespace
-        Path("/proc/sys", *key.split(".")).write_text(value)
-
-    # The root: a bind mount of itself (pivot_root wants a mount point), then what `run` does
-    # too, with the bundle's data: its mounts in order, the devices, pivot_root, its masked and
-    # read-only paths (rootfs.assemble).
-    rootfs.make_mounts_private()
-    mount(str(plan.root), str(plan.root), None, MS_BIND | MS_REC)
-    rootfs.assemble(plan.root, plan.mounts, plan.masked, plan.read_only_paths, plan.read_only,
-                    plan.process.cwd, user_namespace="user" in plan.namespaces)
-    if "network" in new:
-        from minirun import network
-        network.bring_up_loopback()
-    link.console = console          # the engine's --console-socket, for the pty's master end
-    container._last_steps(plan.process, link, plan.seccomp, QUIET, gate=fifo_fd,
-                          outlives_runtime=True)
-
-
-def _join(path: str, flag: int) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        namespaces.setns(fd, flag)
-    finally:
-        os.close(fd)
+def _bind_root(root: Path) -> None:
+    """An engine's root is a directory (it has mounted the image's layers itself, before
+    `create`); pivot_root wants a mount point: a bind mount of the directory on itself."""
+    mount(str(root), str(root), None, MS_BIND | MS_REC)
 
 
 def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None:
@@ -669,7 +619,7 @@ def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None
     (pid_namespaces(7)), the container's process must be a child forked from in here."""
     os.close(handshake.read)
     if plan.namespaces["user"]:
-        _join(plan.namespaces["user"], namespaces.CLONE_NEWUSER)
+        namespaces.join(plan.namespaces["user"], namespaces.CLONE_NEWUSER)
     else:
         namespaces.unshare(namespaces.CLONE_NEWUSER)
         handshake.ask_for_maps(link)            # the runtime writes them (userns.py)
