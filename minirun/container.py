@@ -13,6 +13,7 @@ lifecycle.py, and what killed runs left behind removed in garbage.py.
 """
 import errno
 import fcntl
+import json
 import os
 import re
 import resource
@@ -37,6 +38,9 @@ from minirun.errors import (CANNOT_EXECUTE, NOT_FOUND, RUNTIME_FAILED, RuntimeFa
 from minirun.image import Image, Store, store_root
 from minirun.narrator import narrator
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
+
+OCI_VERSION = "1.0.2"       # of the runtime spec whose config.json `run` writes, and oci.py reads
+
 
 @dataclass
 class ContainerSpec:
@@ -224,11 +228,16 @@ def run(spec: ContainerSpec) -> int:
             net.prepare(plan.id, record.name, plan.hostname, bundle.upper, say)
             _stop_if_interrupted()
 
-            # 5. Fork the container's PID 1 into new namespaces; it becomes the container as an
-            #    engine's bundle does (_become: the plan in config.json's shape), with two steps of
-            #    run's own: the image's overlay as its root, and eth0, which the runtime wires
-            #    meanwhile (veth, address, route).
+            # 4c. The container as data in the shape of an OCI bundle's config.json (_config),
+            #     written as BUNDLE/config.json too, so that a reader can `cat` what run asks for.
             config = _config(plan, bundle, net)
+            say("bundle", f"{_write_config(config, plan, bundle)}: the container, as an engine's "
+                "bundle says it")
+
+            # 5. Fork the container's PID 1 into new namespaces; it becomes the container from that
+            #    data by the very steps `minirun create` takes for an engine's bundle (_become),
+            #    with two of run's own: the image's overlay as its root, and eth0, which the
+            #    runtime wires meanwhile (veth, address, route).
             child, pty_master = _fork_child(
                 lambda: _new_pid_namespace(say),
                 lambda link: _become(config, cgroup, link, say,
@@ -514,6 +523,57 @@ def _config(plan: Plan, bundle: rootfs.Bundle, net: network.ContainerNetwork) ->
                         terminal=plan.spec.tty, capabilities=privileges.capability_sets(),
                         no_new_privileges=not privileges.privileged,
                         init=plan.init_binary is not None))
+
+
+def _write_config(config: Config, plan: Plan, bundle: rootfs.Bundle) -> Path:
+    """The plan as an engine would write it: BUNDLE/config.json, in the runtime spec's format
+    (config.md, config-linux.md), so that a reader can `cat` what `run` asked the runtime for.
+
+    Three things config.json has no words for go in annotations (free for the runtime's own,
+    config.md "Annotations"): -u's user by name (config.json's IDs are numbers: an engine
+    looks a name up itself; `run` looks it up in the container's own /etc/passwd, once its root
+    is in place), minirun's default seccomp filter (a program of its own, seccomp.py, not a
+    profile of names) and --init.
+    """
+    process, limits = config.process, plan.spec.limits
+    resources = {}
+    if limits.memory:
+        resources["memory"] = {"limit": limits.memory}
+    if limits.cpus:
+        resources["cpu"] = {"quota": round(limits.cpus * cgroups.CPU_PERIOD_US),
+                            "period": cgroups.CPU_PERIOD_US}
+    if limits.pids:
+        resources["pids"] = {"limit": limits.pids}
+    if plan.privileges.privileged:      # every device (config-linux.md, "Allowed Device Cgroup")
+        resources["devices"] = [{"allow": True, "access": "rwm"}]
+    annotations = {"org.minirun.image": plan.image.name}
+    if process.user:
+        annotations["org.minirun.user"] = process.user
+    if config.seccomp:
+        annotations["org.minirun.seccomp"] = "the default filter (seccomp.py)"
+    if process.init:
+        annotations["org.minirun.init"] = f"{rootfs.INIT_PATH} runs process.args as PID 2"
+    document = {
+        "ociVersion": OCI_VERSION,
+        "root": {"path": config.root.name, "readonly": config.read_only},
+        "hostname": config.hostname,
+        "process": {
+            "terminal": process.terminal, "args": process.args, "cwd": process.cwd,
+            "env": [f"{key}={value}" for key, value in process.env.items()],
+            **({"user": {"uid": process.uid, "gid": process.gid}} if process.user is None else {}),
+            "capabilities": {kind: [f"CAP_{name.upper()}" for name in sorted(names)]
+                             for kind, names in process.capabilities.items()},
+            "noNewPrivileges": process.no_new_privileges},
+        "mounts": [mount.as_config() for mount in config.mounts],
+        "linux": {
+            "namespaces": [{"type": kind, **({"path": path} if path else {})}
+                           for kind, path in config.namespaces.items()],
+            "resources": resources, "cgroupsPath": f"/{cgroups.PARENT}/{plan.id}",
+            "maskedPaths": config.masked, "readonlyPaths": config.read_only_paths},
+        "annotations": annotations}
+    path = bundle.path / "config.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
 
 
 def _become(config: Config, cgroup: cgroups.Cgroup, link: _Link, say, prepare_root, *,

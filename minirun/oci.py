@@ -42,10 +42,9 @@ from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, s
 from minirun.container import Process
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
 from minirun.narrator import narrator
-from minirun.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                                MS_REC, mount)
+from minirun.namespaces import MS_BIND, MS_REC, mount
 
-OCI_VERSION = "1.0.2"
+OCI_VERSION = container.OCI_VERSION
 QUIET = narrator("minirun", False)     # no --explain for an engine's commands
 
 
@@ -258,17 +257,6 @@ def _capability(name: str, where: str) -> str:
     return short
 
 
-# mount(8)'s options that are flags of mount(2) (True sets the flag, False clears it).
-MOUNT_FLAGS = {"ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False), "nosuid": (MS_NOSUID, True),
-               "suid": (MS_NOSUID, False), "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
-               "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
-               "sync": (0x10, True), "async": (0x10, False), "dirsync": (0x80, True),
-               "noatime": (0x400, True), "atime": (0x400, False),
-               "nodiratime": (0x800, True), "diratime": (0x800, False),
-               "relatime": (1 << 21, True), "norelatime": (1 << 21, False),
-               "strictatime": (1 << 24, True), "nostrictatime": (1 << 24, False),
-               "bind": (MS_BIND, True), "rbind": (MS_BIND | MS_REC, True)}
-PROPAGATION = {"private": MS_PRIVATE, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
 MOUNT_TYPES = ("bind", "proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2", "shm")
 
 
@@ -279,11 +267,11 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         raise _invalid(f"{where}.destination", "an absolute path without '..'")
     flags, propagation, extra = 0, 0, []
     for option in fields.get("options", [], list):
-        if option in MOUNT_FLAGS:
-            bit, on = MOUNT_FLAGS[option]
+        if option in rootfs.MOUNT_FLAGS:
+            bit, on = rootfs.MOUNT_FLAGS[option]
             flags = flags | bit if on else flags & ~bit
-        elif option.removeprefix("r") in PROPAGATION:
-            propagation = PROPAGATION[option.removeprefix("r")] | (MS_REC if option[0] == "r" else 0)
+        elif option.removeprefix("r") in rootfs.PROPAGATION:
+            propagation = rootfs.PROPAGATION[option.removeprefix("r")] | (MS_REC if option[0] == "r" else 0)
         else:
             extra.append(option)
     kind = fields.get("type", "bind" if flags & MS_BIND else "", str)
