@@ -1,15 +1,17 @@
 """The story of a container run, step by step.
 
-`run` is what a runtime does, in order, on the host side; `_become_container` is what the
-forked child does to turn itself into the container's PID 1. Each step is one call into the
-module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
-chapters of docs/minirun.md follow the same order.
+`run` is what a runtime does, in order, on the host side; `_become` is what the forked child
+does to turn itself into the container's PID 1, from the container as config.json's data
+(`Config`): the same function makes an engine's bundle under `minirun create` (oci.py). Each
+step is one call into the module that owns the mechanism: image, cgroups, rootfs, namespaces,
+network, security, state. The chapters of docs/minirun.md follow the same order.
 
 The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`,
 given a `Process` in the shape of config.json's) and the standing by (`_supervise`) are `minirun
 exec`'s too (enter.py), as are `run`'s first checks; the fork and the last steps are also those
-of the OCI commands, `create` and an engine's exec (oci.py). What happens to a container from outside lives beside this file: found and stopped in
-lifecycle.py, and what killed runs left behind removed in garbage.py.
+of the OCI commands, `create` and an engine's exec (oci.py). What happens to a container from
+outside lives beside this file: found and stopped in lifecycle.py, and what killed runs left
+behind removed in garbage.py.
 """
 import errno
 import fcntl
@@ -234,19 +236,22 @@ def run(spec: ContainerSpec) -> int:
             say("bundle", f"{_write_config(config, plan, bundle)}: the container, as an engine's "
                 "bundle says it")
 
-            # 5. Fork the container's PID 1 into new namespaces; it becomes the container from that
-            #    data by the very steps `minirun create` takes for an engine's bundle (_become),
-            #    with two of run's own: the image's overlay as its root, and eth0, which the
-            #    runtime wires meanwhile (veth, address, route).
+            # 5. Create, then start. Fork the container's PID 1 into new namespaces; it becomes the
+            #    container from that data by the very steps `minirun create` takes for an engine's
+            #    bundle (_become), with two of run's own (the image's overlay as its root; on the
+            #    bridge, `lo` up in the namespace the runtime made), and waits at the start gate,
+            #    the last step before exec, as a bundle's process waits after `create`. Meanwhile
+            #    the runtime does what an engine does to a created container: it wires its network
+            #    (veth, address, route). Then start: one byte on `go` opens the gate, and it execs.
             child, pty_master = _fork_child(
                 lambda: _new_pid_namespace(say),
                 lambda link: _become(config, cgroup, link, say,
                                      lambda: _mount_overlay(plan, bundle, say),
                                      use_chroot=spec.use_chroot,
-                                     network_ready=(lambda: _wait_for_eth0(net, link, say))
-                                     if net.attachment else None),
+                                     own_network=net.attachment is not None,
+                                     gate=lambda: _wait_for_start(net, link, say)),
                 spec.tty, "setting up the container failed", plan.command, plan.env,
-                after_go=(lambda: net.wire(say)) if net.attachment else None, born_in=cgroup)
+                after_go=lambda: net.wire(say) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record = record._replace(pid=child, pid_start=state.start_time(child))
             state.save(record)
@@ -577,13 +582,14 @@ def _write_config(config: Config, plan: Plan, bundle: rootfs.Bundle) -> Path:
 
 
 def _become(config: Config, cgroup: cgroups.Cgroup, link: _Link, say, prepare_root, *,
-            use_chroot: bool = False, network_ready=None, enter_user_namespace=None,
-            gate: int | None = None, outlives_runtime: bool = False) -> None:
+            use_chroot: bool = False, own_network: bool = False, enter_user_namespace=None,
+            gate=None, outlives_runtime: bool = False) -> None:
     """In the forked child: become the container `config` describes, then exec. `run`'s PID 1
     and `minirun create`'s process (oci.py) alike, in the order runc takes these steps.
 
     prepare_root(): puts the root in place at config.root, a mount point, in the container's
-    mount namespace. network_ready(): run's bridge: eth0, wired by the runtime meanwhile.
+    mount namespace. own_network: the network namespace, joined, is one the runtime made for
+    this container (run's bridge): `lo` is the child's to bring up, as in a new one.
     enter_user_namespace(): a bundle's user namespace (oci.py). gate, outlives_runtime: see
     _last_steps.
     """
@@ -641,12 +647,11 @@ def _become(config: Config, cgroup: cgroups.Cgroup, link: _Link, say, prepare_ro
     if config.read_only:
         say("mount", "/ remounted read-only (--read-only)")
 
-    # 5. The network: `lo` up in a new namespace (it starts down); run's bridge, eth0 too.
-    if "network" in new:
+    # 5. The network: `lo` up (a new namespace has it down), in a namespace of the container's
+    #    own. (On run's bridge, eth0 is the runtime's work meanwhile: see _wait_for_start.)
+    if "network" in new or own_network:
         network.bring_up_loopback()
-        say("network", "lo up; no other device")
-    if network_ready:
-        network_ready()
+        say("network", "lo up" + ("" if own_network else "; no other device"))
 
     # 6-12. Where the command starts, the terminal, privileges, descriptors, the system call
     #       filter, and exec: the last steps of every process entering a container.
@@ -671,20 +676,21 @@ def _mount_overlay(plan: Plan, bundle: rootfs.Bundle, say) -> None:
             + (" read-only" if volume.read_only else ""))
 
 
-def _wait_for_eth0(net: network.ContainerNetwork, link: _Link, say) -> None:
-    """run's bridge: `lo` up in the namespace the runtime made, then eth0 once it is wired."""
-    network.bring_up_loopback()
-    say("network", "lo up")
+def _wait_for_start(net: network.ContainerNetwork, link: _Link, say) -> None:
+    """run's start gate: the second byte on `go` (_Link.wait_for_runtime), which the runtime
+    writes once its work for the created container is done: on the bridge, wiring eth0."""
     link.wait_for_runtime()
-    say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
+    say("start", "the runtime has said go" + (f": eth0 is {net.attachment.address}, wired"
+                                             if net.attachment else ""))
 
 
 def _last_steps(process: Process, link: _Link, seccomp_filter: bytes | None, say,
-                gate: int | None = None, outlives_runtime: bool = False) -> None:
+                gate=None, outlives_runtime: bool = False) -> None:
     """What every process entering a container does last, then exec: `run`'s PID 1, `minirun
     exec`'s command, `minirun create`'s and an engine's exec'd process (oci.py) alike.
 
-    gate: `create`'s FIFO (oci.py), where the process, ready, waits for `start`.
+    gate(): the start gate, where the process, ready, waits to be started: `minirun create`'s
+    FIFO (oci.py), `run`'s `go` pipe (_wait_for_start).
     outlives_runtime: the minirun that forked it exits first (`create`, `exec --detach`) and
     the engine's subreaper adopts it: no parent-death signal then.
     """
@@ -721,9 +727,9 @@ def _last_steps(process: Process, link: _Link, seccomp_filter: bytes | None, say
     security.close_inherited_descriptors()
     say("exec", "every descriptor above 2 is close-on-exec")
 
-    # 10. `create` only: ready. Wait at the gate until `start` (oci.py).
-    if gate is not None:
-        _wait_at_the_gate(process.args, env, link, gate)
+    # 10. Ready: wait at the start gate until started.
+    if gate:
+        gate()
 
     # 11. The last step before exec: a filter on the system calls themselves. Put on last, the
     #     runtime's own set-up above is not filtered; with --init, the init is.
@@ -759,32 +765,6 @@ def _give_up_privileges(process: Process, link: _Link, say, outlives_runtime: bo
         security.die_with_parent()
         if link.runtime_is_gone():
             os._exit(RUNTIME_FAILED)
-
-
-def _wait_at_the_gate(args: list[str], env: dict[str, str], link: _Link, gate: int) -> None:
-    """`create`'s end: the process is ready. EOF on the errors pipe tells `create` so, and it
-    exits; then the process waits for `start`: open(2) of a FIFO for writing blocks until it
-    has a reader (fifo(7)), runc's design. The command is looked up first, so that `create`,
-    not a silent exit after `start`, says it is missing, as runc does."""
-    if not _findable(args[0], env):
-        raise _exec_failure(args, env, errno.ENOENT)
-    os.close(link.errors)
-    link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        fifo = os.open(f"/proc/self/fd/{gate}", os.O_WRONLY | os.O_CLOEXEC)
-        os.write(fifo, b"0")
-        os.close(fifo)
-    except OSError as error:    # `create` has gone: the engine reads the container's stderr
-        os.write(2, f"minirun: starting the container failed: {error}\n".encode())
-        os._exit(RUNTIME_FAILED)
-
-
-def _findable(program: str, env: dict) -> bool:
-    """Whether execvpe will find `program`."""
-    if "/" in program:
-        return os.path.exists(program)
-    return any(os.path.exists(os.path.join(directory or ".", program))
-               for directory in env.get("PATH", os.defpath).split(":"))
 
 
 def _filter_system_calls(program: bytes, say) -> None:

@@ -539,7 +539,8 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
             container._become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
                               enter_user_namespace=(lambda: _enter_user_namespace(
                                   plan, link, handshake)) if handshake else None,
-                              gate=fifo_fd, outlives_runtime=True)
+                              gate=lambda: _wait_at_the_fifo(plan.process, link, fifo_fd),
+                              outlives_runtime=True)
 
         child, _ = container._fork_child(
             (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
@@ -640,6 +641,33 @@ def _stand_by(child: int, link) -> None:
     poller.register(link.go, select.POLLIN)
     if any(fd == ended for fd, _ in poller.poll()):
         os.waitpid(child, 0)
+
+
+def _wait_at_the_fifo(process: Process, link, fifo_fd: int) -> None:
+    """`create`'s start gate (container._last_steps): the process is ready. EOF on the errors pipe tells `create` so, and it
+    exits; then the process waits for `start`: open(2) of a FIFO for writing blocks until it
+    has a reader (fifo(7)), runc's design. The command is looked up first, so that `create`,
+    not a silent exit after `start`, says it is missing, as runc does."""
+    if not _findable(process.args[0], process.env):
+        raise container._exec_failure(process.args, process.env, errno.ENOENT)
+    os.close(link.errors)
+    link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fifo, b"0")
+        os.close(fifo)
+    except OSError as error:    # `create` has gone: the engine reads the container's stderr
+        os.write(2, f"minirun: starting the container failed: {error}\n".encode())
+        os._exit(RUNTIME_FAILED)
+
+
+def _findable(program: str, env: dict) -> bool:
+    """Whether execvpe will find `program`."""
+    if "/" in program:
+        return os.path.exists(program)
+    return any(os.path.exists(os.path.join(directory or ".", program))
+               for directory in env.get("PATH", os.defpath).split(":"))
+
 
 
 def _write_pid_file(path: str, pid: int) -> None:
