@@ -1,23 +1,31 @@
 """The story of a container run, step by step.
 
-`run` is what a runtime does, in order, on the host side; `_become_container` is what the
-forked child does to turn itself into the container's PID 1. Each step is one call into the
-module that owns the mechanism: image, cgroups, rootfs, namespaces, network, security, state. The
-chapters of docs/minirun.md follow the same order.
+`run` is what a runtime does, in order, on the host side; `_become` is what the forked child
+does to turn itself into the container's PID 1, from the container as config.json's data
+(`Config`): the same function makes an engine's bundle under `minirun create` (oci.py). Each
+step is one call into the module that owns the mechanism: image, cgroups, rootfs, namespaces,
+network, security, state. The chapters of docs/minirun.md follow the same order.
 
-The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`)
-and the standing by (`_supervise`) are `minirun exec`'s too (enter.py), as are `run`'s first
-checks. What happens to a container from outside lives beside this file: found and stopped in
-lifecycle.py, and what killed runs left behind removed in garbage.py.
+The fork into a PID namespace (`_fork_child`), the child's last steps before exec (`_last_steps`,
+given a `Process` in the shape of config.json's) and the standing by (`_supervise`) are `minirun
+exec`'s too (enter.py), as are `run`'s first checks; the fork and the last steps are also those
+of the OCI commands, `create` and an engine's exec (oci.py). What happens to a container from
+outside lives beside this file: found and stopped in lifecycle.py, and what killed runs left
+behind removed in garbage.py.
 """
 import errno
+import fcntl
+import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +41,7 @@ from minirun.image import Image, Store, store_root
 from minirun.narrator import narrator
 from minirun.units import format_size, parse_count, parse_cpus, parse_size
 
-# Everything but the PID namespace, which the parent asks for on the child's behalf (_fork_child).
-# CLONE_NEWCGROUP makes the cgroup the child is in at that moment the root of what it sees, so
-# the child unshares only after it has joined the container's cgroup.
-CONTAINER_NAMESPACES = (namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS | namespaces.CLONE_NEWIPC
-                        | namespaces.CLONE_NEWNET | namespaces.CLONE_NEWCGROUP)
+OCI_VERSION = "1.0.2"       # of the runtime spec whose config.json `run` writes, and oci.py reads
 
 
 @dataclass
@@ -226,13 +230,28 @@ def run(spec: ContainerSpec) -> int:
             net.prepare(plan.id, record.name, plan.hostname, bundle.upper, say)
             _stop_if_interrupted()
 
-            # 5. Fork the container's PID 1 into new namespaces; it builds its own root and execs.
-            #    Meanwhile the runtime wires its network namespace (veth, address, route).
+            # 4c. The container as data in the shape of an OCI bundle's config.json (_config),
+            #     written as BUNDLE/config.json too, so that a reader can `cat` what run asks for.
+            config = _config(plan, bundle, net)
+            say("bundle", f"{_write_config(config, plan, bundle)}: the container, as an engine's "
+                "bundle says it")
+
+            # 5. Create, then start. Fork the container's PID 1 into new namespaces; it becomes the
+            #    container from that data by the very steps `minirun create` takes for an engine's
+            #    bundle (_become), with two of run's own (the image's overlay as its root; on the
+            #    bridge, `lo` up in the namespace the runtime made), and waits at the start gate,
+            #    the last step before exec, as a bundle's process waits after `create`. Meanwhile
+            #    the runtime does what an engine does to a created container: it wires its network
+            #    (veth, address, route). Then start: one byte on `go` opens the gate, and it execs.
             child, pty_master = _fork_child(
                 lambda: _new_pid_namespace(say),
-                lambda link: _become_container(plan, bundle, cgroup, net, link, say),
+                lambda link: _become(config, cgroup, link, say,
+                                     lambda: _mount_overlay(plan, bundle, say),
+                                     use_chroot=spec.use_chroot,
+                                     own_network=net.attachment is not None,
+                                     gate=lambda: _wait_for_start(net, link, say)),
                 spec.tty, "setting up the container failed", plan.command, plan.env,
-                after_go=(lambda: net.wire(say)) if net.attachment else None, born_in=cgroup)
+                after_go=lambda: net.wire(say) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
             record = record._replace(pid=child, pid_start=state.start_time(child))
             state.save(record)
@@ -443,9 +462,137 @@ def _second_go(go_write: int, work) -> None:
         pass                            # the child has failed already: _wait_for_exec says why
 
 
-def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
-                      net: network.ContainerNetwork, link: _Link, say) -> None:
-    """In the forked child, now PID 1 of a new PID namespace: become the container, then exec."""
+@dataclass
+class Process:
+    """A process entering a container, in the shape of config.json's `process` (the OCI
+    runtime spec's config.md): `run`'s PID 1, `minirun exec`'s command, a bundle's process
+    (`minirun create`) and an engine's `minirun exec --process` are each one of these, and all
+    take the same last steps (_last_steps)."""
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
+    # As -u takes it (name, uid, name:group, uid:gid), looked up in the container's own
+    # /etc/passwd and /etc/group once its root is in place; "" leaves root as it is; None (a
+    # bundle's process): the numeric uid, gid and groups above.
+    user: str | None = None
+    umask: int | None = None
+    terminal: bool = False
+    capabilities: dict[str, frozenset] = field(default_factory=dict)   # set -> short names
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    console_size: tuple[int, int] | None = None     # rows, columns
+    init: bool = False          # --init: exec the init on /dev/init, which runs args as PID 2
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A container as config.json describes it (the runtime spec's config.md), read into data:
+    what the forked child becomes (_become). `minirun create` reads one from an engine's bundle
+    (oci.load, whose Plan adds what the runtime does on the host); `run` makes one from its
+    plan (_config)."""
+    root: Path
+    process: Process
+    mounts: list[rootfs.Mount]                  # on the root, in order
+    namespaces: dict[str, str | None]           # config.json's type -> a path to join, or None: new
+    hostname: str | None = None
+    read_only: bool = False
+    masked: list[str] = field(default_factory=list)
+    read_only_paths: list[str] = field(default_factory=list)
+    sysctl: dict[str, str] = field(default_factory=dict)
+    seccomp: bytes | None = None                # an assembled filter (seccomp.py)
+    uid_map: list = field(default_factory=list)     # userns.Mapping, with a new user namespace
+    gid_map: list = field(default_factory=list)
+
+
+def _config(plan: Plan, bundle: rootfs.Bundle, net: network.ContainerNetwork) -> Config:
+    """The plan in config.json's shape, as an engine would write it for its bundle."""
+    chosen = {"pid": None, "mount": None, "uts": None, "ipc": None, "cgroup": None}
+    # The network namespace: a new one (--network none); the one the runtime has made and wires
+    # for it (bridge), joined through the child's own copy of the runtime's descriptor on it,
+    # inherited across the fork (/proc/self/fd/N, a path setns can open); or none of its own
+    # (--network host: the host's).
+    if net.mode == "none":
+        chosen["network"] = None
+    elif net.attachment:
+        chosen["network"] = f"/proc/self/fd/{net.netns}"
+    privileges = plan.privileges
+    return Config(
+        root=bundle.merged, mounts=plan.mounts, namespaces=chosen, hostname=plan.hostname,
+        read_only=plan.spec.read_only, masked=plan.masked, read_only_paths=plan.read_only_paths,
+        seccomp=seccomp.default_filter() if plan.seccomp else None,
+        process=Process(args=plan.command, env=plan.env, cwd=plan.workdir, user=plan.user,
+                        terminal=plan.spec.tty, capabilities=privileges.capability_sets(),
+                        no_new_privileges=not privileges.privileged,
+                        init=plan.init_binary is not None))
+
+
+def _write_config(config: Config, plan: Plan, bundle: rootfs.Bundle) -> Path:
+    """The plan as an engine would write it: BUNDLE/config.json, in the runtime spec's format
+    (config.md, config-linux.md), so that a reader can `cat` what `run` asked the runtime for.
+
+    Three things config.json has no words for go in annotations (free for the runtime's own,
+    config.md "Annotations"): -u's user by name (config.json's IDs are numbers: an engine
+    looks a name up itself; `run` looks it up in the container's own /etc/passwd, once its root
+    is in place), minirun's default seccomp filter (a program of its own, seccomp.py, not a
+    profile of names) and --init.
+    """
+    process, limits = config.process, plan.spec.limits
+    resources = {}
+    if limits.memory:
+        resources["memory"] = {"limit": limits.memory}
+    if limits.cpus:
+        resources["cpu"] = {"quota": round(limits.cpus * cgroups.CPU_PERIOD_US),
+                            "period": cgroups.CPU_PERIOD_US}
+    if limits.pids:
+        resources["pids"] = {"limit": limits.pids}
+    if plan.privileges.privileged:      # every device (config-linux.md, "Allowed Device Cgroup")
+        resources["devices"] = [{"allow": True, "access": "rwm"}]
+    annotations = {"org.minirun.image": plan.image.name}
+    if process.user:
+        annotations["org.minirun.user"] = process.user
+    if config.seccomp:
+        annotations["org.minirun.seccomp"] = "the default filter (seccomp.py)"
+    if process.init:
+        annotations["org.minirun.init"] = f"{rootfs.INIT_PATH} runs process.args as PID 2"
+    document = {
+        "ociVersion": OCI_VERSION,
+        "root": {"path": config.root.name, "readonly": config.read_only},
+        "hostname": config.hostname,
+        "process": {
+            "terminal": process.terminal, "args": process.args, "cwd": process.cwd,
+            "env": [f"{key}={value}" for key, value in process.env.items()],
+            **({"user": {"uid": process.uid, "gid": process.gid}} if process.user is None else {}),
+            "capabilities": {kind: [f"CAP_{name.upper()}" for name in sorted(names)]
+                             for kind, names in process.capabilities.items()},
+            "noNewPrivileges": process.no_new_privileges},
+        "mounts": [mount.as_config() for mount in config.mounts],
+        "linux": {
+            "namespaces": [{"type": kind, **({"path": path} if path else {})}
+                           for kind, path in config.namespaces.items()],
+            "resources": resources, "cgroupsPath": f"/{cgroups.PARENT}/{plan.id}",
+            "maskedPaths": config.masked, "readonlyPaths": config.read_only_paths},
+        "annotations": annotations}
+    path = bundle.path / "config.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _become(config: Config, cgroup: cgroups.Cgroup, link: _Link, say, prepare_root, *,
+            use_chroot: bool = False, own_network: bool = False, enter_user_namespace=None,
+            gate=None, outlives_runtime: bool = False) -> None:
+    """In the forked child: become the container `config` describes, then exec. `run`'s PID 1
+    and `minirun create`'s process (oci.py) alike, in the order runc takes these steps.
+
+    prepare_root(): puts the root in place at config.root, a mount point, in the container's
+    mount namespace. own_network: the network namespace, joined, is one the runtime made for
+    this container (run's bridge): `lo` is the child's to bring up, as in a new one.
+    enter_user_namespace(): a bundle's user namespace (oci.py). gate, outlives_runtime: see
+    _last_steps.
+    """
     # 1. Resources: join the container's cgroup (in the cgroup2 tree this process was born in
     #    it already: Cgroup.fork). Every process forked from here on is born in it, counted and
     #    limited with the rest of the container.
@@ -453,32 +600,73 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     say("cgroup", f"joined {cgroup}")
 
     # 2. Namespaces: from here on, mounts, hostname, IPC, network and the cgroup tree seen are
-    #    the container's own.
-    #    The network namespace: a new one (--network none), the one the runtime has made and
-    #    wires for it (bridge), or the host's (--network host).
-    if net.mode == "none":
-        namespaces.unshare(CONTAINER_NAMESPACES)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP")
-    else:
-        namespaces.unshare(CONTAINER_NAMESPACES & ~namespaces.CLONE_NEWNET)
-        say("unshare", "CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP")
-    if net.netns >= 0:
-        namespaces.setns(net.netns, namespaces.CLONE_NEWNET)
-        say("setns", "the network namespace the runtime made; it is wiring eth0 meanwhile")
-    namespaces.sethostname(plan.hostname)
-    say("sethostname", plan.hostname)
+    #    the container's own. First those to join, by path, while this process is the host's
+    #    root, who may join any; then a bundle's user namespace; then the new ones. (The PID
+    #    namespace was settled by the fork: see _fork_child.) CLONE_NEWCGROUP makes the cgroup
+    #    the child is in at that moment the root of what it sees: hence after the join above.
+    for kind, path in config.namespaces.items():
+        if path and kind not in ("pid", "user"):
+            namespaces.join(path, namespaces.BY_TYPE[kind])
+            say("setns", f"the {kind} namespace at {path}")
+    if enter_user_namespace:
+        enter_user_namespace()
+    new = [kind for kind, path in config.namespaces.items()
+           if not path and kind not in ("pid", "user")]
+    flags = 0
+    for kind in new:
+        flags |= namespaces.BY_TYPE[kind]
+    # A cgroup filesystem mounted outside a cgroup namespace shows the host's whole tree:
+    # with a cgroup mount, the container gets a cgroup namespace of its own, asked or not.
+    if any(m.type in ("cgroup", "cgroup2") for m in config.mounts) \
+            and "cgroup" not in config.namespaces:
+        flags |= namespaces.CLONE_NEWCGROUP
+    namespaces.unshare(flags)
+    say("unshare", " | ".join(name for flag, name in namespaces.FLAG_NAMES.items() if flags & flag))
+    if config.hostname:
+        namespaces.sethostname(config.hostname)
+        say("sethostname", config.hostname)
+    for key, value in config.sysctl.items():    # /proc/sys/net follows the writer's namespace
+        Path("/proc/sys", *key.split(".")).write_text(value)
 
-    # 3-4. The root filesystem: the image's layers under a writable overlay; then, as for an OCI
-    #    bundle (rootfs.assemble), the plan's mounts (the kernel's pseudo-filesystems, a minimal
-    #    /dev, -v's volumes, --init's program), the root switch (pivot_root detaches the host's
-    #    filesystem; chroot only hides it), masks over what would reveal the host, --read-only.
+    # 3-4. The root filesystem: its mounts made private, then the root put in place (run: the
+    #    image's layers under a writable overlay; a bundle: the engine's directory), then, from
+    #    config.json's data (rootfs.assemble), the mounts (the kernel's pseudo-filesystems, a
+    #    minimal /dev, -v's volumes, --init's program), the root switch (pivot_root detaches the
+    #    host's filesystem; --chroot only hides it), masks over what would reveal the host, and
+    #    a read-only root if asked.
     rootfs.make_mounts_private()
     say("mount", "/ made rprivate: nothing mounted from here on propagates to the host")
+    prepare_root()
+    rootfs.assemble(config.root, config.mounts, config.masked, config.read_only_paths,
+                    config.read_only, config.process.cwd, use_chroot=use_chroot,
+                    user_namespace="user" in config.namespaces)
+    if use_chroot:
+        say("chroot", f"{config.root} (escapable: the host's mounts are still in this namespace)")
+    else:
+        say("pivot_root", f"{config.root} is now /; the old root is unmounted")
+    if config.read_only:
+        say("mount", "/ remounted read-only (--read-only)")
+
+    # 5. The network: `lo` up (a new namespace has it down), in a namespace of the container's
+    #    own. (On run's bridge, eth0 is the runtime's work meanwhile: see _wait_for_start.)
+    if "network" in new or own_network:
+        network.bring_up_loopback()
+        say("network", "lo up" + ("" if own_network else "; no other device"))
+
+    # 6-12. Where the command starts, the terminal, privileges, descriptors, the system call
+    #       filter, and exec: the last steps of every process entering a container.
+    _last_steps(config.process, link, config.seccomp, say, gate, outlives_runtime)
+
+
+def _mount_overlay(plan: Plan, bundle: rootfs.Bundle, say) -> None:
+    """run's root: the image's layers under the container's writable layer. An engine mounts
+    its overlay before `create`, on the host; `run` mounts it here, in the container's own
+    mount namespace, so that nothing of it shows on the host, and the kernel unmounts it when
+    the container's last process ends."""
     privileged = plan.privileges.privileged
     rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged)
     say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
         + ("" if privileged else ", nosuid and nodev"))
-    root = bundle.merged
     say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
         "its own cgroups read-only on /sys/fs/cgroup"
         + (", masks" if plan.masked else "; no masks (--privileged)")
@@ -486,86 +674,108 @@ def _become_container(plan: Plan, bundle: rootfs.Bundle, cgroup: cgroups.Cgroup,
     for volume in plan.spec.volumes:
         say("mount", f"{volume.source} bound on {volume.target}"
             + (" read-only" if volume.read_only else ""))
-    rootfs.assemble(root, plan.mounts, plan.masked, plan.read_only_paths, plan.spec.read_only,
-                    plan.workdir, use_chroot=plan.spec.use_chroot)
-    if plan.spec.use_chroot:
-        say("chroot", f"{root} (escapable: the host's mounts are still in this namespace)")
-    else:
-        say("pivot_root", f"{root} is now /; the old root is unmounted")
-    if plan.spec.read_only:
-        say("mount", "/ remounted read-only (--read-only)")
-
-    # 5. The network: `lo` up (a new namespace has it down) and, on the bridge, eth0 once the
-    #    runtime has wired it.
-    if net.mode != "host":
-        network.bring_up_loopback()
-        say("network", "lo up" + ("" if net.attachment else "; no other device"))
-    if net.attachment:
-        link.wait_for_runtime()
-        say("network", f"eth0 is {net.attachment.address}: the runtime has wired it")
-
-    # 6. Where the command starts (made by rootfs.assemble, before any --read-only).
-    os.chdir(plan.workdir)
-
-    # 7-11. The terminal, privileges, descriptors, the system call filter, and exec: the same
-    #       as for `minirun exec`.
-    _last_steps(link, plan.command, plan.env, plan.user, plan.privileges, plan.seccomp,
-                plan.init_binary, say)
 
 
-def _last_steps(link: _Link, command: list[str], env: dict[str, str], user: str,
-                privileges: security.Privileges, filtered: bool, init_binary: str | None,
-                say) -> None:
-    """What every process entering a container does last, in `run` and in `exec` alike."""
+def _wait_for_start(net: network.ContainerNetwork, link: _Link, say) -> None:
+    """run's start gate: the second byte on `go` (_Link.wait_for_runtime), which the runtime
+    writes once its work for the created container is done: on the bridge, wiring eth0."""
+    link.wait_for_runtime()
+    say("start", "the runtime has said go" + (f": eth0 is {net.attachment.address}, wired"
+                                             if net.attachment else ""))
+
+
+def _last_steps(process: Process, link: _Link, seccomp_filter: bytes | None, say,
+                gate=None, outlives_runtime: bool = False) -> None:
+    """What every process entering a container does last, then exec: `run`'s PID 1, `minirun
+    exec`'s command, `minirun create`'s and an engine's exec'd process (oci.py) alike.
+
+    gate(): the start gate, where the process, ready, waits to be started: `minirun create`'s
+    FIFO (oci.py), `run`'s `go` pipe (_wait_for_start).
+    outlives_runtime: the minirun that forked it exits first (`create`, `exec --detach`) and
+    the engine's subreaper adopts it: no parent-death signal then.
+    """
+    # 6. Where it starts (made by rootfs.assemble for a first process, before any --read-only),
+    #    and the limits a bundle may give it: setrlimit(2), oom_score_adj (proc(5)), umask(2).
+    os.makedirs(process.cwd, exist_ok=True)
+    os.chdir(process.cwd)
+    for number, soft, hard in process.rlimits:
+        resource.setrlimit(number, (soft, hard))
+    if process.oom_score_adj is not None:
+        Path("/proc/self/oom_score_adj").write_text(str(process.oom_score_adj))
+    if process.umask is not None:
+        os.umask(process.umask)
+
     # 7. Its own session, so the host terminal's Ctrl-C reaches minirun, which passes it on
-    #    once; with -t, a pty of the container's own as its controlling terminal.
+    #    once; with a terminal, a pty of the container's own as its controlling terminal.
     os.setsid()
     if link.console:
         terminal.open_in_container(link.console)
+        if process.console_size:        # a bundle's: the engine's window, rows and columns
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *process.console_size, 0, 0))
         say("terminal", f"{os.ttyname(0)} of the container's own /dev/pts; its master sent to the runtime")
 
     # 8. Give up what the command must not have: capabilities, any new privilege, and root
-    #    itself if the image or -u names another user.
-    _give_up_privileges(user, privileges, link, say)
-    env = dict(env)
-    env.setdefault("HOME", security.home_directory(os.getuid()))   # as Docker: from passwd
+    #    itself if the image, -u or the bundle names another user. Without no_new_privs,
+    #    installing a seccomp filter needs CAP_SYS_ADMIN (seccomp(2)): before the drop, then.
+    if seccomp_filter and not process.no_new_privileges:
+        _filter_system_calls(seccomp_filter, say)
+    _give_up_privileges(process, link, say, outlives_runtime)
+    env = dict(process.env)
+    env.setdefault("HOME", security.home_directory(os.getuid()))   # as Docker, runc: from passwd
 
     # 9. Nothing of the runtime's crosses but stdin, stdout and stderr.
     security.close_inherited_descriptors()
     say("exec", "every descriptor above 2 is close-on-exec")
 
-    # 10. The last step before exec: a filter on the system calls themselves. Put on last, the
+    # 10. Ready: wait at the start gate until started.
+    if gate:
+        gate()
+
+    # 11. The last step before exec: a filter on the system calls themselves. Put on last, the
     #     runtime's own set-up above is not filtered; with --init, the init is.
-    if filtered:
-        _filter_system_calls(say)
+    if seccomp_filter and process.no_new_privileges:
+        _filter_system_calls(seccomp_filter, say)
 
-    # 11. Become the command: exec it as PID 1, or exec the tiny init that runs it as PID 2.
-    if init_binary:
-        _exec_init(command, env, link)
-    _exec(command, env, link)
+    # 12. Become the command: exec it (as PID 1 for `run`), or exec the tiny init that runs it
+    #     as PID 2.
+    if process.init:
+        _exec_init(process.args, env, link)
+    _exec(process.args, env, link)
 
 
-def _give_up_privileges(user: str, privileges: security.Privileges, link: _Link, say) -> None:
-    security.drop_privileges(privileges)
-    say("security", privileges.describe())
-    if user:
-        uid, gid, groups = security.switch_user(user)
-        say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities left")
-        # A change of user clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG), which
-        # would let this container outlive a killed runtime unseen. Arm it again, then check
-        # that the runtime did not die in between.
+def _give_up_privileges(process: Process, link: _Link, say, outlives_runtime: bool) -> None:
+    if process.user:
+        ids = security.resolve_user(process.user)       # the root has changed: the container's files
+    elif process.user is None:
+        ids = (process.uid, process.gid, tuple(process.groups))
+    else:
+        ids = None
+    security.drop_privileges(process.capabilities, ids, process.no_new_privileges)
+    say("security", security.describe(process.capabilities["bounding"], process.no_new_privileges))
+    if process.user:
+        uid, gid, groups = ids
+        say("security", f"setgroups {list(groups)}, setgid {gid}, setuid {uid}: no capabilities "
+            "left after the exec")
+    # A change of IDs clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG), which would
+    # let this container outlive a killed runtime unseen. Arm it again, then check that the
+    # runtime did not die in between; or, for a process meant to outlive it, disarm it.
+    if outlives_runtime:
+        security.stay_after_parent()
+    elif ids is not None:
         security.die_with_parent()
         if link.runtime_is_gone():
             os._exit(RUNTIME_FAILED)
 
 
-def _filter_system_calls(say) -> None:
+def _filter_system_calls(program: bytes, say) -> None:
     began = time.perf_counter()
-    length = seccomp.install_default()
+    length = seccomp.install(program)
     say("seccomp", f"filter of {length} BPF instructions installed in "
-        f"{1000 * (time.perf_counter() - began):.2f} ms; it refuses:")
-    for line in seccomp.describe():
-        say("seccomp", line)
+        f"{1000 * (time.perf_counter() - began):.2f} ms"
+        + ("; it refuses:" if program is seccomp.DEFAULT_FILTER else ""))
+    if program is seccomp.DEFAULT_FILTER:
+        for line in seccomp.describe():
+            say("seccomp", line)
 
 
 def _exec(command: list[str], env: dict[str, str], link: _Link) -> None:

@@ -11,7 +11,7 @@ import os
 
 # Everything the child uses must be imported here, before it forks: after it joins the mount
 # namespace, the host's files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, container, namespaces, security, signals
+from minirun import cgroups, container, namespaces, seccomp, security, signals
 from minirun.lifecycle import confirm_still_running, find_running
 from minirun.narrator import narrator
 
@@ -47,10 +47,13 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
         for name in JOINED_NAMESPACES:
             namespaces.setns(joined[name])
         say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
-        os.makedirs(workdir or record.workdir, exist_ok=True)
-        os.chdir(workdir or record.workdir)
-        container._last_steps(link, command, environment, record.user if user is None else user,
-                              privileges, record.seccomp, None, say)   # as `docker exec`: its filter
+        container._last_steps(
+            container.Process(args=command, env=environment, cwd=workdir or record.workdir,
+                              user=record.user if user is None else user, terminal=tty,
+                              capabilities=privileges.capability_sets(),
+                              no_new_privileges=not privileges.privileged),
+            link, seccomp.default_filter() if record.seccomp else None,  # as `docker exec`: PID 1's filter
+            say)
 
     def enter_pid_namespace() -> None:
         namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)

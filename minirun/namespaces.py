@@ -29,6 +29,13 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+# config.json's names for them (linux.namespaces[].type, the runtime spec's config-linux.md), in
+# the order --explain lists them.
+BY_TYPE = {"mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "network": CLONE_NEWNET,
+           "cgroup": CLONE_NEWCGROUP, "pid": CLONE_NEWPID, "user": CLONE_NEWUSER}
+FLAG_NAMES = {CLONE_NEWNS: "CLONE_NEWNS", CLONE_NEWUTS: "CLONE_NEWUTS", CLONE_NEWIPC: "CLONE_NEWIPC",
+              CLONE_NEWNET: "CLONE_NEWNET", CLONE_NEWCGROUP: "CLONE_NEWCGROUP",
+              CLONE_NEWPID: "CLONE_NEWPID", CLONE_NEWUSER: "CLONE_NEWUSER"}
 CLONE_INTO_CGROUP = 0x200000000     # clone3(2) only: its flags are 64 bits wide
 SYS_CLONE3 = 435                    # one number on every architecture (asm-generic/unistd.h)
 
@@ -64,6 +71,16 @@ def unshare(flags: int) -> None:
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace that `fd` (an open /proc/PID/ns/* file) refers to (setns(2))."""
     _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def join(path: str, nstype: int = 0) -> None:
+    """setns(2) by a namespace's file: /proc/PID/ns/*, a bind mount of one, or /proc/PID/fd/N,
+    a descriptor a process holds on one. As for any file, the path is opened and closed."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, nstype)
+    finally:
+        os.close(fd)
 
 
 def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,

@@ -18,8 +18,8 @@ engine can do its work on a container that exists but runs nothing yet: join its
 namespace, write its pid file, run hooks.
 
 This module reads config.json into a Plan (refusing, in one line naming it, every field it does
-not carry out: nothing is silently ignored), makes the container from it (_become: the child's
-steps, in runc's order; the root assembled by rootfs.assemble, as `minirun run`'s is) and keeps
+not carry out: nothing is silently ignored), makes the container from it (container._become:
+the child's steps, in runc's order, the very ones `minirun run`'s container takes) and keeps
 its state in $MINIRUN_STATE/oci/ID/ (or --root). The runtime process exits after each command:
 the container's process is left to the engine's own supervisor (conmon, containerd-shim), a
 subreaper that waits for it.
@@ -34,16 +34,18 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, state,
                      userns)
+from minirun.container import Process
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
-from minirun.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                                MS_REC, mount)
+from minirun.narrator import narrator
+from minirun.namespaces import MS_BIND, MS_REC, mount
 
-OCI_VERSION = "1.0.2"
+OCI_VERSION = container.OCI_VERSION
+QUIET = narrator("minirun", False)     # no --explain for an engine's commands
 
 
 # -- config.json in ------------------------------------------------------------------------------
@@ -82,44 +84,17 @@ def _invalid(where: str, kind: str) -> RuntimeFailure:
     return RuntimeFailure(f"config.json: {where} must be {kind}")
 
 
-@dataclass
-class Process:
-    args: list[str]
-    env: dict[str, str]
-    cwd: str
-    uid: int = 0
-    gid: int = 0
-    groups: list[int] = field(default_factory=list)
-    umask: int | None = None
-    terminal: bool = False
-    capabilities: dict[str, frozenset] = field(default_factory=dict)   # set -> short names
-    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
-    no_new_privileges: bool = False
-    oom_score_adj: int | None = None
-    console_size: tuple[int, int] | None = None     # rows, columns
-
-
-@dataclass
-class Plan:
+@dataclass(kw_only=True)
+class Plan(container.Config):
+    """A bundle's config.json, read: the container itself (container.Config, what the child
+    becomes, as `run`'s does), and what the runtime does for it on the host."""
     id: str
     bundle: Path
-    root: Path
-    read_only: bool
-    process: Process
-    hostname: str | None
-    mounts: list[rootfs.Mount]
-    namespaces: dict[str, str | None]       # type -> a path to join, or None for a new one
     limits: cgroups.Limits
     device_rules: tuple
     cgroups_path: str
-    seccomp: bytes | None
-    masked: list[str]
-    read_only_paths: list[str]
-    sysctl: dict[str, str]
     hooks: dict[str, list[dict]]
     annotations: dict[str, str]
-    uid_map: list[userns.Mapping] = field(default_factory=list)    # with a new user namespace
-    gid_map: list[userns.Mapping] = field(default_factory=list)
 
 
 def load(bundle: Path, container_id: str) -> Plan:
@@ -282,17 +257,6 @@ def _capability(name: str, where: str) -> str:
     return short
 
 
-# mount(8)'s options that are flags of mount(2) (True sets the flag, False clears it).
-MOUNT_FLAGS = {"ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False), "nosuid": (MS_NOSUID, True),
-               "suid": (MS_NOSUID, False), "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
-               "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
-               "sync": (0x10, True), "async": (0x10, False), "dirsync": (0x80, True),
-               "noatime": (0x400, True), "atime": (0x400, False),
-               "nodiratime": (0x800, True), "diratime": (0x800, False),
-               "relatime": (1 << 21, True), "norelatime": (1 << 21, False),
-               "strictatime": (1 << 24, True), "nostrictatime": (1 << 24, False),
-               "bind": (MS_BIND, True), "rbind": (MS_BIND | MS_REC, True)}
-PROPAGATION = {"private": MS_PRIVATE, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
 MOUNT_TYPES = ("bind", "proc", "tmpfs", "devpts", "mqueue", "sysfs", "cgroup", "cgroup2", "shm")
 
 
@@ -303,11 +267,11 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         raise _invalid(f"{where}.destination", "an absolute path without '..'")
     flags, propagation, extra = 0, 0, []
     for option in fields.get("options", [], list):
-        if option in MOUNT_FLAGS:
-            bit, on = MOUNT_FLAGS[option]
+        if option in rootfs.MOUNT_FLAGS:
+            bit, on = rootfs.MOUNT_FLAGS[option]
             flags = flags | bit if on else flags & ~bit
-        elif option.removeprefix("r") in PROPAGATION:
-            propagation = PROPAGATION[option.removeprefix("r")] | (MS_REC if option[0] == "r" else 0)
+        elif option.removeprefix("r") in rootfs.PROPAGATION:
+            propagation = rootfs.PROPAGATION[option.removeprefix("r")] | (MS_REC if option[0] == "r" else 0)
         else:
             extra.append(option)
     kind = fields.get("type", "bind" if flags & MS_BIND else "", str)
@@ -326,22 +290,14 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
     return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra))
 
 
-NAMESPACE_FLAGS = {"pid": namespaces.CLONE_NEWPID, "network": namespaces.CLONE_NEWNET,
-                   "ipc": namespaces.CLONE_NEWIPC, "uts": namespaces.CLONE_NEWUTS,
-                   "mount": namespaces.CLONE_NEWNS, "cgroup": namespaces.CLONE_NEWCGROUP,
-                   "user": namespaces.CLONE_NEWUSER}
-PROC_NS_NAMES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-                 "cgroup": "cgroup", "user": "user"}
-
-
 def _namespaces(items: list) -> dict[str, str | None]:
     chosen = {}
     for index, item in enumerate(items):
         fields = Fields(item, f"linux.namespaces[{index}]")
         kind, path = fields.get("type", "", str), fields.get("path", None, str)
         fields.done()
-        if kind not in NAMESPACE_FLAGS:
-            refuse(f"linux.namespaces type {kind!r}", "minirun knows " + ", ".join(NAMESPACE_FLAGS))
+        if kind not in namespaces.BY_TYPE:
+            refuse(f"linux.namespaces type {kind!r}", "minirun knows " + ", ".join(namespaces.BY_TYPE))
         if kind == "mount" and path:
             refuse("linux.namespaces mount path", "the container's mounts are its own")
         if path and not os.path.exists(path):
@@ -576,9 +532,19 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
         # (_enter_user_namespace), and the runtime writes its maps meanwhile.
         handshake = userns.Handshake(plan.uid_map, plan.gid_map) \
             if "user" in plan.namespaces else None
+
+        def become(link) -> None:
+            """In the child: the container, made from the bundle as `run`'s is from its plan."""
+            link.console = console      # the engine's --console-socket, for the pty's master end
+            container._become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
+                              enter_user_namespace=(lambda: _enter_user_namespace(
+                                  plan, link, handshake)) if handshake else None,
+                              gate=lambda: _wait_at_the_fifo(plan.process, link, fifo_fd),
+                              outlives_runtime=True)
+
         child, _ = container._fork_child(
             (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
-            lambda link: _become(plan, cgroup, link, fifo_fd, console, handshake),
+            become,
             False, "creating the container failed", plan.process.args, plan.process.env,
             after_go=handshake.write_maps if handshake and plan.uid_map else None)
         if handshake:
@@ -619,54 +585,15 @@ def _enter_pid_namespace(chosen: dict) -> None:
     if "pid" not in chosen:
         return                                  # the host's PID namespace, as asked
     if chosen["pid"]:
-        _join(chosen["pid"], namespaces.CLONE_NEWPID)
+        namespaces.join(chosen["pid"], namespaces.CLONE_NEWPID)
     else:
         namespaces.unshare(namespaces.CLONE_NEWPID)
 
 
-def _become(plan: Plan, cgroup, link, fifo_fd: int, console, handshake) -> None:
-    """In the child: the container's steps, in the order runc takes them, up to the FIFO."""
-    cgroup.join()
-    joined = {kind: path for kind, path in plan.namespaces.items()
-              if path and kind not in ("pid", "user")}
-    for kind, path in joined.items():       # as the host's root still: any namespace may be
-        _join(path, NAMESPACE_FLAGS[kind])
-    if handshake:
-        _enter_user_namespace(plan, link, handshake)
-    new = [kind for kind, path in plan.namespaces.items()
-           if not path and kind not in ("pid", "user")]
-    flags = 0
-    for kind in new:
-        flags |= NAMESPACE_FLAGS[kind]
-    # A cgroup filesystem mounted outside a cgroup namespace shows the host's whole tree:
-    # with a cgroup mount, the container gets a cgroup namespace of its own, asked or not.
-    if any(m.type in ("cgroup", "cgroup2") for m in plan.mounts) and "cgroup" not in plan.namespaces:
-        flags |= namespaces.CLONE_NEWCGROUP
-    namespaces.unshare(flags)
-    if plan.hostname:
-        namespaces.sethostname(plan.hostname)
-    for key, value in plan.sysctl.items():      # /proc/sys/net follows the writer's namespace
-        Path("/proc/sys", *key.split(".")).write_text(value)
-
-    # The root: a bind mount of itself (pivot_root wants a mount point), then what `run` does
-    # too, with the bundle's data: its mounts in order, the devices, pivot_root, its masked and
-    # read-only paths (rootfs.assemble).
-    rootfs.make_mounts_private()
-    mount(str(plan.root), str(plan.root), None, MS_BIND | MS_REC)
-    rootfs.assemble(plan.root, plan.mounts, plan.masked, plan.read_only_paths, plan.read_only,
-                    plan.process.cwd, user_namespace="user" in plan.namespaces)
-    if "network" in new:
-        from minirun import network
-        network.bring_up_loopback()
-    _enter_process(plan.process, link, console, plan.seccomp, fifo_fd)
-
-
-def _join(path: str, flag: int) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        namespaces.setns(fd, flag)
-    finally:
-        os.close(fd)
+def _bind_root(root: Path) -> None:
+    """An engine's root is a directory (it has mounted the image's layers itself, before
+    `create`); pivot_root wants a mount point: a bind mount of the directory on itself."""
+    mount(str(root), str(root), None, MS_BIND | MS_REC)
 
 
 def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None:
@@ -681,7 +608,7 @@ def _enter_user_namespace(plan: Plan, link, handshake: userns.Handshake) -> None
     (pid_namespaces(7)), the container's process must be a child forked from in here."""
     os.close(handshake.read)
     if plan.namespaces["user"]:
-        _join(plan.namespaces["user"], namespaces.CLONE_NEWUSER)
+        namespaces.join(plan.namespaces["user"], namespaces.CLONE_NEWUSER)
     else:
         namespaces.unshare(namespaces.CLONE_NEWUSER)
         handshake.ask_for_maps(link)            # the runtime writes them (userns.py)
@@ -716,98 +643,31 @@ def _stand_by(child: int, link) -> None:
         os.waitpid(child, 0)
 
 
-def _enter_process(process: Process, link, console, program: bytes | None,
-                   fifo_fd: int | None, outlives_runtime: bool = True) -> None:
-    """The steps every process entering the container takes last (create and exec alike):
-    limits, terminal, user and capabilities, the FIFO (create only), seccomp, exec.
-    outlives_runtime: the minirun that forked it exits first (create, exec --detach), and the
-    engine's subreaper adopts it: no parent-death signal then."""
-    import prctl
-    os.makedirs(process.cwd, exist_ok=True)
-    os.chdir(process.cwd)
-    for number, soft, hard in process.rlimits:
-        resource.setrlimit(number, (soft, hard))
-    if process.oom_score_adj is not None:
-        Path("/proc/self/oom_score_adj").write_text(str(process.oom_score_adj))
-    if process.umask is not None:
-        os.umask(process.umask)
-    os.setsid()
-    if console:
-        from minirun import terminal
-        terminal.open_in_container(console)     # the master goes to the engine's socket
-        if process.console_size:
-            import fcntl
-            import struct
-            import termios
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *process.console_size, 0, 0))
-    # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: before the drop, then.
-    if program and not process.no_new_privileges:
-        seccomp.install(program)
-    caps = process.capabilities
-    for name in prctl.ALL_CAP_NAMES:
-        if name not in caps["bounding"]:
-            prctl.capbset.drop(name)
-    prctl.set_keepcaps(True)            # keep the permitted set across the setuid below
-    os.setgroups(process.groups)
-    os.setgid(process.gid)
-    os.setuid(process.uid)
-    prctl.set_keepcaps(False)
-    _set_capabilities(caps)
-    if process.no_new_privileges:
-        prctl.set_no_new_privs(1)
-    security.close_inherited_descriptors()
-    env = dict(process.env)
-    if not _findable(process.args[0], env):
-        raise container._exec_failure(process.args, env, errno.ENOENT)
-    if outlives_runtime:
-        prctl.set_pdeathsig(0)
-    if fifo_fd is not None:
-        # Ready: EOF on the error pipe tells `create` so, and it exits. Then wait for `start`
-        # on the FIFO: open(2) of a FIFO for writing blocks until it has a reader (fifo(7)).
-        os.close(link.errors)
-        link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            gate = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
-            os.write(gate, b"0")
-            os.close(gate)
-            if program and process.no_new_privileges:
-                seccomp.install(program)
-        except OSError as error:    # `create` has gone: the engine reads the container's stderr
-            os.write(2, f"minirun: starting the container failed: {error}\n".encode())
-            os._exit(RUNTIME_FAILED)
-    elif program and process.no_new_privileges:
-        seccomp.install(program)
-    container._exec(process.args, env, link)
-
-
-def _set_capabilities(caps: dict) -> None:
-    """The permitted, effective, inheritable and ambient sets, as config.json lists them
-    (capabilities(7)); the bounding set is cut already."""
-    import prctl
-    names = prctl.ALL_CAP_NAMES
-    # The kernel keeps ambient capabilities only if inheritable too (capabilities(7)): a
-    # bundle that asks for ambient ones (`runc spec` does) gets them inheritable as well.
-    caps = dict(caps, inheritable=caps["inheritable"] | caps["ambient"])
-    for name in names:                      # raise first, while permitted still holds them
-        if name in caps["inheritable"]:
-            setattr(prctl.cap_inheritable, name, True)
-        if name in caps["effective"]:
-            setattr(prctl.cap_effective, name, True)
-    prctl.cap_effective.limit(*[n for n in names if n in caps["effective"]])
-    prctl.cap_inheritable.limit(*[n for n in names if n in caps["inheritable"]])
-    prctl.cap_permitted.limit(*[n for n in names if n in caps["permitted"]])
-    for name in caps["ambient"]:            # PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE
-        if namespaces.libc.prctl(47, 2, getattr(prctl, f"CAP_{name.upper()}"), 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"raise ambient capability {name}")
+def _wait_at_the_fifo(process: Process, link, fifo_fd: int) -> None:
+    """`create`'s start gate (container._last_steps): the process is ready. EOF on the errors pipe tells `create` so, and it
+    exits; then the process waits for `start`: open(2) of a FIFO for writing blocks until it
+    has a reader (fifo(7)), runc's design. The command is looked up first, so that `create`,
+    not a silent exit after `start`, says it is missing, as runc does."""
+    if not _findable(process.args[0], process.env):
+        raise container._exec_failure(process.args, process.env, errno.ENOENT)
+    os.close(link.errors)
+    link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fifo, b"0")
+        os.close(fifo)
+    except OSError as error:    # `create` has gone: the engine reads the container's stderr
+        os.write(2, f"minirun: starting the container failed: {error}\n".encode())
+        os._exit(RUNTIME_FAILED)
 
 
 def _findable(program: str, env: dict) -> bool:
-    """Whether execvpe will find `program` (checked before waiting, so that `create`, not a
-    silent exit after `start`, says the command is missing, as runc does)."""
+    """Whether execvpe will find `program`."""
     if "/" in program:
         return os.path.exists(program)
     return any(os.path.exists(os.path.join(directory or ".", program))
                for directory in env.get("PATH", os.defpath).split(":"))
+
 
 
 def _write_pid_file(path: str, pid: int) -> None:
@@ -989,11 +849,12 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
     def join(link) -> None:
         cgroup.join()
         # The user namespace last: until then we are the host's root, who may join any
-        # namespace; after it, the process's IDs are the container's (_enter_process sets them).
+        # namespace; after it, the process's IDs are the container's (_last_steps sets them).
         for name in ("cgroup", "ipc", "uts", "net", "mnt", "user"):
             if name in joined:
                 namespaces.setns(joined[name])
-        _enter_process(process, link, console, plan.seccomp, None, outlives_runtime=detach)
+        link.console = console
+        container._last_steps(process, link, plan.seccomp, QUIET, outlives_runtime=detach)
 
     with signals.held():
         try:

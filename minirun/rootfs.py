@@ -190,7 +190,29 @@ class Mount(NamedTuple):
     propagation: int = 0    # MS_PRIVATE, MS_SLAVE, ... (| MS_REC), applied after the mount
     data: str = ""          # what mount(2) passes to the filesystem (mode=755,size=...)
 
+    def as_config(self) -> dict:
+        """Back into config.json's words: each flag by its mount(8) option (MOUNT_FLAGS)."""
+        options = ["rbind" if self.flags & MS_REC else "bind"] if self.flags & MS_BIND else []
+        options += [name for name, (bit, on) in MOUNT_FLAGS.items()
+                    if on and bit not in (MS_BIND, MS_BIND | MS_REC) and self.flags & bit]
+        options += [("r" if self.propagation & MS_REC else "") + name
+                    for name, bit in PROPAGATION.items() if self.propagation & bit]
+        options += [option for option in self.data.split(",") if option]
+        return {"destination": self.destination, "type": self.type, "source": self.source,
+                "options": options}
 
+
+# mount(8)'s options that are flags of mount(2) (True sets the flag, False clears it).
+MOUNT_FLAGS = {"ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False), "nosuid": (MS_NOSUID, True),
+               "suid": (MS_NOSUID, False), "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
+               "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
+               "sync": (0x10, True), "async": (0x10, False), "dirsync": (0x80, True),
+               "noatime": (0x400, True), "atime": (0x400, False),
+               "nodiratime": (0x800, True), "diratime": (0x800, False),
+               "relatime": (1 << 21, True), "norelatime": (1 << 21, False),
+               "strictatime": (1 << 24, True), "nostrictatime": (1 << 24, False),
+               "bind": (MS_BIND, True), "rbind": (MS_BIND | MS_REC, True)}
+PROPAGATION = {"private": MS_PRIVATE, "slave": 1 << 19, "shared": 1 << 20, "unbindable": 1 << 17}
 HARDENED = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 

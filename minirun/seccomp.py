@@ -246,13 +246,12 @@ MACHINE = os.uname().machine
 DEFAULT_FILTER = assemble(program(MACHINE)) if MACHINE in ARCHITECTURES else None
 
 
-def install_default() -> int:
-    """Install the default filter on the calling thread with seccomp(2) (glibc has no wrapper).
-    no_new_privs must be set already. Returns the program's length in instructions."""
+def default_filter() -> bytes:
+    """The default filter, for `install` in the container; one line if this machine has none."""
     if DEFAULT_FILTER is None:
         raise RuntimeFailure(f"minirun has no seccomp filter for {MACHINE}: "
                              "run with --security-opt seccomp=unconfined")
-    return install(DEFAULT_FILTER)
+    return DEFAULT_FILTER
 
 
 def install(program: bytes) -> int:

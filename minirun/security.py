@@ -56,12 +56,22 @@ class Privileges(NamedTuple):   # (a NamedTuple: a third of a dataclass's cost t
             return cls(privileged=privileged)
         return cls(frozenset(capabilities), privileged)
 
-    def describe(self) -> str:
-        if self.privileged:
-            return "--privileged: every capability kept, no no_new_privs"
-        kept = "Docker's default set" if self.capabilities == DEFAULT_CAPABILITIES else \
-            (", ".join(sorted(self.capabilities)) or "none")
-        return f"capabilities cut to {kept}; no_new_privs set"
+    def capability_sets(self) -> dict[str, frozenset]:
+        """The kept set as config.json's process.capabilities (config.md): root keeps it in its
+        bounding, permitted and effective sets; nothing is inheritable or ambient, as in
+        Docker's (since CVE-2022-24769, inheritable capabilities crossed an exec unasked)."""
+        return {"bounding": self.capabilities, "permitted": self.capabilities,
+                "effective": self.capabilities, "inheritable": frozenset(), "ambient": frozenset()}
+
+
+def describe(kept: frozenset, no_new_privs: bool) -> str:
+    """--explain's line for what a process keeps."""
+    if not no_new_privs and kept >= frozenset(prctl.ALL_CAP_NAMES):
+        return "--privileged: every capability kept, no no_new_privs"
+    names = "Docker's default set" if kept == DEFAULT_CAPABILITIES else \
+        (", ".join(sorted(kept)) or "none")
+    return f"capabilities cut to {names}; " + ("no_new_privs set" if no_new_privs else
+                                                "no no_new_privs")
 
 
 def _capability_names(names, flag: str) -> frozenset[str]:
@@ -83,19 +93,60 @@ def die_with_parent() -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
 
 
-def drop_privileges(privileges: Privileges = Privileges()) -> None:
-    """Shrink the bounding, inheritable, permitted and effective sets to what `privileges`
-    keeps; set no_new_privs unless privileged."""
-    dropped = [name for name in prctl.ALL_CAP_NAMES if name not in privileges.capabilities]
-    prctl.capbset.drop(*dropped)                        # e.g. "sys_admin"
-    # The other three sets in one capset(2): effective and permitted lose what is dropped (at
-    # once, so effective never exceeds permitted), inheritable loses everything. (The sets'
-    # own .limit(*kept) would cost 0.7 ms each: python-prctl parses the kept names again for
-    # each of the 41 capabilities.)
-    prctl.set_caps((dropped, (prctl.CAP_EFFECTIVE, prctl.CAP_PERMITTED), False),
-                   (prctl.ALL_CAP_NAMES, prctl.CAP_INHERITABLE, False))
-    if not privileges.privileged:
+def stay_after_parent() -> None:
+    """Undo die_with_parent: for a process the engine's subreaper adopts once minirun exits."""
+    prctl.set_pdeathsig(0)
+
+
+def drop_privileges(capabilities: dict[str, frozenset],
+                    ids: tuple[int, int, tuple[int, ...]] | None, no_new_privs: bool) -> None:
+    """Give up what the process must not keep, in the one order the kernel allows
+    (capabilities(7)): `capabilities` as config.json's process.capabilities (set -> names),
+    `ids` (uid, gid, supplementary gids) the user to become, or None to stay who it is.
+
+    1. The bounding set first, while CAP_SETPCAP is still held: on execve(2) root's permitted
+       set becomes its bounding set, so what is dropped here is gone for the whole tree.
+    2. The user: setgroups and setgid need CAP_SETGID, which the setuid to a non-zero UID takes
+       away with every other capability, unless PR_SET_KEEPCAPS keeps the permitted set across
+       it ("Effect of user ID changes on capabilities"), so that step 3 still chooses.
+    3. One capset(2) for the permitted, effective and inheritable sets (python-prctl's per-set
+       .limit() would parse the kept names again for each of the 41 capabilities, 0.7 ms a set);
+       then the ambient set, one prctl(PR_CAP_AMBIENT_RAISE) each. The kernel keeps ambient
+       capabilities only if inheritable too, so a bundle's ambient ones (`runc spec` asks for
+       some) are made inheritable as well.
+    4. no_new_privs: no execve can gain privileges again, set-user-ID files included
+       (Documentation/userspace-api/no_new_privs.rst).
+    """
+    names = prctl.ALL_CAP_NAMES
+    prctl.capbset.drop(*[name for name in names if name not in capabilities["bounding"]])
+    if ids is not None:
+        uid, gid, groups = ids
+        prctl.set_keepcaps(True)
+        os.setgroups(list(groups))
+        os.setgid(gid)
+        os.setuid(uid)
+        prctl.set_keepcaps(False)
+    effective, permitted = capabilities["effective"], capabilities["permitted"]
+    inheritable = capabilities["inheritable"] | capabilities["ambient"]
+    # Raised only where still permitted: what minirun itself does not hold (a host's root may
+    # lack some, see CapPrm in /proc/self/status) no capset can give.
+    held = prctl.get_caps((names, prctl.CAP_PERMITTED))[prctl.CAP_PERMITTED]
+    held = {name for name in names if held[getattr(prctl, f"CAP_{name.upper()}")]}
+    prctl.set_caps((list(effective & held), prctl.CAP_EFFECTIVE, True),
+                   (list(inheritable & held), prctl.CAP_INHERITABLE, True),
+                   ([name for name in names if name not in effective], prctl.CAP_EFFECTIVE, False),
+                   ([name for name in names if name not in permitted], prctl.CAP_PERMITTED, False),
+                   ([name for name in names if name not in inheritable], prctl.CAP_INHERITABLE,
+                    False))
+    for name in capabilities["ambient"]:
+        if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, getattr(prctl, f"CAP_{name.upper()}"),
+                      0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"raise ambient capability {name}")
+    if no_new_privs:
         prctl.set_no_new_privs(1)
+
+
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2     # <linux/prctl.h>
 
 
 SYS_close_range = 436           # the same number on every architecture (asm-generic/unistd.h)
@@ -125,26 +176,15 @@ def close_inherited_descriptors() -> None:
                 pass                    # the listing's own descriptor, closed by now
 
 
-def switch_user(spec: str) -> tuple[int, int, tuple[int, ...]]:
-    """Become `spec` -- "name", "uid", "name:group" or "uid:gid" -- as `docker run -u` does.
-
-    Names are looked up in the container's own /etc/passwd and /etc/group (the root has already
-    changed: the host's users mean nothing here). The order is forced: setgroups and setgid need
-    CAP_SETGID, which the setuid to a non-zero UID takes away along with every other capability
-    (capabilities(7), "Effect of user ID changes on capabilities").
-    """
-    uid, gid, supplementary = resolve_user(spec)
-    os.setgroups(list(supplementary))
-    os.setgid(gid)
-    os.setuid(uid)
-    return uid, gid, supplementary
-
-
 def resolve_user(spec: str, passwd: str | os.PathLike | None = "/etc/passwd",
                  group_file: str | os.PathLike | None = "/etc/group") -> tuple[int, int, tuple[int, ...]]:
-    """The UID, GID and supplementary groups `spec` names, by the given passwd and group files
-    (None: the image has none). A UID the image does not list is used as is, with group 0, as
-    Docker does. minivm calls this on the host with the image's files, for its guest."""
+    """The UID, GID and supplementary groups `spec` -- "name", "uid", "name:group" or "uid:gid",
+    as `docker run -u` takes it -- names, by the given passwd and group files (None: the image
+    has none). A UID the image does not list is used as is, with group 0, as Docker does.
+
+    A container's process calls it once its root has changed, so that the names are the
+    container's own (the host's users mean nothing there); minivm calls it on the host with
+    the image's files, for its guest."""
     name, _, group = spec.partition(":")
     users = _table(passwd)
     entry = users.get(name) or next((row for row in users.values() if row[1] == name), None)

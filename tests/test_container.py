@@ -355,3 +355,39 @@ def test_one_name_given_to_twenty_runs_at_once_goes_to_one(minirun_env):
                 assert stderr.startswith("minirun: the name 'twin' is in use by container ")
                 assert stderr.count("\n") == 1
         assert os.listdir(minirun_env["MINIRUN_STATE"]) == []
+
+
+KEEP_RUNNING = "trap 'exit 0' TERM; sleep 30 & wait"     # PID 1 ends at SIGTERM only with a handler
+
+
+def test_run_writes_its_plan_as_a_config_json_that_create_reads_as_the_same_container(
+        start_minirun, minirun_env, store_root, tmp_path):
+    """`run` makes its container from config.json's data (container.Config) and writes that
+    data as BUNDLE/config.json: read back by `minirun create`'s own reader (oci.load), it is the
+    same container, field by field."""
+    from conftest import wait_for_container
+    from minirun import cgroups, oci, rootfs, security
+    process = start_minirun("run", "--network", "none", "--memory", "64M", "--pids-limit", "50",
+                            "-v", f"{tmp_path}:/data:ro", "-e", "FOO=bar", "-w", "/tmp",
+                            "hello", "sh", "-c", KEEP_RUNNING)
+    try:
+        record = wait_for_container(minirun_env)
+        bundle = store_root / "containers" / record["id"]
+        plan = oci.load(bundle, "reread")
+    finally:
+        process.terminate()             # passed on to PID 1; the runtime then cleans up
+        process.wait(timeout=20)
+    assert not bundle.exists()
+    kept = security.DEFAULT_CAPABILITIES
+    assert (plan.root, plan.read_only, plan.hostname) == (bundle / "merged", False, record["id"][:12])
+    assert (plan.process.args, plan.process.cwd, plan.process.env["FOO"]) == \
+        (["sh", "-c", KEEP_RUNNING], "/tmp", "bar")
+    assert plan.process.capabilities == {"bounding": kept, "effective": kept, "permitted": kept,
+                                         "inheritable": frozenset(), "ambient": frozenset()}
+    assert plan.process.no_new_privileges
+    assert plan.mounts == rootfs.default_mounts() + [
+        rootfs.Mount("/data", "bind", str(tmp_path), rootfs.MS_BIND | rootfs.MS_REC | rootfs.MS_RDONLY)]
+    assert plan.namespaces == dict.fromkeys(["pid", "mount", "uts", "ipc", "cgroup", "network"])
+    assert (plan.masked, plan.read_only_paths) == (rootfs.MASKED_PATHS, rootfs.READ_ONLY_PATHS)
+    assert (plan.limits.memory, plan.limits.pids) == (64 * 1024 ** 2, 50)
+    assert plan.cgroups_path == f"/{cgroups.PARENT}/{record['id']}"

@@ -342,6 +342,16 @@ def test_a_terminal_goes_to_the_console_socket(engine, tmp_path):
     assert engine("delete", "tty").returncode == 0
 
 
+def test_home_comes_from_the_containers_passwd_as_for_run(engine):
+    """A bundle's process takes `run`'s last steps (container._last_steps): HOME, unless
+    process.env sets it, is the user's in the container's own /etc/passwd, as runc sets it."""
+    config = base_config(["sh", "-c", "echo $HOME"])
+    config["process"]["user"] = {"uid": 65534, "gid": 65534}
+    assert engine.run_to_end("home", config) == "/nonexistent\n"
+    config["process"]["env"].append("HOME=/x")
+    assert engine.run_to_end("home-given", config) == "/x\n"
+
+
 def test_exec_with_a_process_file_as_engines_call_it(engine, tmp_path):
     bundle = engine.bundle(base_config(["sleep", "60"]))
     assert engine.create("ex", bundle).returncode == 0

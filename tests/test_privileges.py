@@ -124,7 +124,7 @@ def test_drop_privileges_shrinks_every_set_before_the_exec():
     if pid == 0:
         try:
             prctl.cap_inheritable.chown = True         # something for it to take away
-            security.drop_privileges(privileges)
+            security.drop_privileges(privileges.capability_sets(), None, no_new_privs=True)
             with open("/proc/self/status") as status:
                 fields = dict(line.split(":\t") for line in status if line.startswith("Cap"))
             os.write(report_write, json.dumps(fields).encode())
