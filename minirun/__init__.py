@@ -2,6 +2,7 @@
 
 Each kernel mechanism a container is made of lives in one module named after it:
 namespaces, rootfs, cgroups, network, security, image. `container` tells the story of a run,
-step by step, calling into them; `enter` joins a running container (`exec`), `lifecycle` finds
+step by step, calling into them; `spawn` makes every process that enters a container, for run,
+exec and the OCI commands alike (`oci`, the interface an engine drives); `enter` joins a running container (`exec`), `lifecycle` finds
 and stops one, `garbage` removes what killed runs left; `cli` is only the command line.
 """

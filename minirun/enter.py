@@ -11,7 +11,7 @@ import os
 
 # Everything the child uses must be imported here, before it forks: after it joins the mount
 # namespace, the host's files, Python's own modules among them, are out of its reach.
-from minirun import cgroups, container, namespaces, seccomp, security, signals
+from minirun import cgroups, container, namespaces, seccomp, security, signals, spawn
 from minirun.lifecycle import confirm_still_running, find_running
 from minirun.narrator import narrator
 
@@ -41,14 +41,14 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     cgroup = cgroups.of_container(record.id)
     privileges = security.Privileges.from_record(record.capabilities, record.privileged)
 
-    def join(link: container._Link) -> None:
+    def join(link: spawn.Link) -> None:
         cgroup.join()
         say("cgroup", f"joined {cgroup}")
         for name in JOINED_NAMESPACES:
             namespaces.setns(joined[name])
         say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
-        container._last_steps(
-            container.Process(args=command, env=environment, cwd=workdir or record.workdir,
+        spawn.last_steps(
+            spawn.Process(args=command, env=environment, cwd=workdir or record.workdir,
                               user=record.user if user is None else user, terminal=tty,
                               capabilities=privileges.capability_sets(),
                               no_new_privileges=not privileges.privileged),
@@ -61,7 +61,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
 
     with signals.held():                 # as in `run`: see signals.py and container._supervise
         try:
-            pid, master = container._fork_child(enter_pid_namespace, join, tty,
+            pid, master = spawn.fork(enter_pid_namespace, join, tty,
                                                 "joining the container failed", command,
                                                 environment, born_in=cgroup)
         finally:

@@ -18,7 +18,7 @@ engine can do its work on a container that exists but runs nothing yet: join its
 namespace, write its pid file, run hooks.
 
 This module reads config.json into a Plan (refusing, in one line naming it, every field it does
-not carry out: nothing is silently ignored), makes the container from it (container._become:
+not carry out: nothing is silently ignored), makes the container from it (spawn.become:
 the child's steps, in runc's order, the very ones `minirun run`'s container takes) and keeps
 its state in $MINIRUN_STATE/oci/ID/ (or --root). The runtime process exits after each command:
 the container's process is left to the engine's own supervisor (conmon, containerd-shim), a
@@ -37,14 +37,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, state,
-                     userns)
-from minirun.container import Process
+from minirun import (cgroups, container, devices, namespaces, rootfs, seccomp, security, spawn,
+                     state, userns)
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure
+from minirun.spawn import Process
 from minirun.narrator import narrator
 from minirun.namespaces import MS_BIND, MS_REC, mount
 
-OCI_VERSION = container.OCI_VERSION
 QUIET = narrator("minirun", False)     # no --explain for an engine's commands
 
 
@@ -85,8 +84,8 @@ def _invalid(where: str, kind: str) -> RuntimeFailure:
 
 
 @dataclass(kw_only=True)
-class Plan(container.Config):
-    """A bundle's config.json, read: the container itself (container.Config, what the child
+class Plan(spawn.Config):
+    """A bundle's config.json, read: the container itself (spawn.Config, what the child
     becomes, as `run`'s does), and what the runtime does for it on the host."""
     id: str
     bundle: Path
@@ -536,13 +535,13 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
         def become(link) -> None:
             """In the child: the container, made from the bundle as `run`'s is from its plan."""
             link.console = console      # the engine's --console-socket, for the pty's master end
-            container._become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
+            spawn.become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
                               enter_user_namespace=(lambda: _enter_user_namespace(
                                   plan, link, handshake)) if handshake else None,
                               gate=lambda: _wait_at_the_fifo(plan.process, link, fifo_fd),
                               outlives_runtime=True)
 
-        child, _ = container._fork_child(
+        child, _ = spawn.fork(
             (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
             become,
             False, "creating the container failed", plan.process.args, plan.process.env,
@@ -644,12 +643,12 @@ def _stand_by(child: int, link) -> None:
 
 
 def _wait_at_the_fifo(process: Process, link, fifo_fd: int) -> None:
-    """`create`'s start gate (container._last_steps): the process is ready. EOF on the errors pipe tells `create` so, and it
+    """`create`'s start gate (spawn.last_steps): the process is ready. EOF on the errors pipe tells `create` so, and it
     exits; then the process waits for `start`: open(2) of a FIFO for writing blocks until it
     has a reader (fifo(7)), runc's design. The command is looked up first, so that `create`,
     not a silent exit after `start`, says it is missing, as runc does."""
     if not _findable(process.args[0], process.env):
-        raise container._exec_failure(process.args, process.env, errno.ENOENT)
+        raise spawn.exec_failure(process.args, process.env, errno.ENOENT)
     os.close(link.errors)
     link.errors = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -709,7 +708,7 @@ def state_of(container_id: str, root: str | None = None) -> dict:
     """The spec's state (runtime.md, "State")."""
     record = _record(container_id, root)
     current = status(container_id, root)
-    return {"ociVersion": OCI_VERSION, "id": container_id, "status": current,
+    return {"ociVersion": spawn.OCI_VERSION, "id": container_id, "status": current,
             "pid": record["pid"] if current != "stopped" else 0, "bundle": record["bundle"],
             "annotations": record.get("annotations", {})}
 
@@ -849,16 +848,16 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
     def join(link) -> None:
         cgroup.join()
         # The user namespace last: until then we are the host's root, who may join any
-        # namespace; after it, the process's IDs are the container's (_last_steps sets them).
+        # namespace; after it, the process's IDs are the container's (spawn.last_steps sets them).
         for name in ("cgroup", "ipc", "uts", "net", "mnt", "user"):
             if name in joined:
                 namespaces.setns(joined[name])
         link.console = console
-        container._last_steps(process, link, plan.seccomp, QUIET, outlives_runtime=detach)
+        spawn.last_steps(process, link, plan.seccomp, QUIET, outlives_runtime=detach)
 
     with signals.held():
         try:
-            child, _ = container._fork_child(enter_pid_namespace, join, False,
+            child, _ = spawn.fork(enter_pid_namespace, join, False,
                                              "joining the container failed", process.args,
                                              process.env)
         finally:

@@ -20,7 +20,7 @@ A filter is inherited by every child and kept across execve, and can never be re
 of that the kernel installs one only for a process with no_new_privs set (or CAP_SYS_ADMIN): a
 set-user-ID program started under a filter it does not expect could be tricked into misusing
 its privilege. security.drop_privileges sets no_new_privs, and the filter goes on after it, as
-the last step before exec (container._filter_system_calls).
+the last step before exec (spawn._filter_system_calls).
 
 This filter, in order:
   1. an ABI other than the native one (see "Other ABIs" below) kills the process;

@@ -127,7 +127,7 @@ class Handshake:
 
     # -- the runtime's side
     def write_maps(self) -> None:
-        """In the runtime (host root), as _fork_child's `after_go` work: wait for the child's
+        """In the runtime (host root), as spawn.fork's `after_go` work: wait for the child's
         PID, write its maps. If the child dies first, the pipe says end-of-file."""
         self._close_ours()
         pid = self._receive()

@@ -362,7 +362,7 @@ KEEP_RUNNING = "trap 'exit 0' TERM; sleep 30 & wait"     # PID 1 ends at SIGTERM
 
 def test_run_writes_its_plan_as_a_config_json_that_create_reads_as_the_same_container(
         start_minirun, minirun_env, store_root, tmp_path):
-    """`run` makes its container from config.json's data (container.Config) and writes that
+    """`run` makes its container from config.json's data (spawn.Config) and writes that
     data as BUNDLE/config.json: read back by `minirun create`'s own reader (oci.load), it is the
     same container, field by field."""
     from conftest import wait_for_container

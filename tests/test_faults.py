@@ -353,7 +353,7 @@ def test_closed_stdio_keeps_the_commands_status(env, closing, flags):
 @pytest.mark.parametrize("step", ["security", "exec"])
 def test_a_runtime_killed_while_its_container_runs_as_another_user_leaves_nothing(env, step):
     # A change of user clears the parent-death signal; minirun arms it again after the switch
-    # (container._give_up_privileges). Without that, this container would outlive its runtime.
+    # (spawn._give_up_privileges). Without that, this container would outlive its runtime.
     census = Census(env)
     before = census.take()
     process = minirun(env, "run", "--explain", "-u", "nobody", "hello", "sh", "-c",

@@ -343,7 +343,7 @@ def test_a_terminal_goes_to_the_console_socket(engine, tmp_path):
 
 
 def test_home_comes_from_the_containers_passwd_as_for_run(engine):
-    """A bundle's process takes `run`'s last steps (container._last_steps): HOME, unless
+    """A bundle's process takes `run`'s last steps (spawn.last_steps): HOME, unless
     process.env sets it, is the user's in the container's own /etc/passwd, as runc sets it."""
     config = base_config(["sh", "-c", "echo $HOME"])
     config["process"]["user"] = {"uid": 65534, "gid": 65534}
