@@ -234,10 +234,10 @@ def run(spec: ContainerSpec) -> int:
             child, pty_master = spawn.fork(
                 lambda: _new_pid_namespace(say),
                 lambda link: spawn.become(config, cgroup, link, say,
-                                     lambda: _mount_overlay(plan, bundle, say),
-                                     use_chroot=spec.use_chroot,
-                                     own_network=net.attachment is not None,
-                                     gate=lambda: _wait_for_start(net, link, say)),
+                                          lambda: _mount_overlay(plan, bundle, say),
+                                          use_chroot=spec.use_chroot,
+                                          own_network=net.attachment is not None,
+                                          gate=lambda: _wait_for_start(net, link, say)),
                 spec.tty, "setting up the container failed", plan.command, plan.env,
                 after_go=lambda: net.wire(say) if net.attachment else None, born_in=cgroup)
             say("exec", f"container PID 1 is host PID {child}, running {plan.command}")
