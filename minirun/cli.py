@@ -133,7 +133,15 @@ def _need_root(command: str) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
+    from minirun import names
+    from minirun.units import PID_MAX_LIMIT, parse_count
     from minirun.container import ContainerSpec, run as run_container
+    if options["hostname"]:                 # they go into /etc/hosts and sethostname(2)
+        names.check_hostname(options["hostname"])
+    if options["name"] is not None:
+        names.check_name(options["name"], "container")
+    if options["pids_limit"] is not None:   # pids.max takes no more: one line, not the kernel's
+        parse_count(options["pids_limit"], "pids limit", PID_MAX_LIMIT)
     spec = ContainerSpec.from_options(image, list(command), options)
     if options["detach"]:
         from minirun import supervisor
@@ -181,6 +189,7 @@ def exec_command(oci_root, container, command, env, workdir, user, interactive, 
 
 @cli.command()
 @click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),         # as minivm stop's: no negative grace
               help="How long to wait after SIGTERM before SIGKILL.")
 @click.argument("containers", nargs=-1, required=True)
 def stop(containers, grace) -> int:
