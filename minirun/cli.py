@@ -271,15 +271,30 @@ def state(oci_root, container_id) -> None:
 
 @cli.command()
 @click.option("-a", "--all", "everything", is_flag=True,
-              help="Signal every process of the container, not only its first.")
+              help="Signal every process of the container, not only its first (OCI only).")
 @click.argument("container_id")
-@click.argument("signal_name", default="TERM")
+@click.argument("signal_name", required=False)
 @click.pass_obj
 def kill(oci_root, container_id, signal_name, everything) -> None:
-    """OCI: send SIGNAL (a name or number, default TERM) to container CONTAINER_ID."""
+    """OCI: send SIGNAL (a name or number, default TERM) to container CONTAINER_ID.
+
+    CONTAINER_ID may also be a name or id (prefix) from `minirun ps`, as with `docker kill`:
+    then SIGNAL (default KILL, as Docker's) goes to the container's PID 1. A PID 1 that has
+    no handler for a signal ignores it, unless it is KILL (see docs/minirun.md)."""
     _need_root("kill")
     from minirun import oci
-    oci.kill(container_id, signal_name, everything, oci_root)
+    if oci.exists(container_id, oci_root):
+        return oci.kill(container_id, signal_name or "TERM", everything, oci_root)
+    from minirun.lifecycle import kill as kill_running
+    if everything:
+        raise errors.RuntimeFailure("--all is for OCI containers: a signal to PID 1 of a "
+                                    "container of `minirun ps` (KILL) ends all its processes")
+    sig = oci.parse_signal(signal_name or "KILL")
+    try:
+        kill_running(container_id, sig)
+    except errors.RuntimeFailure:
+        raise errors.RuntimeFailure(f"no container {container_id!r}: give an OCI container's "
+                                    "id, or a name or id from `minirun ps`") from None
 
 
 @cli.command()
