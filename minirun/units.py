@@ -52,7 +52,7 @@ def parse_cpus(text: str) -> float:
     vCPU as a host thread (KVM, and TCG's multi-threaded mode), and a guest kernel whose vCPUs
     are not all running at once spins waiting for locks held by one that is not (lock-holder
     preemption): slower than fewer vCPUs, and under TCG here a boot of 99 vCPUs on 2 CPUs ran
-    into the boot watchdog. QEMU's own -smp maximum (hundreds on x86) allows all that."""
+    into the boot watchdog. QEMU's own -smp maximum (288 on -M microvm) allows all that."""
     cpus = float(text) if _DECIMAL.fullmatch(text.strip()) else 0.0
     if not 0 < cpus < 1e6:
         raise RuntimeFailure(f"invalid CPU count {text!r}: give a positive number like 1, 0.5 or 2")
