@@ -85,7 +85,8 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
         raise RuntimeFailure("-d with -i/-t: a detached VM has no terminal to attach to (use "
                              "`minivm exec` to run commands in it)")
     if (name is not None or remove) and not detach:
-        raise RuntimeFailure(f"{'--name' if name is not None else '--rm'} is for a detached VM: add -d")
+        flag = "--name" if name is not None else "--rm"
+        raise RuntimeFailure(f"{flag} is for a detached VM: add -d")
     if hostname:                            # into every container's /etc/hosts, and the guest's
         check_hostname(hostname)
     if name is not None:
