@@ -133,7 +133,15 @@ def _need_root(command: str) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
+    from minirun import names
+    from minirun.units import PID_MAX_LIMIT, parse_count
     from minirun.container import ContainerSpec, run as run_container
+    if options["hostname"]:                 # they go into /etc/hosts and sethostname(2)
+        names.check_hostname(options["hostname"])
+    if options["name"] is not None:
+        names.check_name(options["name"], "container")
+    if options["pids_limit"] is not None:   # pids.max takes no more: one line, not the kernel's
+        parse_count(options["pids_limit"], "pids limit", PID_MAX_LIMIT)
     spec = ContainerSpec.from_options(image, list(command), options)
     if options["detach"]:
         from minirun import supervisor
@@ -181,6 +189,7 @@ def exec_command(oci_root, container, command, env, workdir, user, interactive, 
 
 @cli.command()
 @click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),         # as minivm stop's: no negative grace
               help="How long to wait after SIGTERM before SIGKILL.")
 @click.argument("containers", nargs=-1, required=True)
 def stop(containers, grace) -> int:
@@ -262,15 +271,30 @@ def state(oci_root, container_id) -> None:
 
 @cli.command()
 @click.option("-a", "--all", "everything", is_flag=True,
-              help="Signal every process of the container, not only its first.")
+              help="Signal every process of the container, not only its first (OCI only).")
 @click.argument("container_id")
-@click.argument("signal_name", default="TERM")
+@click.argument("signal_name", required=False)
 @click.pass_obj
 def kill(oci_root, container_id, signal_name, everything) -> None:
-    """OCI: send SIGNAL (a name or number, default TERM) to container CONTAINER_ID."""
+    """OCI: send SIGNAL (a name or number, default TERM) to container CONTAINER_ID.
+
+    CONTAINER_ID may also be a name or id (prefix) from `minirun ps`, as with `docker kill`:
+    then SIGNAL (default KILL, as Docker's) goes to the container's PID 1. A PID 1 that has
+    no handler for a signal ignores it, unless it is KILL (see docs/minirun.md)."""
     _need_root("kill")
     from minirun import oci
-    oci.kill(container_id, signal_name, everything, oci_root)
+    if oci.exists(container_id, oci_root):
+        return oci.kill(container_id, signal_name or "TERM", everything, oci_root)
+    from minirun.lifecycle import kill as kill_running
+    if everything:
+        raise errors.RuntimeFailure("--all is for OCI containers: a signal to PID 1 of a "
+                                    "container of `minirun ps` (KILL) ends all its processes")
+    sig = oci.parse_signal(signal_name or "KILL")
+    try:
+        kill_running(container_id, sig)
+    except errors.RuntimeFailure:
+        raise errors.RuntimeFailure(f"no container {container_id!r}: give an OCI container's "
+                                    "id, or a name or id from `minirun ps`") from None
 
 
 @cli.command()

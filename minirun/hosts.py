@@ -17,6 +17,8 @@ every libc reads them with no configuration (nsswitch.conf's "files" comes befor
 import ipaddress
 from pathlib import Path
 
+from minirun import names
+
 def check_add_host(text: str) -> tuple[str, str]:
     """--add-host NAME:IP, as Docker's (the IP may be IPv6, so split at the first colon)."""
     name, _, address = text.partition(":")
@@ -24,8 +26,10 @@ def check_add_host(text: str) -> tuple[str, str]:
         ipaddress.ip_address(address)
     except ValueError:
         name = ""
-    if not name or any(c.isspace() for c in name):
+    if not name:
         raise ValueError(f"invalid --add-host {text!r}: use NAME:IP, as in db:10.0.0.5")
+    # a line of every container's /etc/hosts: a name with a space or newline would add its own
+    names.check_hostname(name, "--add-host name", names.DNS_NAME_MAX)
     return name, address
 
 

@@ -56,3 +56,17 @@ def stop(target: str, grace: float = 10.0) -> str:
         os.close(runtime)
         os.close(pid1)
     return record.id
+
+
+def kill(target: str, sig: int) -> str:
+    """`minirun kill NAME` of a container of `minirun ps` (a `run -d` one, or one in the
+    foreground): `sig` to its PID 1, as `docker kill` does, through a pidfd checked against the
+    record's start time, as `stop` does. Returns the container's id."""
+    record = find_running(target)
+    pid1 = os.pidfd_open(record.pid)
+    try:
+        confirm_still_running(record)
+        signal.pidfd_send_signal(pid1, sig)
+    finally:
+        os.close(pid1)
+    return record.id

@@ -142,6 +142,16 @@ def run_detached(spec) -> str:
     start_supervisor(home, record,
                      lambda lock, report: _supervise(spec, record, home, lock, report),
                      "started", "the supervisor died before the container started")
+    # A Ctrl-C (or kill) sent to `run -d` while it waited has been held since minirun's first
+    # line (cli.py): until the id is printed it is the caller's "never mind", as an early
+    # Ctrl-C of a foreground run is. The container runs by now: stop it and remove it.
+    from minirun.signals import FORWARDED      # (loaded already by `run`: container.py)
+    held = signal.sigpending() & set(FORWARDED)
+    if held:
+        remove(container_id, force=True)
+        sig = min(held)
+        raise RuntimeFailure(f"interrupted by {signal.Signals(sig).name} before `run -d` "
+                             "returned: the container was stopped and removed", 128 + sig)
     return container_id
 
 

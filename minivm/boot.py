@@ -26,6 +26,7 @@ class BootOptions:
     memory: int = DEFAULT_MEMORY
     cpus: float = 1.0
     hostname: str = ""
+    name: str = ""               # boot -d: the VM's --name or short id (its supervisor sets it)
     env: list[str] = field(default_factory=list)
     workdir: str = ""
     timeout: float | None = None
@@ -69,7 +70,11 @@ def boot(options: BootOptions) -> int:
             "address from the containers' leases, so that they and the guest reach each other")
     elif options.network == "user":
         _check_user_mode(options.publish, say)
-    tap = network.attach_tap(os.urandom(6).hex(), hostname, hostname, say) \
+    # Its lease names it as a container's does: by its name (a detached VM's --name or short
+    # id), which the /etc/hosts of containers started later list. A VM in the foreground has no
+    # name of its own: its hostname stands in.
+    name = options.name or hostname
+    tap = network.attach_tap(os.urandom(6).hex(), name, hostname, say) \
         if options.network == "bridge" else None
     proxies = []
     try:
@@ -77,7 +82,7 @@ def boot(options: BootOptions) -> int:
             proxies.append(ports.Proxy(port))
             proxies[-1].start(str(tap.address))
             say("ports", f"{port}: relaying to the guest's {tap.address}:{port.container_port}")
-        return _boot(options, image, command, identity, hostname, volumes, tap, say)
+        return _boot(options, image, command, identity, hostname, name, volumes, tap, say)
     finally:
         for proxy in proxies:
             proxy.close()
@@ -122,7 +127,7 @@ def _user_mode_resolv_conf() -> str:
     return "\n".join([f"nameserver {USER_DNS}", *kept]) + "\n"
 
 
-def _boot(options: BootOptions, image, command: list[str], identity, hostname: str,
+def _boot(options: BootOptions, image, command: list[str], identity, hostname: str, name: str,
           volumes: list[rootfs.Volume], tap: network.Tap | None, say) -> int:
 
     # 2. A kernel of the guest's own, uncompressed once so that it boots fast.
@@ -157,7 +162,7 @@ def _boot(options: BootOptions, image, command: list[str], identity, hostname: s
     environment.setdefault("HOME", guest_user.home(image, identity.uid if identity else 0))
     if options.interactive:     # the terminal the app draws on is the user's, as minirun -t says
         environment.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    etc = hosts.contents(hostname, hostname, address.split("/")[0] or None, [],
+    etc = hosts.contents(hostname, name, address.split("/")[0] or None, [],
                          network.running_peers() if tap else [], False)
     if nic and nic.mode == "user":
         etc["resolv.conf"] = _user_mode_resolv_conf()

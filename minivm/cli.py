@@ -14,8 +14,9 @@ import sys      # noqa: E402
 import click    # noqa: E402
 
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure      # noqa: E402
-from minirun.units import parse_cpus, parse_size                # noqa: E402
-from minivm.hardware import DEFAULT_MEMORY, MIB                 # noqa: E402
+from minirun.names import check_hostname, check_name            # noqa: E402
+from minirun.units import parse_cpus, parse_memory              # noqa: E402
+from minivm.hardware import DEFAULT_MEMORY, MIB, SMALLEST_MEMORY    # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +57,7 @@ def cli():
 @click.option("-d", "--detach", is_flag=True,
               help="Print the VM's id once it has booted and return; a supervisor keeps it "
                    "(see `minivm ps`, `logs`, `stop`, `exec`, `qmp`, `rm`).")
-@click.option("--name", default="", help="With -d: a name for the VM [default: its short id].")
+@click.option("--name", help="With -d: a name for the VM [default: its short id].")
 @click.option("--rm", "remove", is_flag=True,
               help="With -d: remove the VM once it exits (a foreground VM never stays).")
 @click.argument("image", default="hello")
@@ -83,18 +84,26 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
     if interactive and detach:
         raise RuntimeFailure("-d with -i/-t: a detached VM has no terminal to attach to (use "
                              "`minivm exec` to run commands in it)")
-    if (name or remove) and not detach:
-        raise RuntimeFailure(f"{'--name' if name else '--rm'} is for a detached VM: add -d")
+    if (name is not None or remove) and not detach:
+        flag = "--name" if name is not None else "--rm"
+        raise RuntimeFailure(f"{flag} is for a detached VM: add -d")
+    if hostname:                            # into every container's /etc/hosts, and the guest's
+        check_hostname(hostname)
+    if name is not None:
+        check_name(name, "VM")
     if interactive and not sys.stdin.isatty():
         raise RuntimeFailure("-i/-t needs a terminal on stdin; drop -it to run without input")
+    from minirun.container import check_env_and_workdir     # -e and -w as minirun's
+    check_env_and_workdir(env, workdir or None)
     options = BootOptions(
-        image=image, args=list(command), memory=parse_size(memory), cpus=parse_cpus(cpus),
+        image=image, args=list(command), memory=parse_memory(memory, SMALLEST_MEMORY, "a guest"),
+        cpus=parse_cpus(cpus),
         hostname=hostname, env=list(env), workdir=workdir, timeout=timeout, accel=accel,
         kernel=kernel, interactive=interactive, verbose=verbose, explain=explain, user=user,
         network=network, publish=published, volumes=list(volumes))
     if detach:
         from minivm import supervisor
-        click.echo(supervisor.boot_detached(options, name, remove))
+        click.echo(supervisor.boot_detached(options, name or "", remove))
         return 0
     return boot_vm(options)
 

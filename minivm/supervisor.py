@@ -158,6 +158,7 @@ def _supervise(options, record: VMRecord, home: Path, lock: int, report: int) ->
     from minivm.boot import boot
     from minivm.machine import Detached
     record.supervisor_pid = os.getpid()
+    options.name = record.name          # the name containers on the bridge know it by
     save_record(record, home)           # `rm -f` of a VM still booting must know whom to end
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

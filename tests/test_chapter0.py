@@ -1,11 +1,14 @@
 """docs/chapter0.py, the smallest container of docs/chapter0.md, really runs the hello app."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from transcripts import mask
 
 CHAPTER0 = Path(__file__).resolve().parent.parent / "docs" / "chapter0.py"
 
@@ -44,3 +47,26 @@ def test_its_root_is_the_image_read_only_and_exit_codes_pass_through(hello_rootf
     assert not Path(hello_rootfs, "x").exists()
     missing = chapter0(hello_rootfs, "/no-such-command")
     assert missing.returncode == 125 and "No such file" in missing.stderr
+
+
+def documented_output() -> list[str]:
+    """What docs/chapter0.md shows the hello app printing: the ```text block after the command.
+    (A ```text block, not a ```console transcript: tests/test_docs.py runs those in a directory
+    of their own, where docs/chapter0.py is not, and it would not check this one.)"""
+    lines = CHAPTER0.with_suffix(".md").read_text().splitlines()
+    command = next(n for n, line in enumerate(lines) if "chapter0.py \"$H\" /app/hello.sh" in line)
+    start = lines.index("```text", command) + 1
+    return lines[start:lines.index("```", start)]
+
+
+def test_the_output_is_what_docs_chapter0_md_shows(hello_rootfs):
+    result = chapter0(hello_rootfs, "/app/hello.sh")
+    assert result.returncode == 0, result.stderr
+    printed = [line.rstrip() for line in result.stdout.splitlines()]
+    # no cgroup namespace: the app sees the cgroups of whoever ran chapter0.py (this test's)
+    own = sorted({line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().split()})
+    assert printed[3].split(None, 1)[1] == " ".join(own)
+
+    def shown(lines):       # the kernel's release masked as test_docs masks it; the cgroup varies
+        return [mask(re.sub(r"^(  cgroup: +).*", r"\1<the caller's>", line)) for line in lines]
+    assert shown(printed) == shown(documented_output())

@@ -3,6 +3,7 @@ a killed supervisor, and gc. Every test counts what is left: bundles, records, c
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -184,3 +185,47 @@ def test_stop_wait_rm_of_several_go_on_past_a_bad_name(minirun, nothing_left):
     finally:                        # a failing test leaves no container running
         for container_id in ids:
             minirun("rm", "-f", container_id)
+
+
+def test_kill_finds_a_detached_container_by_name_or_id_as_docker_kill(minirun, nothing_left):
+    """`minirun kill` is the OCI command, and also `docker kill`'s: a container of `minirun
+    ps` by name (the signal given: TERM, which the server traps, exiting 7) or by a prefix of
+    its id (the default: KILL, 137)."""
+    ids = [minirun("run", "-d", "--name", name, "hello", *SERVER).stdout.strip()
+           for name in ("web", "db")]
+    try:
+        for name in ("web", "db"):
+            wait_until(lambda: minirun("logs", name).stdout == "out\n")
+        killed = minirun("kill", "web", "TERM")
+        assert (killed.returncode, killed.stderr) == (0, "")
+        assert minirun("wait", "web").stdout == "7\n"
+        assert minirun("kill", ids[1][:8]).returncode == 0
+        assert minirun("wait", "db").stdout == "137\n"
+        unknown = minirun("kill", "web")                    # exited: nothing to signal
+        assert unknown.returncode == 125
+        assert unknown.stderr == "minirun: no container 'web': give an OCI container's id, " \
+                                 "or a name or id from `minirun ps`\n"
+    finally:
+        for container_id in ids:
+            minirun("rm", "-f", container_id)
+
+
+def test_kill_never_signals_a_pid_that_is_not_the_containers(minirun, minirun_env):
+    """A record whose PID 1 is now another process (its start time differs: the PID was
+    reused) names no running container: kill refuses, and that process lives on."""
+    from minirun import state
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        me = os.getpid()
+        record = state.ContainerRecord(
+            id="f" * 64, name="ghost", image="hello", command=["sleep"], runtime_pid=me,
+            runtime_start=state.start_time(me), pid=bystander.pid,
+            pid_start=state.start_time(bystander.pid) + 1)     # not when it started
+        Path(minirun_env["MINIRUN_STATE"], f"{record.id}.json").write_text(
+            json.dumps(record._asdict()))
+        result = minirun("kill", "ghost")
+        assert result.returncode == 125 and "no container 'ghost'" in result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

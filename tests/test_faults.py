@@ -10,6 +10,7 @@ What is counted, for the containers of this module's private store and state dir
   directories of the store; live processes of our containers.
 """
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -379,4 +380,32 @@ def test_a_pipeline_whose_reader_goes_away_ends_with_141_and_leaves_nothing(env,
     result = subprocess.run(["bash", "-c", f"{command} | head -1; echo ${{PIPESTATUS[0]}}"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == ["y", "141"], result.stderr
+    assert census.take() == before
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.2, 0.3])
+def test_a_ctrl_c_before_run_d_prints_the_id_is_130_and_leaves_nothing(env, delay):
+    """`run -d` holds its signals from its first line, as a foreground run does; a Ctrl-C
+    before it has printed the container's id ends it: 130, the supervisor and its container
+    gone, no id on stdout. (It used to be swallowed: 0, and the container left running.)"""
+    census = Census(env)
+    before = census.take()
+    process = minirun(env, "run", "-d", "--init", "hello", "sleep", MARK,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    state = signal_state(process.pid)
+    printed = select.select([process.stdout], [], [], 0)[0]    # the id, or its end (EOF)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    if printed:                         # the Ctrl-C came too late: the container runs on
+        assert process.returncode == 0 and len(stdout.strip()) == 64
+        assert minirun(env, "rm", "-f", stdout.strip()).returncode == 0
+        pytest.skip("the Ctrl-C came after `run -d` had printed the id")
+    assert stdout == ""
+    if state == "held":
+        assert process.returncode == 130
+        assert stderr == "minirun: interrupted by SIGINT before `run -d` returned: the " \
+                         "container was stopped and removed\n"
+    else:
+        assert process.returncode in (1, 130, -signal.SIGINT)
     assert census.take() == before

@@ -297,6 +297,32 @@ def test_a_vm_on_the_bridge_answers_the_host_through_p_and_a_container_by_name(
     assert vm.returncode == 130, vm.stderr.read()
 
 
+@pytest.mark.vm
+def test_a_detached_vm_on_the_bridge_is_reached_by_its_name(guest, minirun, nothing_left,
+                                                             tmp_path):
+    """`minivm boot -d --name vmweb hello ...`: its hostname is the image's (hello), as every VM
+    of hello has; containers find it by its --name, as they find a container by its --name."""
+    home, env = guest
+    env = {**env, "MINIVM_STATE": str(tmp_path / "vms")}
+
+    def minivm(*args):
+        return subprocess.run([sys.executable, "-m", "minivm", *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+    booted = minivm("boot", "-d", "--name", "vmweb", "hello", "sh", "-c", HTTPD)
+    assert booted.returncode == 0, booted.stderr
+    try:
+        # Its /etc/hosts lists the VM by name (else wget would wait on DNS before it fails);
+        # boot -d returns once the guest init runs, and httpd may not listen yet.
+        other = minirun("run", "--rm", "hello", "sh", "-c", "grep -w vmweb /etc/hosts >&2 && "
+                        "for i in $(seq 60); do wget -qO- http://vmweb/ && exit; sleep 1; done",
+                        timeout=200)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout == "hello from hello\n"        # its hostname: the image's name
+    finally:
+        stopped = minivm("rm", "-f", "vmweb")
+    assert stopped.returncode == 0, stopped.stderr
+
+
 # The runtime's wiring fails after it has made the veth pair, while the child builds its root.
 FAILING_WIRE = """
 import sys
