@@ -133,15 +133,7 @@ def _need_root(command: str) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(image, command, **options) -> int:
     """Run COMMAND (or the image's default) in a new container of IMAGE."""
-    from minirun import names
-    from minirun.units import PID_MAX_LIMIT, parse_count
     from minirun.container import ContainerSpec, run as run_container
-    if options["hostname"]:                 # they go into /etc/hosts and sethostname(2)
-        names.check_hostname(options["hostname"])
-    if options["name"] is not None:
-        names.check_name(options["name"], "container")
-    if options["pids_limit"] is not None:   # pids.max takes no more: one line, not the kernel's
-        parse_count(options["pids_limit"], "pids limit", PID_MAX_LIMIT)
     spec = ContainerSpec.from_options(image, list(command), options)
     if options["detach"]:
         from minirun import supervisor

@@ -13,7 +13,6 @@ lifecycle.py, and what killed runs left behind removed in garbage.py.
 """
 import json
 import os
-import re
 import select
 import signal
 import stat
@@ -25,12 +24,13 @@ from typing import NamedTuple
 
 # Everything the child uses must be imported here, before it forks: after pivot_root the host's
 # files, Python's own modules among them, are out of its reach.
-from minirun import (cgroups, garbage, namespaces, network, rootfs, seccomp, security, signals,
-                     spawn, state, terminal)
+from minirun import (cgroups, garbage, names, namespaces, network, rootfs, seccomp, security,
+                     signals, spawn, state, terminal)
 from minirun.errors import NOT_FOUND, RuntimeFailure, status_from_wait
 from minirun.image import Image, Store, store_root
 from minirun.narrator import narrator
-from minirun.units import format_size, parse_count, parse_cpus, parse_size
+from minirun.units import (PID_MAX_LIMIT, check_env_and_workdir, format_size, parse_count,
+                           parse_cpus, parse_memory)
 
 @dataclass
 class ContainerSpec:
@@ -64,27 +64,28 @@ class ContainerSpec:
     def from_options(cls, image: str, command: list[str], options: dict) -> "ContainerSpec":
         """Check every flag before anything is created, so a bad one leaves nothing behind.
         A flag given empty (`--memory ''`) is a mistake, not the same as leaving it out."""
-        workdir = options.get("workdir")
+        workdir, hostname, name = options.get("workdir"), options.get("hostname"), options.get("name")
         check_env_and_workdir(options.get("env") or (), workdir)
         if command and not command[0]:
             raise RuntimeFailure("the command is empty: give a program to run, or none for the "
                                  "image's own", NOT_FOUND)
-        name = options.get("name")
-        if name is not None and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", name, re.ASCII):
-            raise RuntimeFailure(f"invalid container name {name!r}: use two or more letters, "
-                                 "digits, '_', '.' or '-', starting with a letter or digit")
+        if hostname:                    # it goes into /etc/hosts and sethostname(2)
+            names.check_hostname(hostname)
+        if name is not None:
+            names.check_name(name, "container")
         memory, cpus, pids = options.get("memory"), options.get("cpus"), options.get("pids_limit")
         return cls(image=image, command=command, env=list(options.get("env") or ()),
-                   workdir=workdir, hostname=options.get("hostname"), name=name,
+                   workdir=workdir, hostname=hostname, name=name,
                    user=options.get("user"),
                    tty=bool(options.get("tty")), use_init=bool(options.get("use_init")),
                    use_chroot=bool(options.get("use_chroot")), explain=bool(options.get("explain")),
                    stats=bool(options.get("stats")),
                    seccomp=seccomp.wanted(options.get("security_opt") or ()),
                    limits=cgroups.Limits(
-                       memory=_memory_limit(memory) if memory is not None else None,
+                       memory=parse_memory(memory, SMALLEST_MEMORY_LIMIT, "a container")
+                       if memory is not None else None,
                        cpus=parse_cpus(cpus) if cpus is not None else None,
-                       pids=parse_count(pids, "pids limit") if pids is not None else None),
+                       pids=parse_count(pids, "pids limit", PID_MAX_LIMIT) if pids is not None else None),
                    privileges=security.Privileges.from_options(options.get("cap_add") or (),
                                                                options.get("cap_drop") or (),
                                                                bool(options.get("privileged"))),
@@ -117,27 +118,6 @@ def _network_options(options: dict) -> dict:
 # Docker's floor for --memory: below it the runtime's own steps and the first exec of the
 # command do not fit, and the kernel's OOM killer ends the container before it starts.
 SMALLEST_MEMORY_LIMIT = 6 * 1024 ** 2
-
-
-def _memory_limit(text: str) -> int:
-    limit = parse_size(text)
-    if limit < SMALLEST_MEMORY_LIMIT:
-        raise RuntimeFailure(f"--memory {text} is too little for a container: give at least "
-                             f"{format_size(SMALLEST_MEMORY_LIMIT)}")
-    with open("/proc/meminfo") as meminfo:        # "MemTotal:  24591468 kB", first line
-        total = int(meminfo.readline().split()[1]) * 1024
-    if limit > total:
-        raise RuntimeFailure(f"--memory {text} is more than this machine has "
-                             f"({format_size(total)}): give less")
-    return limit
-
-
-def check_env_and_workdir(env, workdir: str | None) -> None:
-    for item in env:
-        if "=" not in item or item.startswith("="):
-            raise RuntimeFailure(f"invalid environment variable {item!r}: use -e KEY=VALUE")
-    if workdir is not None and not workdir.startswith("/"):
-        raise RuntimeFailure(f"invalid working directory {workdir!r}: give an absolute path")
 
 
 class Plan(NamedTuple):     # (a NamedTuple: a third of a dataclass's cost to define)

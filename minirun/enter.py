@@ -14,6 +14,7 @@ import os
 from minirun import cgroups, container, namespaces, seccomp, security, signals, spawn
 from minirun.lifecycle import confirm_still_running, find_running
 from minirun.narrator import narrator
+from minirun.units import check_env_and_workdir
 
 # The namespaces `exec` joins besides the PID namespace. The mount namespace comes last: joining
 # it also moves the process's root and working directory to that namespace's root (setns(2)),
@@ -28,7 +29,7 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     As in `run`, the PID namespace is joined by the parent for its next child only.
     """
     say = narrator("minirun", explain)
-    container.check_env_and_workdir(env, workdir)
+    check_env_and_workdir(env, workdir)
     container._require_root()
     record = find_running(target)
     pid1 = record.pid

@@ -85,3 +85,12 @@ def format_size(count: int) -> str:
             break
         value, suffix = value / 1024, bigger
     return f"{count}B" if suffix == "B" else f"{value:.1f}".removesuffix(".0") + suffix
+
+
+def check_env_and_workdir(env, workdir: str | None) -> None:
+    """-e KEY=VALUE and -w /dir, which mean the same to minirun (run, exec) and minivm."""
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise RuntimeFailure(f"invalid environment variable {item!r}: use -e KEY=VALUE")
+    if workdir is not None and not workdir.startswith("/"):
+        raise RuntimeFailure(f"invalid working directory {workdir!r}: give an absolute path")

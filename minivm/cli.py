@@ -15,7 +15,7 @@ import click    # noqa: E402
 
 from minirun.errors import RUNTIME_FAILED, RuntimeFailure      # noqa: E402
 from minirun.names import check_hostname, check_name            # noqa: E402
-from minirun.units import parse_cpus, parse_memory              # noqa: E402
+from minirun.units import check_env_and_workdir, parse_cpus, parse_memory     # noqa: E402
 from minivm.hardware import DEFAULT_MEMORY, MIB, SMALLEST_MEMORY    # noqa: E402
 
 
@@ -93,8 +93,7 @@ def boot(memory, cpus, hostname, env, workdir, volumes, user, timeout, accel, ke
         check_name(name, "VM")
     if interactive and not sys.stdin.isatty():
         raise RuntimeFailure("-i/-t needs a terminal on stdin; drop -it to run without input")
-    from minirun.container import check_env_and_workdir     # -e and -w as minirun's
-    check_env_and_workdir(env, workdir or None)
+    check_env_and_workdir(env, workdir or None)         # -e and -w as minirun's
     options = BootOptions(
         image=image, args=list(command), memory=parse_memory(memory, SMALLEST_MEMORY, "a guest"),
         cpus=parse_cpus(cpus),
