@@ -93,6 +93,16 @@ def die_with_parent() -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
 
 
+def set_dumpable(dumpable: bool) -> bool:
+    """PR_SET_DUMPABLE (prctl(2)); returns what it was. A process that is not dumpable keeps its
+    /proc/PID files (environ, exe, fd, mem, ...) and ptrace(2) to itself against anyone without
+    CAP_SYS_PTRACE, even a process of its own uid ("Ptrace access mode checking"). fork(2) keeps
+    the flag; execve(2) of an ordinary program sets it again, for the new program."""
+    was = bool(prctl.get_dumpable())
+    prctl.set_dumpable(dumpable)
+    return was
+
+
 def stay_after_parent() -> None:
     """Undo die_with_parent: for a process the engine's subreaper adopts once minirun exits."""
     prctl.set_pdeathsig(0)

@@ -378,6 +378,68 @@ def test_an_exec_into_an_init_container_gets_the_containers_environment(minirun_
     assert SECRET not in result.stdout, result.stdout
 
 
+# --- 8. A process on its way in: the runtime's, until its exec ---------------------------------
+# `minirun exec`'s child is born in the container's PID namespace, then joins the rest and drops
+# its privileges, all before its execve: meanwhile it is the runtime's Python, with the host
+# caller's environment, the host's interpreter as its exe and the runtime's descriptors. The
+# handshake is deterministic: a test-only wrapper (HELD, run as minirun's __main__) holds the
+# child at the worst point, after its capabilities are cut to the container's (so that the
+# container's root may ptrace it if it is dumpable) and before its descriptors are closed and
+# its filter installed, reports its PID in the container, and waits for the test's byte.
+# Mutation-checked: with spawn.fork's not_dumpable() removed, every route prints ESCAPED.
+
+HELD = """
+import os, sys
+from minirun import security
+ready, release = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+close = security.close_inherited_descriptors
+def held():
+    os.write(ready, b"%d\\n" % os.getpid())
+    os.read(release, 1)
+    close()
+security.close_inherited_descriptors = held
+from minirun.cli import main
+main()
+"""
+
+
+@contextlib.contextmanager
+def held_exec(env: dict, *args):
+    """`minirun exec ARGS...` held before its descriptors are closed: yields (its PID inside the
+    container, the Popen); leaving the block lets it go on and waits for it."""
+    ready_read, ready_write = os.pipe()
+    release_read, release_write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD, str(ready_write), str(release_read), "exec", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        pass_fds=(ready_write, release_read))
+    os.close(ready_write)
+    os.close(release_read)
+    try:
+        with os.fdopen(ready_read) as ready:
+            line = ready.readline()
+        assert line, process.communicate(timeout=60)
+        yield int(line), process
+    finally:
+        os.write(release_write, b"x")
+        os.close(release_write)
+        process.wait(timeout=60)
+
+
+def test_a_process_on_its_way_in_gives_nothing_of_the_host_away(minirun_env, probe):
+    env = {**minirun_env, SECRET: "1"}
+    with running(env, "watched", probe, "sleep", "60"):
+        with held_exec(env, "watched", "escape_probe", "dumpable") as (pid, entering):
+            result = run(minirun_env, "exec", "watched", "escape_probe", "peek", str(pid))
+            lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+            assert set(lines) == {"environ", "exe", "fds", "ptrace"}, outcome(result)
+            assert all(line.startswith("BLOCKED") for line in lines.values()), result.stdout
+        out, err = entering.communicate(timeout=60)
+    # Once exec'd, the command is an ordinary process again (execve(2) resets the flag).
+    assert out.strip() == "dumpable=1", out + err
+    assert entering.returncode == 0, err
+
+
 # --- 7. An image name is a name, never a path --------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../images/hello", "./hello", "hello/../hello"])
