@@ -195,6 +195,7 @@ class Config:
     root: Path
     process: Process
     mounts: list[rootfs.Mount]                  # on the root, in order
+    devices: list[rootfs.Device] = field(default_factory=list)     # beyond /dev's defaults
     namespaces: dict[str, str | None]           # config.json's type -> a path to join, or None: new
     hostname: str | None = None
     read_only: bool = False
@@ -263,7 +264,7 @@ def become(config: Config, cgroup: cgroups.Cgroup, link: Link, say, prepare_root
     prepare_root()
     rootfs.assemble(config.root, config.mounts, config.masked, config.read_only_paths,
                     config.read_only, config.process.cwd, use_chroot=use_chroot,
-                    user_namespace="user" in config.namespaces)
+                    user_namespace="user" in config.namespaces, devices=config.devices)
     if use_chroot:
         say("chroot", f"{config.root} (escapable: the host's mounts are still in this namespace)")
     else:

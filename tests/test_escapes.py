@@ -440,6 +440,53 @@ def test_a_process_on_its_way_in_gives_nothing_of_the_host_away(minirun_env, pro
     assert entering.returncode == 0, err
 
 
+# --- 9. Symbolic links in the image steer no mount out of the root ------------------------------
+# Mount targets are resolved on the host's side, before pivot_root: each link is followed as if
+# the root were / (rootfs.inside_root, as runc's filepath-securejoin). Mutation-checked: with
+# the old refusal back, the first three fail ("goes through a symbolic link"); with the links
+# followed by the host's kernel instead (the target joined, unresolved), the volume for /data
+# lands in the host's own /etc.
+
+@pytest.fixture(scope="module")
+def linked(store_root) -> str:
+    """`hello` plus links: /var/run -> ../run (as Debian's), /data -> /etc (an absolute path,
+    the host's own if followed from the host), /up -> ../../../.. (out, if it could), /loop."""
+    import hashlib
+    store = Store(store_root)
+    hello = store.get("hello")
+    tree = store.scratch_dir()
+    (tree / "var").mkdir()
+    (tree / "var/run").symlink_to("../run")
+    (tree / "data").symlink_to("/etc")
+    (tree / "up").symlink_to("../../../../tmp")
+    (tree / "loop").symlink_to("loop")
+    layer = store.commit_layer(tree, hashlib.sha256(b"links: var/run data up loop").hexdigest())
+    store.save_image("linked", [path.name for path in hello.layers] + [layer], hello.config)
+    return "linked"
+
+
+@pytest.mark.parametrize("target, inside", [("/var/run/app", "/run/app"),
+                                            ("/data/NAME", "/etc/NAME"),
+                                            ("/up/NAME", "/tmp/NAME")],
+                         ids=["relative", "absolute-host-etc", "dotdot"])
+def test_a_volume_through_a_link_lands_inside_the_root(minirun_env, linked, tmp_path, target, inside):
+    name = f"minirun-test-{os.getpid()}-{tmp_path.name}"
+    target, inside = target.replace("NAME", name), inside.replace("NAME", name)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "marker").write_text("from the volume\n")
+    result = run(minirun_env, "run", "--rm", "-v", f"{volume}:{target}", linked,
+                 "cat", f"{inside}/marker")
+    assert (result.returncode, result.stdout) == (0, "from the volume\n"), result.stderr
+    assert not os.path.lexists(f"/etc/{name}") and not os.path.lexists(f"/tmp/{name}")
+
+
+def test_a_link_loop_is_one_line(minirun_env, linked, tmp_path):
+    result = run(minirun_env, "run", "--rm", "-v", f"{tmp_path}:/loop/app", linked, "true")
+    assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+    assert "too many levels of symbolic links" in result.stderr
+
+
 # --- 7. An image name is a name, never a path --------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../images/hello", "./hello", "hello/../hello"])

@@ -307,6 +307,30 @@ def test_unsupported_fields_are_refused_in_one_line(engine, change, named):
     engine.made.remove("refused")
 
 
+def test_linux_devices_are_made_in_the_container(engine):
+    """linux.devices (what podman sends for --device, and --privileged for all the host's):
+    each node made at its path, with its mode and owner; the device cgroup still decides
+    whether it opens (c 1 3 is /dev/null, allowed; b 7 0, a loop device, is not). Before,
+    such a bundle was refused ("config.linux.devices is not supported")."""
+    config = base_config(["sh", "-c", "stat -c '%F %t:%T %a %u:%g' /dev/extra/null2 /dev/loop9; "
+                                      "echo x > /dev/extra/null2 && echo wrote; "
+                                      "head -c1 /dev/loop9 || echo refused"])
+    config["linux"]["devices"] = [
+        {"path": "/dev/extra/null2", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640,
+         "uid": 0, "gid": 2},
+        {"path": "/dev/loop9", "type": "b", "major": 7, "minor": 0}]
+    assert engine.run_to_end("devices", config).splitlines() == [
+        "character special file 1:3 640 0:2", "block special file 7:0 666 0:0", "wrote",
+        "refused"]
+
+
+def test_an_allow_all_device_list_turns_the_device_cgroup_off(engine):
+    """What `podman run --privileged` sends: one rule allowing every device."""
+    config = base_config(["sh", "-c", "cat /sys/fs/cgroup/devices/devices.list"])
+    config["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    assert engine.run_to_end("alldevices", config) == "a *:* rwm\n"
+
+
 def test_a_missing_command_fails_create_not_start(engine):
     result = engine.create("missing", engine.bundle(base_config(["no-such-command"])))
     assert result.returncode == 127 and "not found" in result.stderr

@@ -34,11 +34,28 @@ def test_cap_add_and_cap_drop_take_dockers_names(minirun):
     assert not bits & (1 << CAP_CHOWN) and bits & (1 << CAP_SYS_ADMIN)
 
 
+def test_every_capability_of_this_kernel_has_a_name():
+    """minirun's own table (capabilities(7), <linux/capability.h>), not python-prctl's: up to
+    cap_last_cap (40 here: checkpoint_restore), and nothing that is not a capability."""
+    from minirun import security
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    assert security.ALL_CAPABILITIES == set(security.CAPABILITY_NAMES[:last + 1])
+    assert security.NUMBER["checkpoint_restore"] == 40 and "last_cap" not in security.NUMBER
+
+
+def test_cap_add_takes_a_capability_python_prctl_does_not_know(minirun):
+    """Mutation-checked: with python-prctl's list, "no such capability", 125."""
+    assert capability_bits(minirun, "--cap-drop", "ALL", "--cap-add", "CHECKPOINT_RESTORE") == 1 << 40
+    assert int(status_field(minirun, "CapBnd", "--cap-add", "CAP_CHECKPOINT_RESTORE"), 16) == \
+        0xa80425fb | 1 << 40
+
+
 @pytest.mark.parametrize("flag", ["--cap-add", "--cap-drop"])
-def test_an_unknown_capability_is_one_line(minirun, flag):
-    result = minirun("run", flag, "FLY", "hello", "true")
+@pytest.mark.parametrize("name", ["FLY", "LAST_CAP"])
+def test_an_unknown_capability_is_one_line(minirun, flag, name):
+    result = minirun("run", flag, name, "hello", "true")
     assert result.returncode == 125
-    assert result.stderr == f"minirun: {flag} FLY: no such capability; give a name from " \
+    assert result.stderr == f"minirun: {flag} {name}: no such capability; give a name from " \
                             "capabilities(7), e.g. NET_ADMIN, or ALL\n"
 
 
