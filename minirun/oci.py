@@ -265,9 +265,11 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
     destination = fields.get("destination", "", str)
     if not destination.startswith("/") or ".." in destination.split("/"):
         raise _invalid(f"{where}.destination", "an absolute path without '..'")
-    flags, propagation, extra = 0, 0, []
+    flags, propagation, extra, copy_up = 0, 0, [], False
     for option in fields.get("options", [], list):
-        if option in rootfs.MOUNT_FLAGS:
+        if option == "tmpcopyup":
+            copy_up = True
+        elif option in rootfs.MOUNT_FLAGS:
             bit, on = rootfs.MOUNT_FLAGS[option]
             flags = flags | bit if on else flags & ~bit
         elif option.removeprefix("r") in rootfs.PROPAGATION:
@@ -279,6 +281,8 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         refuse(f"{where}.type {kind!r}", "minirun mounts " + ", ".join(MOUNT_TYPES))
     if kind == "bind":
         flags |= MS_BIND
+    if copy_up and kind != "tmpfs":
+        refuse(f"{where}.options tmpcopyup", "only a tmpfs is filled from the image")
     source = fields.get("source", kind, str)
     if flags & MS_BIND:
         if extra:
@@ -287,7 +291,7 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         if not os.path.exists(source):
             raise RuntimeFailure(f"config.json: {where}.source {source} does not exist")
     fields.done()
-    return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra))
+    return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra), copy_up)
 
 
 def _namespaces(items: list) -> dict[str, str | None]:

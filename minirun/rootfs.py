@@ -7,6 +7,7 @@ directories live on the host's disk, in the container's bundle directory, and `r
 deletes them.
 """
 import os
+import stat
 from contextlib import suppress
 from pathlib import Path
 from typing import NamedTuple
@@ -189,6 +190,7 @@ class Mount(NamedTuple):
     flags: int = 0          # mount(2) flags
     propagation: int = 0    # MS_PRIVATE, MS_SLAVE, ... (| MS_REC), applied after the mount
     data: str = ""          # what mount(2) passes to the filesystem (mode=755,size=...)
+    copy_up: bool = False   # tmpcopyup: a tmpfs starts with what the image had there (copy_up)
 
     def as_config(self) -> dict:
         """Back into config.json's words: each flag by its mount(8) option (MOUNT_FLAGS)."""
@@ -198,6 +200,7 @@ class Mount(NamedTuple):
         options += [("r" if self.propagation & MS_REC else "") + name
                     for name, bit in PROPAGATION.items() if self.propagation & bit]
         options += [option for option in self.data.split(",") if option]
+        options += ["tmpcopyup"] if self.copy_up else []
         return {"destination": self.destination, "type": self.type, "source": self.source,
                 "options": options}
 
@@ -385,10 +388,56 @@ def mount_one(root: Path, item: Mount) -> None:
         others = item.flags & ~(MS_BIND | MS_REC)
         if others:      # a bind mount takes its flags in a second call (mount(2))
             mount(None, target, None, MS_BIND | MS_REMOUNT | others)
+    elif item.copy_up:
+        below = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mount(item.source, target, item.type, item.flags, item.data or None)
+            copy_up(below, target)
+        finally:
+            os.close(below)
     else:
         mount(item.source, target, item.type, item.flags, item.data or None)
     if item.propagation:
         mount(None, target, None, item.propagation)
+
+
+def copy_up(below: int, target: str) -> None:
+    """tmpcopyup (crun's mount option, which podman asks for on --read-only's /run, /tmp and
+    /var/tmp): fill the new tmpfs at `target` with what the directory under it held, owners,
+    modes and times kept, so that an image's /run/lock or /var/tmp/x are still there, writable.
+    `below` is that directory, opened before the mount hid it: a descriptor still reaches it."""
+    for entry in os.scandir(below):
+        info = entry.stat(follow_symlinks=False)
+        path = os.path.join(target, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.name, dir_fd=below), path)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(path)
+            inner = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=below)
+            try:
+                copy_up(inner, path)
+            finally:
+                os.close(inner)
+        elif entry.is_file(follow_symlinks=False):
+            source = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=below)
+            copy = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while os.sendfile(copy, source, None, 1 << 20):
+                    pass
+            finally:
+                os.close(source)
+                os.close(copy)
+        else:                                           # a FIFO, a socket, a device node
+            os.mknod(path, info.st_mode, info.st_rdev)
+        os.chown(path, info.st_uid, info.st_gid, follow_symlinks=False)
+        if not entry.is_symlink():
+            os.chmod(path, stat.S_IMODE(info.st_mode))
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+    info = os.fstat(below)                              # and the top: the directory's own
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def mount_target(root: Path, item: Mount) -> str:

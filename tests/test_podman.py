@@ -184,3 +184,13 @@ def test_podman_privileged_run_and_exec_keep_every_capability(podman):
         assert result.stdout.split() == ["CapEff:", own_bounding_set()]
     finally:
         podman("rm", "--force", "--time", "0", container)
+
+
+def test_podman_read_only_gets_writable_run_and_tmp(podman):
+    """podman --read-only mounts tmpfs on /run, /tmp and /var/tmp with crun's "tmpcopyup"
+    (rootfs.copy_up): before, mount(2) got it as tmpfs data and failed, EINVAL."""
+    result = podman("run", "--rm", *RUN, "--read-only", "hello", "sh", "-c",
+                    "touch /run/a /tmp/b /var/tmp/c && echo writable; "
+                    "touch /etc/x 2>/dev/null || echo read-only")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "writable\nread-only\n"
