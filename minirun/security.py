@@ -1,4 +1,5 @@
-"""Privileges: what root inside a container may still do, through python-prctl.
+"""Privileges: what root inside a container may still do: capabilities(7) by number, with
+prctl(2) and capset(2) themselves, and the process's flags through python-prctl.
 
 Root in a container is the host's root (there is no user namespace here), so the runtime takes
 away what a container has no business doing before it starts the app (capabilities(7)):
@@ -149,7 +150,7 @@ def drop_privileges(capabilities: dict[str, frozenset],
     bounding = _mask(capabilities["bounding"])
     for number in range(LAST_CAP + 1):
         if not bounding >> number & 1:
-            _prctl(PR_CAPBSET_DROP, number, f"drop capability {number} from the bounding set")
+            _prctl(f"drop capability {number} from the bounding set", PR_CAPBSET_DROP, number)
     if ids is not None:
         uid, gid, groups = ids
         prctl.set_keepcaps(True)
@@ -164,8 +165,8 @@ def drop_privileges(capabilities: dict[str, frozenset],
     _capset(_mask(capabilities["effective"]) & held, _mask(capabilities["permitted"]) & held,
             _mask(inheritable) & held)
     for name in capabilities["ambient"]:
-        _prctl(PR_CAP_AMBIENT, NUMBER[name], f"raise ambient capability {name}",
-               PR_CAP_AMBIENT_RAISE)
+        _prctl(f"raise ambient capability {name}", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE,
+               NUMBER[name])
     if no_new_privs:
         prctl.set_no_new_privs(1)
 
@@ -175,8 +176,8 @@ def _mask(names) -> int:
     return sum(1 << NUMBER[name] for name in names)
 
 
-def _prctl(option: int, number: int, what: str, operation: int | None = None) -> None:
-    arguments = (option, number) if operation is None else (option, operation, number)
+def _prctl(what: str, *arguments: int) -> None:
+    """prctl(2) with a capability's number, which python-prctl takes only by its own names."""
     if libc.prctl(*arguments, *[0] * (5 - len(arguments))) != 0:
         raise OSError(ctypes.get_errno(), what)
 
