@@ -90,7 +90,7 @@ class Plan(spawn.Config):
     id: str
     bundle: Path
     limits: cgroups.Limits
-    device_rules: tuple
+    device_rules: tuple | None                  # None: every device (an "allow all" list)
     cgroups_path: str
     hooks: dict[str, list[dict]]
     annotations: dict[str, str]
@@ -129,6 +129,8 @@ def load(bundle: Path, container_id: str) -> Plan:
         masked=linux.get("maskedPaths", [], list), read_only_paths=linux.get("readonlyPaths", [], list),
         sysctl=linux.get("sysctl", {}, dict), hooks={}, annotations=top.get("annotations", {}, dict))
     plan.limits, plan.device_rules = _resources(linux.sub("resources"))
+    plan.devices = [_device(item, f"linux.devices[{index}]")
+                    for index, item in enumerate(linux.get("devices", [], list))]
     if linux.get("seccomp"):
         plan.seccomp = seccomp_program(linux.sub("seccomp"))
     if linux.get("rootfsPropagation", "rprivate") not in ("private", "rprivate"):
@@ -249,9 +251,8 @@ def parse_process(data, where: str) -> Process:
 
 
 def _capability(name: str, where: str) -> str:
-    import prctl
     short = name.lower().removeprefix("cap_") if isinstance(name, str) else ""
-    if short not in prctl.ALL_CAP_NAMES:
+    if short not in security.ALL_CAPABILITIES:
         raise _invalid(where, f"capability names of capabilities(7), not {name!r}")
     return short
 
@@ -264,9 +265,11 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
     destination = fields.get("destination", "", str)
     if not destination.startswith("/") or ".." in destination.split("/"):
         raise _invalid(f"{where}.destination", "an absolute path without '..'")
-    flags, propagation, extra = 0, 0, []
+    flags, propagation, extra, copy_up = 0, 0, [], False
     for option in fields.get("options", [], list):
-        if option in rootfs.MOUNT_FLAGS:
+        if option == "tmpcopyup":
+            copy_up = True
+        elif option in rootfs.MOUNT_FLAGS:
             bit, on = rootfs.MOUNT_FLAGS[option]
             flags = flags | bit if on else flags & ~bit
         elif option.removeprefix("r") in rootfs.PROPAGATION:
@@ -278,6 +281,8 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         refuse(f"{where}.type {kind!r}", "minirun mounts " + ", ".join(MOUNT_TYPES))
     if kind == "bind":
         flags |= MS_BIND
+    if copy_up and kind != "tmpfs":
+        refuse(f"{where}.options tmpcopyup", "only a tmpfs is filled from the image")
     source = fields.get("source", kind, str)
     if flags & MS_BIND:
         if extra:
@@ -286,7 +291,7 @@ def _mount(data, where: str, bundle: Path) -> rootfs.Mount:
         if not os.path.exists(source):
             raise RuntimeFailure(f"config.json: {where}.source {source} does not exist")
     fields.done()
-    return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra))
+    return rootfs.Mount(destination, kind, source, flags, propagation, ",".join(extra), copy_up)
 
 
 def _namespaces(items: list) -> dict[str, str | None]:
@@ -348,12 +353,16 @@ def _resources(fields: Fields) -> tuple[cgroups.Limits, tuple]:
                           swap=swap if swap and swap > 0 and limit and limit > 0 else None), rules
 
 
-def _device_rules(items: list) -> tuple:
+def _device_rules(items: list) -> tuple | None:
     """linux.resources.devices: the engine's rules, then the devices every container has
-    (runc's list, devices.DEFAULT_RULES), as runc adds them. Only the shape engines send is
-    taken: "deny all" first, then allow rules."""
+    (runc's list, devices.DEFAULT_RULES), as runc adds them. Only the shapes engines send are
+    taken: "deny all" first, then allow rules; or one "allow all" (a privileged container, as
+    `podman run --privileged` asks): None, no device list at all."""
     if not items:
         return devices.DEFAULT_RULES
+    if len(items) == 1 and items[0] in ({"allow": True, "access": "rwm"},
+                                        {"allow": True, "type": "a", "access": "rwm"}):
+        return None
     first = Fields(items[0], "linux.resources.devices[0]")
     if first.get("allow") is not False or first.get("access", "rwm") != "rwm" \
             or first.get("type", "a") != "a" or first.get("major") is not None \
@@ -370,6 +379,21 @@ def _device_rules(items: list) -> tuple:
                                   "config.json"))
         fields.done()
     return tuple(rules) + devices.DEFAULT_RULES
+
+
+def _device(data, where: str) -> rootfs.Device:
+    """linux.devices[i]: a node to make in the container (config-linux.md "Devices")."""
+    fields = Fields(data, where)
+    path, kind = fields.get("path", "", str), fields.get("type", "", str)
+    if not path.startswith("/"):
+        raise _invalid(f"{where}.path", "an absolute path")
+    if kind not in rootfs.NODE_TYPES:
+        raise _invalid(f"{where}.type", "c, b, u or p")
+    device = rootfs.Device(path, kind, fields.get("major", 0, int), fields.get("minor", 0, int),
+                           fields.get("fileMode", 0o666, int), fields.get("uid", 0, int),
+                           fields.get("gid", 0, int))
+    fields.done()
+    return device
 
 
 def _hook(data, where: str) -> dict:
@@ -525,8 +549,8 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
         if console_socket:
             console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             console.connect(console_socket)
-        cgroup = cgroups.create(container_id, plan.limits, path=plan.cgroups_path,
-                                device_rules=plan.device_rules)
+        cgroup = cgroups.create(container_id, plan.limits, plan.device_rules is None,
+                                plan.cgroups_path, plan.device_rules or devices.DEFAULT_RULES)
         # With a user namespace the child makes the PID namespace itself, from inside it
         # (_enter_user_namespace), and the runtime writes its maps meanwhile.
         handshake = userns.Handshake(plan.uid_map, plan.gid_map) \

@@ -7,6 +7,7 @@ directories live on the host's disk, in the container's bundle directory, and `r
 deletes them.
 """
 import os
+import stat
 from contextlib import suppress
 from pathlib import Path
 from typing import NamedTuple
@@ -189,6 +190,7 @@ class Mount(NamedTuple):
     flags: int = 0          # mount(2) flags
     propagation: int = 0    # MS_PRIVATE, MS_SLAVE, ... (| MS_REC), applied after the mount
     data: str = ""          # what mount(2) passes to the filesystem (mode=755,size=...)
+    copy_up: bool = False   # tmpcopyup: a tmpfs starts with what the image had there (copy_up)
 
     def as_config(self) -> dict:
         """Back into config.json's words: each flag by its mount(8) option (MOUNT_FLAGS)."""
@@ -198,6 +200,7 @@ class Mount(NamedTuple):
         options += [("r" if self.propagation & MS_REC else "") + name
                     for name, bit in PROPAGATION.items() if self.propagation & bit]
         options += [option for option in self.data.split(",") if option]
+        options += ["tmpcopyup"] if self.copy_up else []
         return {"destination": self.destination, "type": self.type, "source": self.source,
                 "options": options}
 
@@ -256,6 +259,39 @@ def make_devices(dev: Path, bind: bool = False) -> None:
             os.symlink(target, dev / name)
 
 
+class Device(NamedTuple):
+    """One entry of config.json's linux.devices (config-linux.md "Devices"): a node to make."""
+    path: str               # in the container, absolute
+    type: str               # c (or u, unbuffered: the same node), b, p (a FIFO)
+    major: int = 0
+    minor: int = 0
+    mode: int = 0o666       # the permission bits (fileMode)
+    uid: int = 0
+    gid: int = 0
+
+
+NODE_TYPES = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}    # S_IFCHR, S_IFBLK, S_IFIFO
+
+
+def make_device_nodes(root: Path, nodes: list[Device], bind: bool = False) -> None:
+    """A bundle's linux.devices (`podman run --privileged` lists the host's every device,
+    `--device` one), each made at its path under the new root, as make_devices makes the
+    defaults (bind: the host's node bound over an empty file). A path already there is left, as
+    runc leaves it; whether the node may be opened is still the device cgroup's to say."""
+    for node in nodes:
+        path = inside_root(root, os.path.dirname(node.path)) / os.path.basename(node.path)
+        if os.path.lexists(path):
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if bind:
+            path.touch()
+            mount(node.path, str(path), None, MS_BIND)
+            continue
+        os.mknod(path, NODE_TYPES[node.type] | 0o600, os.makedev(node.major, node.minor))
+        os.chown(path, node.uid, node.gid)
+        os.chmod(path, node.mode & 0o7777)                                       # umask ignored
+
+
 # Where --init's program appears inside the container (/dev is always the container's own tmpfs,
 # so nothing is added to the image's files, even with --read-only).
 INIT_PATH = "/dev/init"
@@ -304,9 +340,10 @@ def parse_volume(text: str) -> Volume:
 
 def assemble(root: Path, mounts: list[Mount], masked: list[str], read_only_paths: list[str],
              read_only: bool, workdir: str, use_chroot: bool = False,
-             user_namespace: bool = False) -> None:
+             user_namespace: bool = False, devices: list[Device] = ()) -> None:
     """Make `root` (a mount point already: run's overlay, a bundle's bind of itself) the
-    container's /: the mounts in order, the device nodes if /dev is among them, the root switch,
+    container's /: the mounts in order, the device nodes if /dev is among them (and `devices`,
+    a bundle's linux.devices), the root switch,
     then the masked and read-only paths, the working directory, and a read-only root.
     `minirun run` and OCI `create` both come here, with their own data.
 
@@ -320,6 +357,7 @@ def assemble(root: Path, mounts: list[Mount], masked: list[str], read_only_paths
         mount_one(root, item)
     if any(item.destination == "/dev" for item in mounts):
         make_devices(root / "dev", bind=user_namespace)
+    make_device_nodes(root, devices, bind=user_namespace)
     if use_chroot:
         chroot_into(root)
     else:
@@ -350,32 +388,82 @@ def mount_one(root: Path, item: Mount) -> None:
         others = item.flags & ~(MS_BIND | MS_REC)
         if others:      # a bind mount takes its flags in a second call (mount(2))
             mount(None, target, None, MS_BIND | MS_REMOUNT | others)
+    elif item.copy_up:
+        below = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mount(item.source, target, item.type, item.flags, item.data or None)
+            copy_up(below, target)
+        finally:
+            os.close(below)
     else:
         mount(item.source, target, item.type, item.flags, item.data or None)
     if item.propagation:
         mount(None, target, None, item.propagation)
 
 
+def copy_up(below: int, target: str) -> None:
+    """tmpcopyup (crun's mount option, which podman asks for on --read-only's /run, /tmp and
+    /var/tmp): fill the new tmpfs at `target` with what the directory under it held, owners,
+    modes and times kept, so that an image's /run/lock or /var/tmp/x are still there, writable.
+    `below` is that directory, opened before the mount hid it: a descriptor still reaches it."""
+    for entry in os.scandir(below):
+        info = entry.stat(follow_symlinks=False)
+        path = os.path.join(target, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.name, dir_fd=below), path)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(path)
+            inner = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=below)
+            try:
+                copy_up(inner, path)
+            finally:
+                os.close(inner)
+        elif entry.is_file(follow_symlinks=False):
+            source = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=below)
+            copy = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while os.sendfile(copy, source, None, 1 << 20):
+                    pass
+            finally:
+                os.close(source)
+                os.close(copy)
+        else:                                           # a FIFO, a socket, a device node
+            os.mknod(path, info.st_mode, info.st_rdev)
+        os.chown(path, info.st_uid, info.st_gid, follow_symlinks=False)
+        if not entry.is_symlink():
+            os.chmod(path, stat.S_IMODE(info.st_mode))
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+    info = os.fstat(below)                              # and the top: the directory's own
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
 def mount_target(root: Path, item: Mount) -> str:
     """The destination under the new root, made if missing (a file for a file's bind mount).
 
-    Mounting follows symlinks, and these paths are resolved *before* the root changes, on the
-    host's side: an image whose /proc is a link to /etc would get procfs mounted over the
-    host's /etc (in the container's own mount namespace, but still). So no component may be a
-    symbolic link, and a directory's mount is not made over a file."""
-    wants_file = item.flags & MS_BIND and not os.path.isdir(item.source)
-    *parents, name = item.destination.strip("/").split("/")
-    path = root
-    for part in parents:
-        path = path / part
-        if path.is_symlink():
-            raise RuntimeFailure(f"the image's {item.destination} goes through a symbolic link "
-                                 f"(/{path.relative_to(root)}): refusing to mount over it")
-    path = path / name
+    Mounting follows symbolic links, and these paths are resolved *before* the root changes, on
+    the host's side: an image's /var/run -> ../run, or /data -> /etc, followed by the kernel
+    from the host's /, could lead out of the root, to the host's own /etc. So every link is
+    followed here, as if the root were / (inside_root), and the kernel gets a path with no link
+    left in it. As runc, the kernel's own filesystems (proc, sysfs...) go only on a directory
+    that is no link, and no directory's mount goes over a file."""
+    bind = bool(item.flags & MS_BIND)
+    wants_file = bind and not os.path.isdir(item.source)
+    parent, name = os.path.split(item.destination.rstrip("/"))
+    path = inside_root(root, item.destination) if bind else inside_root(root, parent) / name
+    above = path.parent
+    while not os.path.lexists(above):
+        above = above.parent
+    if not above.is_dir():
+        how = "" if path == root.joinpath(item.destination.lstrip("/")) else "a symbolic link to "
+        raise RuntimeFailure(f"the image's {item.destination} goes through {how}"
+                             f"/{above.relative_to(root)}, which is not a directory: mount it "
+                             "somewhere else")
     if path.is_symlink() or (path.exists() and not wants_file and not path.is_dir()):
-        what = "a symbolic link" if wants_file else "not a directory"
-        raise RuntimeFailure(f"the image's {item.destination} is {what}: refusing to mount "
-                             "over it")
+        raise RuntimeFailure(f"the image's {item.destination} is not a directory: refusing to "
+                             "mount over it")
     if not path.exists():
         if wants_file:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,6 +471,38 @@ def mount_target(root: Path, item: Mount) -> str:
         else:
             path.mkdir(parents=True)
     return str(path)
+
+
+MAX_LINKS = 40      # links followed in one path before ELOOP (path_resolution(7))
+
+
+def inside_root(root: Path, path: str) -> Path:
+    """`path` as a process whose / is `root` would find it: each symbolic link on the way
+    followed inside `root` (an absolute target starts again at `root`, and ".." stops there),
+    never leaving it, as runc's filepath-securejoin does. What does not exist yet is taken as
+    it is. The result has no link in it, so the host's kernel, from the host's /, cannot be led
+    elsewhere by it (nor by a link made later in a directory it does not go through)."""
+    todo = [part for part in path.split("/") if part not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = root.joinpath(*done, part)
+        if not candidate.is_symlink():
+            done.append(part)
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise RuntimeFailure(f"the image's {path} has too many levels of symbolic links")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            done = []
+        todo[:0] = [part for part in target.split("/") if part not in ("", ".")]
+    return root.joinpath(*done)
 
 
 def bind_read_only(path: Path) -> None:

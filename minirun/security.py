@@ -1,4 +1,5 @@
-"""Privileges: what root inside a container may still do, through python-prctl.
+"""Privileges: what root inside a container may still do: capabilities(7) by number, with
+prctl(2) and capset(2) themselves, and the process's flags through python-prctl.
 
 Root in a container is the host's root (there is no user namespace here), so the runtime takes
 away what a container has no business doing before it starts the app (capabilities(7)):
@@ -26,6 +27,25 @@ import prctl
 from minirun.errors import RuntimeFailure
 from minirun.namespaces import libc
 
+# The capabilities, by number, as <linux/capability.h> defines them (capabilities(7) describes
+# each). minirun keeps its own table: python-prctl's is fixed when it is built, and here lacks
+# checkpoint_restore (40) and lists a "last_cap" that is no capability at all.
+CAPABILITY_NAMES = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill",                 # 0-5
+    "setgid", "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast",  # 6-11
+    "net_admin", "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio",            # 12-17
+    "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",          # 18-23
+    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write",         # 24-29
+    "audit_control", "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm",       # 30-35
+    "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",                 # 36-40
+)
+NUMBER = {name: number for number, name in enumerate(CAPABILITY_NAMES)}
+# The last one this kernel knows (proc(5)): an older kernel knows fewer, a newer one more, which
+# have no name here and are dropped from every set, as everything not asked for.
+with open("/proc/sys/kernel/cap_last_cap") as _file:
+    LAST_CAP = int(_file.read())
+ALL_CAPABILITIES = frozenset(CAPABILITY_NAMES[:LAST_CAP + 1])
+
 # Docker's default capability set (moby's oci/caps/defaults.go lists the same fourteen).
 DEFAULT_CAPABILITIES = frozenset({
     "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
@@ -45,8 +65,8 @@ class Privileges(NamedTuple):   # (a NamedTuple: a third of a dataclass's cost t
         ones are dropped, then added."""
         added, dropped = _capability_names(add, "--cap-add"), _capability_names(drop, "--cap-drop")
         if privileged:
-            return cls(frozenset(prctl.ALL_CAP_NAMES), privileged=True)
-        base = frozenset(prctl.ALL_CAP_NAMES) if "all" in added else \
+            return cls(ALL_CAPABILITIES, privileged=True)
+        base = ALL_CAPABILITIES if "all" in added else \
             frozenset() if "all" in dropped else DEFAULT_CAPABILITIES
         return cls((base - dropped) | (added - {"all"}))
 
@@ -66,7 +86,7 @@ class Privileges(NamedTuple):   # (a NamedTuple: a third of a dataclass's cost t
 
 def describe(kept: frozenset, no_new_privs: bool) -> str:
     """--explain's line for what a process keeps."""
-    if not no_new_privs and kept >= frozenset(prctl.ALL_CAP_NAMES):
+    if not no_new_privs and kept >= ALL_CAPABILITIES:
         return "--privileged: every capability kept, no no_new_privs"
     names = "Docker's default set" if kept == DEFAULT_CAPABILITIES else \
         (", ".join(sorted(kept)) or "none")
@@ -75,7 +95,7 @@ def describe(kept: frozenset, no_new_privs: bool) -> str:
 
 
 def _capability_names(names, flag: str) -> frozenset[str]:
-    known = set(prctl.ALL_CAP_NAMES) | {"all"}
+    known = ALL_CAPABILITIES | {"all"}
     found = set()
     for name in names:
         short = name.lower().removeprefix("cap_")
@@ -91,6 +111,16 @@ def die_with_parent() -> None:
     it ends, even by SIGKILL. A container's first process and QEMU (minivm/machine.py) take it
     between fork and exec, so neither outlives the program that started it."""
     prctl.set_pdeathsig(signal.SIGKILL)
+
+
+def set_dumpable(dumpable: bool) -> bool:
+    """PR_SET_DUMPABLE (prctl(2)); returns what it was. A process that is not dumpable keeps its
+    /proc/PID files (environ, exe, fd, mem, ...) and ptrace(2) to itself against anyone without
+    CAP_SYS_PTRACE, even a process of its own uid ("Ptrace access mode checking"). fork(2) keeps
+    the flag; execve(2) of an ordinary program sets it again, for the new program."""
+    was = bool(prctl.get_dumpable())
+    prctl.set_dumpable(dumpable)
+    return was
 
 
 def stay_after_parent() -> None:
@@ -109,16 +139,18 @@ def drop_privileges(capabilities: dict[str, frozenset],
     2. The user: setgroups and setgid need CAP_SETGID, which the setuid to a non-zero UID takes
        away with every other capability, unless PR_SET_KEEPCAPS keeps the permitted set across
        it ("Effect of user ID changes on capabilities"), so that step 3 still chooses.
-    3. One capset(2) for the permitted, effective and inheritable sets (python-prctl's per-set
-       .limit() would parse the kept names again for each of the 41 capabilities, 0.7 ms a set);
-       then the ambient set, one prctl(PR_CAP_AMBIENT_RAISE) each. The kernel keeps ambient
-       capabilities only if inheritable too, so a bundle's ambient ones (`runc spec` asks for
-       some) are made inheritable as well.
+    3. One capset(2) for the permitted, effective and inheritable sets; then the ambient set,
+       one prctl(PR_CAP_AMBIENT_RAISE) each. The kernel keeps ambient capabilities only if
+       inheritable too, so a bundle's ambient ones (`runc spec` asks for some) are made
+       inheritable as well.
     4. no_new_privs: no execve can gain privileges again, set-user-ID files included
        (Documentation/userspace-api/no_new_privs.rst).
+    Every set is handled by number (CAPABILITY_NAMES), with prctl(2) and capset(2) themselves.
     """
-    names = prctl.ALL_CAP_NAMES
-    prctl.capbset.drop(*[name for name in names if name not in capabilities["bounding"]])
+    bounding = _mask(capabilities["bounding"])
+    for number in range(LAST_CAP + 1):
+        if not bounding >> number & 1:
+            _prctl(f"drop capability {number} from the bounding set", PR_CAPBSET_DROP, number)
     if ids is not None:
         uid, gid, groups = ids
         prctl.set_keepcaps(True)
@@ -126,26 +158,61 @@ def drop_privileges(capabilities: dict[str, frozenset],
         os.setgid(gid)
         os.setuid(uid)
         prctl.set_keepcaps(False)
-    effective, permitted = capabilities["effective"], capabilities["permitted"]
-    inheritable = capabilities["inheritable"] | capabilities["ambient"]
     # Raised only where still permitted: what minirun itself does not hold (a host's root may
     # lack some, see CapPrm in /proc/self/status) no capset can give.
-    held = prctl.get_caps((names, prctl.CAP_PERMITTED))[prctl.CAP_PERMITTED]
-    held = {name for name in names if held[getattr(prctl, f"CAP_{name.upper()}")]}
-    prctl.set_caps((list(effective & held), prctl.CAP_EFFECTIVE, True),
-                   (list(inheritable & held), prctl.CAP_INHERITABLE, True),
-                   ([name for name in names if name not in effective], prctl.CAP_EFFECTIVE, False),
-                   ([name for name in names if name not in permitted], prctl.CAP_PERMITTED, False),
-                   ([name for name in names if name not in inheritable], prctl.CAP_INHERITABLE,
-                    False))
+    held = _capget()[1]
+    inheritable = capabilities["inheritable"] | capabilities["ambient"]
+    _capset(_mask(capabilities["effective"]) & held, _mask(capabilities["permitted"]) & held,
+            _mask(inheritable) & held)
     for name in capabilities["ambient"]:
-        if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, getattr(prctl, f"CAP_{name.upper()}"),
-                      0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"raise ambient capability {name}")
+        _prctl(f"raise ambient capability {name}", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE,
+               NUMBER[name])
     if no_new_privs:
         prctl.set_no_new_privs(1)
 
 
+def _mask(names) -> int:
+    """Capability names as the kernel's 64-bit mask: bit N is capability N."""
+    return sum(1 << NUMBER[name] for name in names)
+
+
+def _prctl(what: str, *arguments: int) -> None:
+    """prctl(2) with a capability's number, which python-prctl takes only by its own names."""
+    if libc.prctl(*arguments, *[0] * (5 - len(arguments))) != 0:
+        raise OSError(ctypes.get_errno(), what)
+
+
+# capget(2)/capset(2) take a header and, in version 3 of the interface, two 32-bit halves of
+# each set (<linux/capability.h>: _LINUX_CAPABILITY_VERSION_3).
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_VERSION_3 = 0x20080522
+
+
+def _capget() -> tuple[int, int, int]:
+    """This process's effective, permitted and inheritable sets, as masks."""
+    header, data = _Header(_VERSION_3, 0), (_Data * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    return tuple(getattr(data[0], kind) | getattr(data[1], kind) << 32
+                 for kind in ("effective", "permitted", "inheritable"))
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    data = (_Data * 2)(*[_Data(effective >> shift & 0xFFFFFFFF, permitted >> shift & 0xFFFFFFFF,
+                               inheritable >> shift & 0xFFFFFFFF) for shift in (0, 32)])
+    if libc.capset(ctypes.byref(_Header(_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+PR_CAPBSET_DROP = 24                            # <linux/prctl.h>
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2     # <linux/prctl.h>
 
 

@@ -83,10 +83,22 @@ def fork(enter_pid_namespace, become, tty: bool, failed: str,
     console, console_child = socket.socketpair() if tty else (None, None)
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    enter_pid_namespace()
-    pid = born_in.fork() if born_in else os.fork()
+    # Not dumpable from birth: the child is born in the container's PID namespace, where, until
+    # its exec, the container's root could read its /proc/PID files (the host caller's
+    # environment, the host's interpreter as exe, the runtime's descriptors) or ptrace it once
+    # its capabilities are cut to the container's. The flag is copied by fork, so there is no
+    # moment it is open; execve(2) makes the command an ordinary, dumpable process again.
+    # (runc's init makes itself not dumpable the same way, since CVE-2019-5736.)
+    dumpable, pid = security.set_dumpable(False), None
+    try:
+        enter_pid_namespace()
+        pid = born_in.fork() if born_in else os.fork()
+    finally:
+        if pid != 0:
+            security.set_dumpable(dumpable)    # the runtime's own process: as it was
     if pid == 0:
         try:
+            os.close(own_pid_namespace)         # the host's PID namespace: nothing to carry in
             os.close(go_write)
             os.close(errors_read)
             if console:
@@ -183,6 +195,7 @@ class Config:
     root: Path
     process: Process
     mounts: list[rootfs.Mount]                  # on the root, in order
+    devices: list[rootfs.Device] = field(default_factory=list)     # beyond /dev's defaults
     namespaces: dict[str, str | None]           # config.json's type -> a path to join, or None: new
     hostname: str | None = None
     read_only: bool = False
@@ -251,7 +264,7 @@ def become(config: Config, cgroup: cgroups.Cgroup, link: Link, say, prepare_root
     prepare_root()
     rootfs.assemble(config.root, config.mounts, config.masked, config.read_only_paths,
                     config.read_only, config.process.cwd, use_chroot=use_chroot,
-                    user_namespace="user" in config.namespaces)
+                    user_namespace="user" in config.namespaces, devices=config.devices)
     if use_chroot:
         say("chroot", f"{config.root} (escapable: the host's mounts are still in this namespace)")
     else:

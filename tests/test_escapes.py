@@ -378,6 +378,115 @@ def test_an_exec_into_an_init_container_gets_the_containers_environment(minirun_
     assert SECRET not in result.stdout, result.stdout
 
 
+# --- 8. A process on its way in: the runtime's, until its exec ---------------------------------
+# `minirun exec`'s child is born in the container's PID namespace, then joins the rest and drops
+# its privileges, all before its execve: meanwhile it is the runtime's Python, with the host
+# caller's environment, the host's interpreter as its exe and the runtime's descriptors. The
+# handshake is deterministic: a test-only wrapper (HELD, run as minirun's __main__) holds the
+# child at the worst point, after its capabilities are cut to the container's (so that the
+# container's root may ptrace it if it is dumpable) and before its descriptors are closed and
+# its filter installed, reports its PID in the container, and waits for the test's byte.
+# Mutation-checked: with spawn.fork's not_dumpable() removed, every route prints ESCAPED.
+
+HELD = """
+import os, sys
+from minirun import security
+ready, release = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+close = security.close_inherited_descriptors
+def held():
+    os.write(ready, b"%d\\n" % os.getpid())
+    os.read(release, 1)
+    close()
+security.close_inherited_descriptors = held
+from minirun.cli import main
+main()
+"""
+
+
+@contextlib.contextmanager
+def held_exec(env: dict, *args):
+    """`minirun exec ARGS...` held before its descriptors are closed: yields (its PID inside the
+    container, the Popen); leaving the block lets it go on and waits for it."""
+    ready_read, ready_write = os.pipe()
+    release_read, release_write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD, str(ready_write), str(release_read), "exec", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        pass_fds=(ready_write, release_read))
+    os.close(ready_write)
+    os.close(release_read)
+    try:
+        with os.fdopen(ready_read) as ready:
+            line = ready.readline()
+        assert line, process.communicate(timeout=60)
+        yield int(line), process
+    finally:
+        os.write(release_write, b"x")
+        os.close(release_write)
+        process.wait(timeout=60)
+
+
+def test_a_process_on_its_way_in_gives_nothing_of_the_host_away(minirun_env, probe):
+    env = {**minirun_env, SECRET: "1"}
+    with running(env, "watched", probe, "sleep", "60"):
+        with held_exec(env, "watched", "escape_probe", "dumpable") as (pid, entering):
+            result = run(minirun_env, "exec", "watched", "escape_probe", "peek", str(pid))
+            lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+            assert set(lines) == {"environ", "exe", "fds", "ptrace"}, outcome(result)
+            assert all(line.startswith("BLOCKED") for line in lines.values()), result.stdout
+        out, err = entering.communicate(timeout=60)
+    # Once exec'd, the command is an ordinary process again (execve(2) resets the flag).
+    assert out.strip() == "dumpable=1", out + err
+    assert entering.returncode == 0, err
+
+
+# --- 9. Symbolic links in the image steer no mount out of the root ------------------------------
+# Mount targets are resolved on the host's side, before pivot_root: each link is followed as if
+# the root were / (rootfs.inside_root, as runc's filepath-securejoin). Mutation-checked: with
+# the old refusal back, the first three fail ("goes through a symbolic link"); with the links
+# followed by the host's kernel instead (the target joined, unresolved), the volume for /data
+# lands in the host's own /etc.
+
+@pytest.fixture(scope="module")
+def linked(store_root) -> str:
+    """`hello` plus links: /var/run -> ../run (as Debian's), /data -> /etc (an absolute path,
+    the host's own if followed from the host), /up -> ../../../.. (out, if it could), /loop."""
+    import hashlib
+    store = Store(store_root)
+    hello = store.get("hello")
+    tree = store.scratch_dir()
+    (tree / "var").mkdir()
+    (tree / "var/run").symlink_to("../run")
+    (tree / "data").symlink_to("/etc")
+    (tree / "up").symlink_to("../../../../tmp")
+    (tree / "loop").symlink_to("loop")
+    layer = store.commit_layer(tree, hashlib.sha256(b"links: var/run data up loop").hexdigest())
+    store.save_image("linked", [path.name for path in hello.layers] + [layer], hello.config)
+    return "linked"
+
+
+@pytest.mark.parametrize("target, inside", [("/var/run/app", "/run/app"),
+                                            ("/data/NAME", "/etc/NAME"),
+                                            ("/up/NAME", "/tmp/NAME")],
+                         ids=["relative", "absolute-host-etc", "dotdot"])
+def test_a_volume_through_a_link_lands_inside_the_root(minirun_env, linked, tmp_path, target, inside):
+    name = f"minirun-test-{os.getpid()}-{tmp_path.name}"
+    target, inside = target.replace("NAME", name), inside.replace("NAME", name)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "marker").write_text("from the volume\n")
+    result = run(minirun_env, "run", "--rm", "-v", f"{volume}:{target}", linked,
+                 "cat", f"{inside}/marker")
+    assert (result.returncode, result.stdout) == (0, "from the volume\n"), result.stderr
+    assert not os.path.lexists(f"/etc/{name}") and not os.path.lexists(f"/tmp/{name}")
+
+
+def test_a_link_loop_is_one_line(minirun_env, linked, tmp_path):
+    result = run(minirun_env, "run", "--rm", "-v", f"{tmp_path}:/loop/app", linked, "true")
+    assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+    assert "too many levels of symbolic links" in result.stderr
+
+
 # --- 7. An image name is a name, never a path --------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../images/hello", "./hello", "hello/../hello"])

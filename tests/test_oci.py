@@ -288,6 +288,8 @@ def test_a_cgroups_path_inside_the_callers_own_cgroup_is_refused(engine):
     (lambda c: c["process"].update(apparmorProfile="docker-default"), "process.apparmorProfile"),
     (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
     (lambda c: c["linux"]["resources"].update(blockIO={"weight": 10}), "linux.resources.blockIO"),
+    (lambda c: c["mounts"].append({"destination": "/mnt", "type": "bind", "source": "/tmp",
+                                   "options": ["rbind", "tmpcopyup"]}), "tmpcopyup"),
     (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["read"], "action": "SCMP_ACT_ERRNO",
          "args": [{"index": 0, "value": 9, "op": "SCMP_CMP_GT"}]}]}), "SCMP_CMP_GT"),
@@ -305,6 +307,66 @@ def test_unsupported_fields_are_refused_in_one_line(engine, change, named):
     assert "not supported by minirun" in result.stderr
     assert engine("state", "refused").returncode == 125     # nothing was made
     engine.made.remove("refused")
+
+
+def test_linux_devices_are_made_in_the_container(engine):
+    """linux.devices (what podman sends for --device, and --privileged for all the host's):
+    each node made at its path, with its mode and owner; the device cgroup still decides
+    whether it opens (c 1 3 is /dev/null, allowed; b 7 0, a loop device, is not). Before,
+    such a bundle was refused ("config.linux.devices is not supported")."""
+    config = base_config(["sh", "-c", "stat -c '%F %t:%T %a %u:%g' /dev/extra/null2 /dev/loop9; "
+                                      "echo x > /dev/extra/null2 && echo wrote; "
+                                      "head -c1 /dev/loop9 || echo refused"])
+    config["linux"]["devices"] = [
+        {"path": "/dev/extra/null2", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640,
+         "uid": 0, "gid": 2},
+        {"path": "/dev/loop9", "type": "b", "major": 7, "minor": 0}]
+    assert engine.run_to_end("devices", config).splitlines() == [
+        "character special file 1:3 640 0:2", "block special file 7:0 666 0:0", "wrote",
+        "refused"]
+
+
+def test_an_allow_all_device_list_turns_the_device_cgroup_off(engine):
+    """What `podman run --privileged` sends: one rule allowing every device."""
+    config = base_config(["sh", "-c", "cat /sys/fs/cgroup/devices/devices.list"])
+    config["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    assert engine.run_to_end("alldevices", config) == "a *:* rwm\n"
+
+
+def test_tmpcopyup_fills_a_tmpfs_with_what_the_image_had(engine, tmp_path):
+    """crun's tmpcopyup (podman asks for it with --read-only): the tmpfs starts with the
+    image's files there, owners, modes, times, links and FIFOs kept, and is writable on a
+    read-only root. Before, mount(2) got "tmpcopyup" as tmpfs data: EINVAL."""
+    root = tmp_path / "copied-root"
+    shutil.copytree(engine.rootfs, root, symlinks=True)
+    seed = root / "srv" / "seed"
+    (seed / "inner").mkdir(parents=True)
+    (seed / "inner" / "file").write_text("from the image\n")
+    (seed / "file").write_text("top\n")
+    os.chown(seed / "file", 7, 8)
+    (seed / "file").chmod(0o640)
+    (seed / "inner").chmod(0o700)
+    (seed / "link").symlink_to("inner/file")
+    os.mkfifo(seed / "fifo", 0o620)
+    os.utime(seed / "inner", (1_000_000_000, 1_000_000_000))
+
+    def listing(top: Path, shown: str) -> list[str]:
+        rows = []
+        for path in sorted([top, *top.rglob("*")]):
+            info = os.lstat(path)
+            rows.append(f"{shown}{str(path)[len(str(top)):]} {info.st_mode:x} {info.st_uid} "
+                        f"{info.st_gid} {int(info.st_mtime)}")
+        return rows
+
+    expected = listing(seed, "/srv/seed")
+    config = base_config(["sh", "-c", "find /srv/seed | sort | xargs stat -c '%n %f %u %g %Y'; "
+                                      "cat /srv/seed/link; touch /srv/seed/new && echo writable"])
+    config["mounts"].append({"destination": "/srv/seed", "type": "tmpfs", "source": "tmpfs",
+                             "options": ["nosuid", "nodev", "tmpcopyup"]})
+    engine.rootfs = root
+    assert engine.run_to_end("copyup", config).splitlines() == \
+        [*expected, "from the image", "writable"]
+    assert not (seed / "new").exists()                      # the image's side is untouched
 
 
 def test_a_missing_command_fails_create_not_start(engine):

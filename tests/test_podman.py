@@ -161,3 +161,36 @@ def test_podman_maps_the_containers_root_to_a_host_uid(podman):
             [["0", "100000", "65536"], ["0", "100000", "65536"], ["0"]]
     finally:
         podman("rm", "--force", "--time", "0", container)
+
+
+def own_bounding_set() -> str:
+    return next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("CapBnd:"))
+
+
+def test_podman_privileged_run_and_exec_keep_every_capability(podman):
+    """--privileged asks for every capability this kernel knows, CAP_CHECKPOINT_RESTORE (40)
+    among them, which python-prctl's list lacks: minirun's own table (security.CAPABILITY_NAMES)
+    takes them all, and the container gets all the runtime has (this host's root lacks
+    CAP_SYS_RESOURCE). Mutation-checked: with python-prctl's list back, both are refused."""
+    result = podman("run", "--rm", *RUN, "--privileged", "hello", "grep", "CapBnd", "/proc/self/status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["CapBnd:", own_bounding_set()]
+    assert int(own_bounding_set(), 16) >> 40 & 1
+    container = podman("run", "-d", *RUN, "hello", "sleep", "60").stdout.strip()
+    try:
+        result = podman("exec", "--privileged", container, "grep", "CapEff", "/proc/self/status")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["CapEff:", own_bounding_set()]
+    finally:
+        podman("rm", "--force", "--time", "0", container)
+
+
+def test_podman_read_only_gets_writable_run_and_tmp(podman):
+    """podman --read-only mounts tmpfs on /run, /tmp and /var/tmp with crun's "tmpcopyup"
+    (rootfs.copy_up): before, mount(2) got it as tmpfs data and failed, EINVAL."""
+    result = podman("run", "--rm", *RUN, "--read-only", "hello", "sh", "-c",
+                    "touch /run/a /tmp/b /var/tmp/c && echo writable; "
+                    "touch /etc/x 2>/dev/null || echo read-only")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "writable\nread-only\n"

@@ -16,6 +16,7 @@ def capability_bits(minirun, *flags: str) -> int:
 
 
 CAP_CHOWN, CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN = 0, 13, 12, 21
+CAPS = {"SETGID": 6, "SETUID": 7}
 
 
 def test_the_default_set_is_dockers(minirun):
@@ -33,12 +34,59 @@ def test_cap_add_and_cap_drop_take_dockers_names(minirun):
     assert not bits & (1 << CAP_CHOWN) and bits & (1 << CAP_SYS_ADMIN)
 
 
+def test_every_capability_of_this_kernel_has_a_name():
+    """minirun's own table (capabilities(7), <linux/capability.h>), not python-prctl's: up to
+    cap_last_cap (40 here: checkpoint_restore), and nothing that is not a capability."""
+    from minirun import security
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    assert security.ALL_CAPABILITIES == set(security.CAPABILITY_NAMES[:last + 1])
+    assert security.NUMBER["checkpoint_restore"] == 40 and "last_cap" not in security.NUMBER
+
+
+def test_cap_add_takes_a_capability_python_prctl_does_not_know(minirun):
+    """Mutation-checked: with python-prctl's list, "no such capability", 125."""
+    assert capability_bits(minirun, "--cap-drop", "ALL", "--cap-add", "CHECKPOINT_RESTORE") == 1 << 40
+    assert int(status_field(minirun, "CapBnd", "--cap-add", "CAP_CHECKPOINT_RESTORE"), 16) == \
+        0xa80425fb | 1 << 40
+
+
 @pytest.mark.parametrize("flag", ["--cap-add", "--cap-drop"])
-def test_an_unknown_capability_is_one_line(minirun, flag):
-    result = minirun("run", flag, "FLY", "hello", "true")
+@pytest.mark.parametrize("name", ["FLY", "LAST_CAP"])
+def test_an_unknown_capability_is_one_line(minirun, flag, name):
+    result = minirun("run", flag, name, "hello", "true")
     assert result.returncode == 125
-    assert result.stderr == f"minirun: {flag} FLY: no such capability; give a name from " \
+    assert result.stderr == f"minirun: {flag} {name}: no such capability; give a name from " \
                             "capabilities(7), e.g. NET_ADMIN, or ALL\n"
+
+
+NOBODY_IDS = "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)"
+ROOT_IDS = "uid=0(root) gid=0(root) groups=0(root)"
+
+
+@pytest.mark.parametrize("user, drop, ids", [("nobody", "ALL", NOBODY_IDS),
+                                             ("root", "SETGID", ROOT_IDS),
+                                             ("nobody", "SETUID", NOBODY_IDS)])
+def test_any_cap_drop_works_with_any_user(minirun, user, drop, ids):
+    """The user switch needs CAP_SETUID and CAP_SETGID, which the drop may take: as runc, the
+    bounding set first, then the switch (with keepcaps), then the final sets (drop_privileges).
+    Mutation-checked: with the capset moved before the switch, each is "[Errno 1]", 125."""
+    result = minirun("run", "--rm", "-u", user, "--cap-drop", drop, "hello",
+                     "sh", "-c", "id; grep ^CapBnd /proc/self/status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == ids
+    bounding = int(result.stdout.split()[-1], 16)
+    assert bounding == 0 if drop == "ALL" else bounding == 0xa80425fb & ~(1 << CAPS[drop])
+
+
+def test_an_exec_as_another_user_works_without_setuid(minirun, minirun_env):
+    assert minirun("run", "-d", "--name", "nocaps", "--cap-drop", "ALL", "hello",
+                   "sleep", "60").returncode == 0
+    try:
+        result = minirun("exec", "-u", "nobody", "nocaps", "id")
+    finally:
+        minirun("stop", "-t", "0", "nocaps")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == NOBODY_IDS
 
 
 def test_privileged_turns_the_protections_off_and_says_so(minirun):

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -407,6 +408,71 @@ static int probe_exe1(void) {
                    target, (long long)through_proc.st_size);
 }
 
+/* --- 8. A process the runtime is still turning into one of ours (minirun exec, before exec) ---
+ * Until its execve, a process entering the container is the runtime's own program: the host's
+ * interpreter as /proc/PID/exe, the host caller's environment in /proc/PID/environ, the
+ * runtime's descriptors in /proc/PID/fd. Each of these, and ptrace, needs ptrace access
+ * (proc(5), ptrace(2)): a process that is not dumpable refuses it to anyone without
+ * CAP_SYS_PTRACE. `peek PID` tries all four, one line each. */
+static int peek_pid;
+
+static int peek_environ(void) {
+    char path[64], text[4096];
+    snprintf(path, sizeof path, "/proc/%d/environ", peek_pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return blocked(errno, "open %s", path);
+    ssize_t n = read(fd, text, sizeof text);
+    if (n < 0)
+        return blocked(errno, "read %s", path);
+    return escaped("read %zd bytes of %s", n, path);
+}
+
+static int peek_exe(void) {
+    char path[64], target[512];
+    snprintf(path, sizeof path, "/proc/%d/exe", peek_pid);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n < 0)
+        return blocked(errno, "readlink %s", path);
+    target[n] = 0;
+    return escaped("%s -> %s", path, target);
+}
+
+/* Listing the names takes only the directory's mode; what each descriptor is (readlink) takes
+ * ptrace access. */
+static int peek_fds(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", peek_pid);
+    DIR *dir = opendir(path);
+    if (!dir)
+        return blocked(errno, "opendir %s", path);
+    struct dirent *entry;
+    while ((entry = readdir(dir))) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char link[320], target[256];
+        snprintf(link, sizeof link, "%s/%s", path, entry->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+            return blocked(errno, "readlink %s", link);
+        target[n] = 0;
+        return escaped("%s -> %s", link, target);
+    }
+    return blocked(0, "%s lists no descriptor", path);
+}
+
+static int peek_ptrace(void) {
+    if (ptrace(PTRACE_SEIZE, peek_pid, 0, 0) < 0)
+        return blocked(errno, "ptrace(PTRACE_SEIZE, %d)", peek_pid);
+    return escaped("attached to PID %d with ptrace", peek_pid);
+}
+
+/* The process's own dumpable flag (prctl(2), PR_GET_DUMPABLE): 1 for an ordinary program. */
+static int probe_dumpable(void) {
+    printf("dumpable=%d\n", prctl(PR_GET_DUMPABLE));
+    return 0;
+}
+
 /* --- 5. For the store route: who a set-user-ID copy of this program runs as ----------------- */
 static int probe_ids(void) {
     printf("uid=%u euid=%u\n", getuid(), geteuid());
@@ -491,13 +557,26 @@ int main(int argc, char **argv) {
                             argc > 6 ? argv[6] : NULL);
     if (strcmp(command, "cgroupfs") == 0 && argc == 3)
         return probe_cgroupfs(argv[2]);
+    if (strcmp(command, "dumpable") == 0)
+        return probe_dumpable();
+    if (strcmp(command, "peek") == 0 && argc == 3) {
+        static const struct { const char *name; int (*probe)(void); } PEEK[] = {
+            {"environ", peek_environ}, {"exe", peek_exe}, {"fds", peek_fds}, {"ptrace", peek_ptrace},
+        };
+        peek_pid = atoi(argv[2]);
+        for (size_t i = 0; i < sizeof PEEK / sizeof PEEK[0]; i++) {
+            printf("%s: ", PEEK[i].name);
+            run_in_child(PEEK[i].probe);
+        }
+        return 0;
+    }
     if (strcmp(command, "environ1") == 0 && argc == 3)
         return probe_environ1(argv[2]);
     for (size_t i = 0; i < sizeof ALL / sizeof ALL[0]; i++)
         if (strcmp(command, ALL[i].name) == 0 && argc == 2)
             return run_in_child(ALL[i].probe);
     fprintf(stderr, "usage: escape_probe all | init | ids | device b|c MAJOR MINOR r|w|rw [TEXT] | "
-                    "cgroupfs freezer|cgroup2|memory | environ1 NAME | ROUTE\n  ROUTE:");
+                    "cgroupfs freezer|cgroup2|memory | environ1 NAME | peek PID | dumpable | ROUTE\n  ROUTE:");
     for (size_t i = 0; i < sizeof ALL / sizeof ALL[0]; i++)
         fprintf(stderr, " %s", ALL[i].name);
     fprintf(stderr, "\n");
