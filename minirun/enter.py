@@ -50,9 +50,9 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
         say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
         spawn.last_steps(
             spawn.Process(args=command, env=environment, cwd=workdir or record.workdir,
-                              user=record.user if user is None else user, terminal=tty,
-                              capabilities=privileges.capability_sets(),
-                              no_new_privileges=not privileges.privileged),
+                          user=record.user if user is None else user, terminal=tty,
+                          capabilities=privileges.capability_sets(),
+                          no_new_privileges=not privileges.privileged),
             link, seccomp.default_filter() if record.seccomp else None,  # as `docker exec`: PID 1's filter
             say)
 
@@ -63,8 +63,8 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     with signals.held():                 # as in `run`: see signals.py and container._supervise
         try:
             pid, master = spawn.fork(enter_pid_namespace, join, tty,
-                                                "joining the container failed", command,
-                                                environment, born_in=cgroup)
+                                     "joining the container failed", command, environment,
+                                     born_in=cgroup)
         finally:
             for fd in joined.values():
                 os.close(fd)

@@ -560,10 +560,10 @@ def create(container_id: str, bundle: str, pid_file: str | None, console_socket:
             """In the child: the container, made from the bundle as `run`'s is from its plan."""
             link.console = console      # the engine's --console-socket, for the pty's master end
             spawn.become(plan, cgroup, link, QUIET, lambda: _bind_root(plan.root),
-                              enter_user_namespace=(lambda: _enter_user_namespace(
-                                  plan, link, handshake)) if handshake else None,
-                              gate=lambda: _wait_at_the_fifo(plan.process, link, fifo_fd),
-                              outlives_runtime=True)
+                         enter_user_namespace=(lambda: _enter_user_namespace(
+                             plan, link, handshake)) if handshake else None,
+                         gate=lambda: _wait_at_the_fifo(plan.process, link, fifo_fd),
+                         outlives_runtime=True)
 
         child, _ = spawn.fork(
             (lambda: None) if handshake else lambda: _enter_pid_namespace(plan.namespaces),
@@ -882,8 +882,7 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
     with signals.held():
         try:
             child, _ = spawn.fork(enter_pid_namespace, join, False,
-                                             "joining the container failed", process.args,
-                                             process.env)
+                                  "joining the container failed", process.args, process.env)
         finally:
             for fd in joined.values():
                 os.close(fd)
