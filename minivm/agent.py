@@ -21,21 +21,21 @@ On the wire, both legs (client -> relay -> guest and back) carry:
     request   one line: the command's words, shell-quoted, then base64 (any byte fits a line)
     reply     frames, as the command writes: "o LEN\n" then LEN bytes of its stdout,
               "e LEN\n" then LEN bytes of its stderr, and last "x STATUS\n", its exit status
-    hang-up   host to guest, during an exec: "\n", its client has gone (below)
-In the guest, minivm/relay.c (a static C program: framing binary data is beyond busybox sh)
-runs the command with two pipes and writes each read of either as a frame, at most FRAME_LIMIT
-bytes. Length-prefixed frames, as Docker multiplexes an exec's two streams on one connection
-(an 8-byte binary header per frame, there): any byte may be in the data, nothing is escaped,
-and a reader knows where each frame ends without looking inside it; each stream keeps its own
-order; and the headers are text, readable by anyone who looks at the port. Every hop holds at
-most one frame: when a reader is slow, its writer blocks, back to the command's own write in the
-guest, so an output of any size streams through in bounded memory.
+    hang-up   on the guest's leg alone, during an exec: "\n", its client has gone (below)
+In the guest, the relay (minivm/relay.c, a static C program: framing binary data is beyond
+busybox sh) runs the command with two pipes and writes each read of either as a frame, at most
+FRAME_LIMIT bytes. Length-prefixed frames, as Docker multiplexes an exec's two streams on one
+connection (an 8-byte binary header per frame, there): any byte may be in the data, nothing is
+escaped, and a reader knows where each frame ends without looking inside it; each stream keeps
+its own order; and the headers are text, readable by anyone who looks at the port. Every hop
+holds a frame or so, never the output: when a reader is slow, its writer blocks, back to the
+command's own write in the guest, so an output of any size streams through in bounded memory.
 
 The client writes the stdout frames to its fd 1 and the stderr frames to its fd 2 as they come.
 When it goes before the end (Ctrl-C, killed, or `| head -1`, which it reports as 141, a shell's
-status for SIGPIPE), the relay hangs up: the guest kills the command's session, and the frames
-still on the way are read and dropped up to "x", so the port is ready for the next request. No
-stdin, no tty.
+status for SIGPIPE), the supervisor's Relay hangs up: the guest's relay kills the command's
+session, and the frames still on the way are read and dropped up to "x", so the port is ready
+for the next request. No stdin, no tty.
 """
 import asyncio
 import base64

@@ -84,8 +84,8 @@ def readable(stream, what: str) -> None:
 def test_output_comes_while_the_command_runs(vm):
     # The command prints, then waits for a file that the test makes only once it has read the
     # first line: a reply sent at the end could never be read in time.
-    command = vm.minivm("exec", "vm", "sh", "-c", "echo first; "
-                        "while [ ! -e /shared/go ]; do sleep 0.1; done; echo second >&2; echo third",
+    command = vm.minivm("exec", "vm", "sh", "-c", "echo first; while [ ! -e /shared/go ]; "
+                        "do sleep 0.1; done; echo second >&2; echo third",
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         readable(command.stdout, "first line")
