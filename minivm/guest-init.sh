@@ -151,20 +151,18 @@ on_power_button() {     # stdin: the power button's event device
     kill -TERM -"$app" 2>/dev/null
 }
 # The agent reads one request a line from its port, the command's words shell-quoted by the host
-# and base64-encoded (so that any byte, newlines included, fits on one line), runs it as the app
-# runs (its environment, working directory, user, a session of its own), and answers
-# "exit STATUS OUT ERR" (the byte counts of its stdout and stderr), then those bytes.
+# and base64-encoded (so that any byte, newlines included, fits on one line), and runs it as the
+# app runs (its environment, working directory, user), through the relay (minivm/relay.c): the
+# relay starts the command's session in place of setsid (and runs env as busybox, by its path:
+# it executes a file, where this shell would find its own applet), and streams the command's
+# stdout and stderr to the port as they come, in frames, then its exit status. An empty line
+# is the host hanging up an exec that had already ended (relay.c): there is nothing to run.
 agent() {
     exec 3<>"$1"
     while read -r request <&3; do
+        [ -n "$request" ] || continue
         eval "set -- $(echo "$request" | base64 -d)"
-        (run_app "$@") </dev/null >/.minivm/exec.out 2>/.minivm/exec.err 3>&- &
-        command=$!
-        wait "$command"
-        status=$?
-        kill -KILL -"$command" 2>/dev/null
-        echo "exit $status $(wc -c </.minivm/exec.out) $(wc -c </.minivm/exec.err)" >&3
-        cat /.minivm/exec.out /.minivm/exec.err >&3
+        (session="/.minivm/relay /.minivm/busybox"; run_app "$@") <&3 >&3 3>&-
     done
 }
 

@@ -4,9 +4,10 @@ The kernel unpacks an initramfs, a cpio archive that QEMU puts in guest memory n
 kernel, into a RAM filesystem before it starts PID 1 (Documentation/filesystems/ramfs-rootfs-
 initramfs.rst). minivm's holds only what it takes to reach the image, about 3 MB whatever the
 image's size: busybox and the guest init (minivm/guest-init.sh), become (minivm/become.c, the
-step into the app), the modules of the virtual hardware (minivm/modules.py), and this run's
-settings. The image itself comes as disks (minivm/disks.py), read on demand; everything here is
-under /.minivm, and the app never sees it.
+step into the app), for a detached VM the relay (minivm/relay.c, the guest's half of `minivm
+exec`), the modules of the virtual hardware (minivm/modules.py), and this run's settings. The
+image itself comes as disks (minivm/disks.py), read on demand; everything here is under
+/.minivm, and the app never sees it.
 """
 import os
 import shlex
@@ -14,11 +15,14 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minirun import static_build
 from minirun.image import BUSYBOX
+from minivm.cache import cache_dir
 from minivm.modules import Module
 
 GUEST_INIT = Path(__file__).with_name("guest-init.sh")
 INIT_PATH = "/.minivm/init"      # the kernel is told `rdinit=/.minivm/init`
+RELAY = Path(__file__).with_name("relay.c")
 
 
 @dataclass
@@ -69,6 +73,8 @@ def build(settings: RunSettings) -> bytes:
     archive.add_file(".minivm/busybox", BUSYBOX.read_bytes(), 0o755)
     archive.add_file(INIT_PATH.lstrip("/"), GUEST_INIT.read_bytes(), 0o755)
     archive.add_file(".minivm/become", settings.become_binary, 0o755)
+    if settings.detached:       # the agent of `minivm exec` runs each command through it
+        archive.add_file(".minivm/relay", relay_binary(), 0o755)
     archive.add_file(".minivm/run.sh", settings.shell().encode(), 0o644)
     # The image's own /etc/hosts, /etc/hostname and /etc/resolv.conf are shadowed for this boot
     # only: the guest init copies these into the writable layer of its root.
@@ -79,6 +85,12 @@ def build(settings: RunSettings) -> bytes:
     for module in settings.modules:
         archive.add_file(f".minivm/modules/{module.name}.ko", module.contents(), 0o644)
     return archive.finish()
+
+
+def relay_binary() -> bytes:
+    """minivm/relay.c, compiled statically as become.c is (minivm/guest_user.py), cached by its
+    source."""
+    return static_build.build(RELAY, cache_dir() / "relay", "booting a detached VM").read_bytes()
 
 
 # -- the cpio "newc" format --------------------------------------------------------------------
