@@ -1,7 +1,8 @@
 """Small static C programs that the project carries as source and builds once, on first use.
 
-Two places need a program that is not Python: `minirun run --init` (PID 1 inside the container,
-minirun/init.c) and minivm's guest (which has no Python; minivm/become.c). Each is compiled with
+Some places need a program that is not Python: `minirun run --init` (PID 1 inside the container,
+minirun/init.c) and minivm's guest, which has no Python (minivm/become.c, its step into the app;
+minivm/relay.c, `minivm exec`'s end in the guest). Each is compiled with
 the host's C compiler, statically (the container's image or the guest may have no C library, or
 another one), and cached under the digest of its source, so an edited source builds anew and an
 unchanged one never builds twice.
