@@ -138,7 +138,7 @@ def run(image, command, **options) -> int:
     if options["detach"]:
         from minirun import supervisor
         _need_root("run")
-        click.echo(supervisor.run_detached(spec))
+        click.echo(supervisor.run_detached(spec, options))
         return 0
     return run_container(spec)
 
@@ -304,16 +304,14 @@ def delete(oci_root, container_id, force) -> None:
 @click.argument("container")
 @click.pass_obj
 def start(oci_root, container) -> None:
-    """OCI: let created container CONTAINER run its program. (An exited `run -d` container
-    cannot start again: its writable layer is gone.)"""
+    """OCI: let created container CONTAINER run its program. Or, as `docker start`, run an
+    exited `run -d` container (a name or id from `minirun ps -a`) again, detached, on the
+    writable layer it left; print its name."""
     _need_root("start")
     from minirun import oci, supervisor
-    if oci.exists(container, oci_root):
+    if oci.exists(container, oci_root):             # an OCI id first, as `kill` looks it up
         return oci.start(container, oci_root)
-    record = supervisor.find(container)
-    raise errors.RuntimeFailure(f"container {record.name} has {record.status}: minirun does not "
-                                "keep an exited container's writable layer, only its logs and "
-                                "status; start a new one with `minirun run`")
+    click.echo(supervisor.start(container))
 
 
 @cli.command()
@@ -334,7 +332,9 @@ def gc() -> None:
     stay (`minirun rmi` removes those)."""
     _need_root("gc")
     from minirun import garbage, supervisor
-    for container_id in sorted({*garbage.collect(), *supervisor.remove_stale()}):
+    # Killed supervisors' directories first: the layers they kept are garbage once they go.
+    stale = supervisor.remove_stale()
+    for container_id in sorted({*stale, *garbage.collect()}):
         click.echo(f"removed {container_id[:12]}")
 
 
