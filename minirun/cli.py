@@ -102,7 +102,8 @@ def _need_root(command: str) -> None:
               help="Run in the background under a supervisor; print the container's id.")
 @click.option("--rm", "remove", is_flag=True,
               help="Remove the container when it exits (a foreground run always is; with -d, "
-                   "an exited container stays for `logs` and `ps -a` until `minirun rm`).")
+                   "an exited container and its writable layer stay for `logs`, `ps -a` and "
+                   "`start` until `minirun rm`).")
 @click.option("--init", "use_init", is_flag=True,
               help="Run a tiny init as PID 1 that forwards signals and reaps orphans.")
 @click.option("--chroot", "use_chroot", is_flag=True,
@@ -318,7 +319,8 @@ def start(oci_root, container) -> None:
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
 @click.argument("containers", nargs=-1, required=True)
 def rm(containers, force) -> int:
-    """Remove detached containers that have exited (with -f, running ones too)."""
+    """Remove detached containers that have exited, with their logs and writable layers (with
+    -f, running ones too)."""
     _need_root("rm")
     from minirun import supervisor
     return supervisor.each(containers, lambda container: supervisor.remove(container, force)[:12],
