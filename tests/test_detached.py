@@ -319,3 +319,30 @@ def test_kill_never_signals_a_pid_that_is_not_the_containers(minirun, minirun_en
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.parametrize("link", ["/etc/hosts", "/etc"])
+def test_start_follows_no_link_the_first_life_left_in_etc(minirun, minirun_env, tmp_path, link):
+    """/etc/hosts, /etc/hostname and /etc/resolv.conf are written into the kept layer by the
+    host, before the second life starts: a link the first life made there to a host path
+    must not become a write to the host's file."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "hosts").write_text("the host's\n")
+    target = victim / "hosts" if link == "/etc/hosts" else victim
+    before = everything_of(minirun_env, "-")
+    container_id = minirun("run", "-d", "--network", "none", "--name", "linker", "hello", "sh",
+                           "-c", f"rm -rf {link} && ln -s {target} {link}").stdout.strip()
+    assert minirun("wait", "linker").stdout == "0\n"
+    started = minirun("start", "linker")
+    assert (victim / "hosts").read_text() == "the host's\n"
+    assert sorted(os.listdir(victim)) == ["hosts"]
+    if link == "/etc/hosts":        # replaced in the layer, not written through
+        assert started.returncode == 0, started.stderr
+        minirun("wait", "linker")
+    else:                           # /etc is no directory: refused, in one line, still exited
+        assert started.returncode == 125 and started.stderr.count("\n") == 1
+        assert "is not a directory" in started.stderr
+        assert "Exited" in minirun("ps", "-a").stdout
+    assert minirun("rm", "linker").returncode == 0
+    assert everything_of(minirun_env, container_id) == before
