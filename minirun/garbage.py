@@ -24,7 +24,8 @@ def collect(everything: bool = True) -> list[str]:
     beside a lock its minirun holds for life, so the locks that can be taken are exactly the
     dead containers, whichever state directory recorded them; each one's cgroup is removed by
     its id, without reading the cgroup trees. A running container costs this pass three system
-    calls (open, flock, close: about 10 to 20 µs here), and nothing else.
+    calls (open, flock, close: about 10 to 20 µs here), and nothing else; an exited container's
+    kept layer two more (pread of the lock's note, stat of the record it names).
 
     `minirun gc` (everything=True) also looks for what that pass cannot see: records of dead
     minirun processes in this state directory (with a bundle in another store, or none yet),
