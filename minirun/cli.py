@@ -102,7 +102,8 @@ def _need_root(command: str) -> None:
               help="Run in the background under a supervisor; print the container's id.")
 @click.option("--rm", "remove", is_flag=True,
               help="Remove the container when it exits (a foreground run always is; with -d, "
-                   "an exited container stays for `logs` and `ps -a` until `minirun rm`).")
+                   "an exited container and its writable layer stay for `logs`, `ps -a` and "
+                   "`start` until `minirun rm`).")
 @click.option("--init", "use_init", is_flag=True,
               help="Run a tiny init as PID 1 that forwards signals and reaps orphans.")
 @click.option("--chroot", "use_chroot", is_flag=True,
@@ -138,7 +139,7 @@ def run(image, command, **options) -> int:
     if options["detach"]:
         from minirun import supervisor
         _need_root("run")
-        click.echo(supervisor.run_detached(spec))
+        click.echo(supervisor.run_detached(spec, options))
         return 0
     return run_container(spec)
 
@@ -304,23 +305,22 @@ def delete(oci_root, container_id, force) -> None:
 @click.argument("container")
 @click.pass_obj
 def start(oci_root, container) -> None:
-    """OCI: let created container CONTAINER run its program. (An exited `run -d` container
-    cannot start again: its writable layer is gone.)"""
+    """OCI: let created container CONTAINER run its program. Or, as `docker start`, run an
+    exited `run -d` container (a name or id from `minirun ps -a`) again, detached, on the
+    writable layer it left; print its name."""
     _need_root("start")
     from minirun import oci, supervisor
-    if oci.exists(container, oci_root):
+    if oci.exists(container, oci_root):             # an OCI id first, as `kill` looks it up
         return oci.start(container, oci_root)
-    record = supervisor.find(container)
-    raise errors.RuntimeFailure(f"container {record.name} has {record.status}: minirun does not "
-                                "keep an exited container's writable layer, only its logs and "
-                                "status; start a new one with `minirun run`")
+    click.echo(supervisor.start(container))
 
 
 @cli.command()
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
 @click.argument("containers", nargs=-1, required=True)
 def rm(containers, force) -> int:
-    """Remove detached containers that have exited (with -f, running ones too)."""
+    """Remove detached containers that have exited, with their logs and writable layers (with
+    -f, running ones too)."""
     _need_root("rm")
     from minirun import supervisor
     return supervisor.each(containers, lambda container: supervisor.remove(container, force)[:12],
@@ -334,7 +334,9 @@ def gc() -> None:
     stay (`minirun rmi` removes those)."""
     _need_root("gc")
     from minirun import garbage, supervisor
-    for container_id in sorted({*garbage.collect(), *supervisor.remove_stale()}):
+    # Killed supervisors' directories first: the layers they kept are garbage once they go.
+    stale = supervisor.remove_stale()
+    for container_id in sorted({*stale, *garbage.collect()}):
         click.echo(f"removed {container_id[:12]}")
 
 

@@ -53,6 +53,7 @@ class ContainerSpec:
     read_only: bool = False
     interactive: bool = False
     remove: bool = False        # --rm: only `run -d` keeps an exited container (supervisor.py)
+    keep_for: str | None = None     # run -d without --rm: the record that keeps the bundle
     id: str | None = None       # chosen by the caller (the supervisor), else at random
     notify_fd: int | None = None    # "s" is written here once the command has been exec'd
     network: str = "bridge"     # bridge, none or host (network.py)
@@ -176,8 +177,10 @@ def run(spec: ContainerSpec) -> int:
             # 2. A bundle directory on the host for the container's writes (overlayfs upper/work),
             #    and beside it a lock this minirun holds as long as it lives: the proof, for any
             #    later gc, that the container is not garbage.
+            #    With `keep_for` (a detached container's record), the bundle outlives the run,
+            #    and a `minirun start` runs it again on the same writable layer.
             bundle = rootfs.create_bundle(store_root() / "containers", plan.id,
-                                          state.record_path(plan.id))
+                                          state.record_path(plan.id), reuse=bool(spec.keep_for))
             say("bundle", f"{bundle.path} holds the writable layer; {bundle.lock_path.name} is held")
 
             # 3. A record in the state directory, so `minirun ps` and `minirun gc` can find it,
@@ -245,7 +248,9 @@ def run(spec: ContainerSpec) -> int:
             if cgroup:
                 cgroup.remove()
             state.release(state.record_path(plan.id))
-            if bundle:
+            if bundle and spec.keep_for:
+                rootfs.keep_bundle(bundle, Path(spec.keep_for))
+            elif bundle:
                 rootfs.remove_bundle(bundle)
 
 
@@ -410,7 +415,8 @@ def _mount_overlay(plan: Plan, bundle: rootfs.Bundle, say) -> None:
     mount namespace, so that nothing of it shows on the host, and the kernel unmounts it when
     the container's last process ends."""
     privileged = plan.privileges.privileged
-    rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged)
+    rootfs.mount_overlay(plan.image.layers, bundle, hardened=not privileged,
+                         volatile=not plan.spec.keep_for)
     say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
         + ("" if privileged else ", nosuid and nodev"))
     say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "

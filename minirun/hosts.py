@@ -15,9 +15,12 @@ host to keep alive and to reach from every namespace; static files need nothing 
 every libc reads them with no configuration (nsswitch.conf's "files" comes before "dns").
 """
 import ipaddress
+import os
+from contextlib import suppress
 from pathlib import Path
 
 from minirun import names
+from minirun.errors import RuntimeFailure
 
 def check_add_host(text: str) -> tuple[str, str]:
     """--add-host NAME:IP, as Docker's (the IP may be IPv6, so split at the first colon)."""
@@ -34,10 +37,30 @@ def check_add_host(text: str) -> tuple[str, str]:
 
 
 def write(directory: Path, *args) -> None:
-    """Write the three files into `directory`, the upper layer's etc/ (made here: it is new)."""
-    directory.mkdir(mode=0o755)
-    for name, text in contents(*args).items():
-        (directory / name).write_text(text)
+    """Write the three files into `directory`, the upper layer's etc/: new, or kept from the
+    container's last life (`minirun start`). What that life left there is the container's to
+    choose, and is read from the host here, so no link is followed: an etc/ or etc/hosts made
+    a symbolic link to a host path would make this write that host file (O_NOFOLLOW, and each
+    file replaced, not written through). Nothing of the container runs meanwhile."""
+    try:
+        directory.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+    try:
+        home = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise RuntimeFailure(f"{directory} is not a directory (the container's last life made "
+                             "/etc something else): `minirun rm` it and run a new one") from None
+    try:
+        for name, text in contents(*args).items():
+            with suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(name, dir_fd=home)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=home)
+            with open(fd, "w") as file:
+                file.write(text)
+    finally:
+        os.close(home)
 
 
 def contents(hostname: str, name: str, address: str | None, extra: list[tuple[str, str]],

@@ -69,18 +69,26 @@ class Bundle:
         return self.path / "layers"
 
 
-def create_bundle(containers_dir: Path, container_id: str, record: Path) -> Bundle:
+def create_bundle(containers_dir: Path, container_id: str, record: Path,
+                  reuse: bool = False) -> Bundle:
     """Take the container's lock, note in it where its record is kept (for a gc run from
     another state directory), then make the bundle. The lock comes first, so that no moment
     exists when the bundle is there and unowned. On failure (a full or read-only store), remove
-    what was made and say so in one line."""
+    what was made and say so in one line.
+
+    `reuse`: a kept bundle (keep_bundle) may be there already, from the container's last life
+    (`minirun start`): its upper directory is taken as it is; only the links to the image's
+    layers are made anew, as the image may have been re-imported meanwhile."""
     bundle = Bundle(containers_dir / container_id)
     try:
         containers_dir.mkdir(parents=True, exist_ok=True)
         bundle.lock = state.hold_for_life(bundle.lock_path)
+        os.ftruncate(bundle.lock, 0)
         os.write(bundle.lock, str(record).encode())
+        if reuse:
+            _remove_tree(bundle.layers)
         for directory in (bundle.upper, bundle.work, bundle.merged):
-            directory.mkdir(parents=True)
+            directory.mkdir(parents=True, exist_ok=reuse)
     except OSError as error:
         remove_bundle(bundle)
         raise RuntimeFailure(f"cannot make the container's directory in {containers_dir}: "
@@ -99,6 +107,25 @@ def remove_bundle(bundle: Bundle) -> None:
             pass                # a read-only store: the lock stays, free, for a later gc
         os.close(bundle.lock)
         bundle.lock = None
+
+
+def keep_bundle(bundle: Bundle, owner: Path) -> None:
+    """Let go of the bundle but keep it: `minirun start` will mount its upper directory again.
+    The lock's note now names `owner`, the record that keeps it (a detached container's
+    record.json): while that file exists, gc leaves the bundle alone; once it is gone (`rm`,
+    or gc of a killed supervisor's directory), the bundle is garbage like any other."""
+    os.ftruncate(bundle.lock, 0)
+    os.pwrite(bundle.lock, str(owner).encode(), 0)
+    os.close(bundle.lock)
+    bundle.lock = None
+
+
+def is_kept(note: str) -> bool:
+    """Whether a free bundle's lock note names a record that keeps it (keep_bundle): a
+    detached container's record.json, still there. (A running container's note names its
+    state record, ID.json, which a dead run leaves behind: garbage.)"""
+    owner = Path(note)
+    return owner.is_absolute() and owner.name == "record.json" and owner.exists()
 
 
 def _remove_tree(top: Path) -> None:
@@ -128,7 +155,8 @@ def make_mounts_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True) -> None:
+def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True,
+                  volatile: bool = True) -> None:
     """Stack the image's layers read-only under the container's own writable upper directory.
 
     overlayfs lists lower directories top first (Documentation/filesystems/overlayfs.rst); a
@@ -138,7 +166,9 @@ def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True) -> 
     `volatile` skips the sync of the upper filesystem that overlayfs otherwise does when it is
     unmounted (overlayfs.rst, "Volatile mount"): the upper directory is thrown away when the
     container ends, so there is nothing worth waiting for. Measured here, that sync cost about
-    20 ms of every run's teardown.
+    20 ms of every run's teardown. A kept upper directory (`run -d` without --rm, for `minirun
+    start`) is mounted without it: overlayfs refuses to mount a volatile one's upper again
+    (it leaves work/work/incompat/volatile behind, as a warning that the upper may be torn).
 
     `hardened`: nosuid and nodev. A set-user-ID file in the image, or one made in the container,
     grants nothing (no_new_privs already sees to that for the container's own processes; this
@@ -150,7 +180,8 @@ def mount_overlay(layers: list[Path], bundle: Bundle, hardened: bool = True) -> 
     try:
         os.chdir(bundle.layers)         # the short names are relative to it
         mount("overlay", str(bundle.merged), "overlay", MS_NOSUID | MS_NODEV if hardened else 0,
-              f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work},volatile")
+              f"lowerdir={lower},upperdir={bundle.upper},workdir={bundle.work}"
+              + (",volatile" if volatile else ""))
     finally:
         os.fchdir(here)
         os.close(here)

@@ -62,6 +62,7 @@ class SupervisedRecord:
     tty: bool = False
     limits: dict = field(default_factory=dict)
     hostname: str = ""
+    options: dict = field(default_factory=dict)     # run's flags, as given: `start` re-reads them
 
 
 def directory() -> Path:
@@ -115,17 +116,19 @@ def lock_is_held(home: Path) -> bool:
 
 # -- Starting: `minirun run -d` ------------------------------------------------------------------
 
-def run_detached(spec) -> str:
-    """Start the container of `spec` (a container.ContainerSpec) under a supervisor; return its
-    id once its command has been exec'd. A container that cannot start fails here, with its
-    one line and its status, as `docker run -d` does, and leaves nothing."""
+def run_detached(spec, options: dict) -> str:
+    """Start the container of `spec` (a container.ContainerSpec, made of run's `options`)
+    under a supervisor; return its id once its command has been exec'd. A container that
+    cannot start fails here, with its one line and its status, as `docker run -d` does, and
+    leaves nothing. Without --rm its writable layer outlives it, for `minirun start`."""
     name = spec.name
     if name and any(record.name == name for record in records()):
         raise RuntimeFailure(f"the name {name!r} is in use by a container (running or exited): "
                              "choose another --name, or `minirun rm` that one")
     container_id = os.urandom(32).hex()
-    spec = replace(spec, id=container_id, name=name or container_id[:12])
     home = directory() / container_id
+    spec = replace(spec, id=container_id, name=name or container_id[:12],
+                   keep_for=None if spec.remove else str(home / "record.json"))
     for attempt in range(3):        # the last `rm` may remove supervised/ between two mkdirs
         try:
             home.mkdir(parents=True, mode=0o700)
@@ -138,7 +141,8 @@ def run_detached(spec) -> str:
     record = SupervisedRecord(id=container_id, name=spec.name, image=spec.image,
                               command=list(spec.command), created=time.time(),
                               remove=spec.remove, tty=spec.tty, limits=limits,
-                              hostname=spec.hostname or container_id[:12])
+                              hostname=spec.hostname or container_id[:12],
+                              options=options)
     start_supervisor(home, record,
                      lambda lock, report: _supervise(spec, record, home, lock, report),
                      "started", "the supervisor died before the container started")
@@ -155,13 +159,15 @@ def run_detached(spec) -> str:
     return container_id
 
 
-def start_supervisor(home: Path, record, supervise, started: str, died: str) -> None:
+def start_supervisor(home: Path, record, supervise, started: str, died: str,
+                     lock: int | None = None) -> None:
     """Save `record` in `home` and run `supervise(lock, report)` as a daemon that holds home's
     lock for life; return once it reports `started` (minirun's run -d, minivm's boot -d).
 
-    The lock is taken here and inherited by the supervisor: flock(2) locks belong to the open
-    file, which the fork shares, so there is no moment when the directory is there unowned."""
-    lock = state.hold_for_life(home / "lock")
+    The lock is taken here (or given, taken already: `minirun start`) and inherited by the
+    supervisor: flock(2) locks belong to the open file, which the fork shares, so there is no
+    moment when the directory is there unowned."""
+    lock = state.hold_for_life(home / "lock") if lock is None else lock
     try:
         save_record(record, home)
         _as_daemon(lambda report: supervise(lock, report), started, died)
@@ -193,8 +199,10 @@ def _as_daemon(supervise, started: str, died: str) -> None:
         raise RuntimeFailure(message or died, int(code) if code.isdigit() else RUNTIME_FAILED)
 
 
-def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: int) -> None:
-    """The supervisor's life: start the runtime, copy its output into the logs, keep its status."""
+def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: int,
+               again: bool = False) -> None:
+    """The supervisor's life: start the runtime, copy its output into the logs, keep its status.
+    (`again`: a `minirun start` of an exited container, whose directory stays whatever happens.)"""
     from minirun import container
     record.supervisor_pid = os.getpid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -230,8 +238,10 @@ def _supervise(spec, record: SupervisedRecord, home: Path, lock: int, report: in
     if not started:                            # it never ran: say why to `run -d`, keep nothing
         message = _last_line(home / "stderr.log").removeprefix("minirun: ")
         os.write(report, f"{code}\n{message}".encode())
-        remove_directory(home)
-        return
+        if not again:
+            remove_layer(record.id)
+            remove_directory(home)
+            return                             # (a `start` keeps it: exited, as it was)
     record.status, record.exit_code, record.finished = "exited", code, time.time()
     os.pwrite(lock, str(code).encode(), 0)     # for a `minirun wait` of a --rm container
     if record.remove:
@@ -290,8 +300,9 @@ class Log:
     previous one) and a new NAME begins, so the last LOG_LIMIT to 2*LOG_LIMIT bytes are kept."""
 
     def __init__(self, path: Path):
-        self.path, self.size = path, 0
+        self.path = path        # appended to: after a `minirun start`, as `docker start` does
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
         while data:
@@ -422,9 +433,59 @@ def wait_for_exit(home: Path, load_record) -> int | None:
     return None if ended is None else ended.exit_code
 
 
+def start(target: str) -> str:
+    """`minirun start` of an exited detached container: run it again, detached, under a new
+    supervisor, from the same flags (re-read from its record, through run's own checks) and on
+    the same writable layer, kept in the store since it exited: what its first life wrote is
+    there. Its logs go on where they were, as Docker's do; `wait` gives the new exit code.
+    Returns its name. A running one is left alone, its name returned all the same: `docker
+    start` of a running container does nothing and succeeds, so a script may start what it
+    needs without asking first."""
+    from minirun.container import ContainerSpec
+    record = find(target)
+    home = directory() / record.id
+    lock = state.take_if_free(home / "lock")
+    if lock is None:                    # its supervisor lives: running (or just starting)
+        return record.name
+    try:
+        if record.status != "exited" or not _layer(record.id).upper.is_dir():
+            raise RuntimeFailure(f"container {record.name} cannot start again: its writable "
+                                 "layer is gone (its supervisor was killed, or it ran before "
+                                 "minirun kept layers): `minirun rm` it and `minirun run` anew")
+        spec = replace(ContainerSpec.from_options(record.image, record.command, record.options),
+                       id=record.id, name=record.name, keep_for=str(home / "record.json"))
+    except BaseException:
+        os.close(lock)
+        raise
+    record = replace(record, status="created", exit_code=None, finished=None)
+    start_supervisor(home, record,      # (it hands the lock on to the supervisor, and closes it)
+                     lambda lock, report: _supervise(spec, record, home, lock, report, True),
+                     "started", "the supervisor died before the container started", lock)
+    return record.name
+
+
+def _layer(container_id: str):
+    """The bundle that holds a detached container's writable layer, in the store."""
+    from minirun import rootfs
+    from minirun.image import store_root
+    return rootfs.Bundle(store_root() / "containers" / container_id)
+
+
+def remove_layer(container_id: str) -> None:
+    """Remove the kept writable layer of an exited container (its bundle), holding its lock;
+    one whose lock is held (a runtime still ending) is left for gc."""
+    from minirun import rootfs
+    bundle = _layer(container_id)
+    if bundle.lock_path.exists():
+        bundle.lock = state.take_if_free(bundle.lock_path)
+        if bundle.lock is None:
+            return
+    rootfs.remove_bundle(bundle)
+
+
 def remove(target: str, force: bool) -> str:
-    """`minirun rm`: remove an exited container (its record and logs); with -f stop a running
-    one first (SIGKILL, as `docker rm -f`)."""
+    """`minirun rm`: remove an exited container (its record, logs and writable layer); with
+    -f stop a running one first (SIGKILL, as `docker rm -f`)."""
     record = find(target)
     if is_supervised(record):
         if not force:
@@ -436,6 +497,7 @@ def remove(target: str, force: bool) -> str:
         except RuntimeFailure:
             pass                            # it ended meanwhile
         wait(record.id)
+    remove_layer(record.id)
     remove_home(directory() / record.id)
     return record.id
 

@@ -128,14 +128,104 @@ def test_a_container_that_cannot_start_fails_run_d_and_leaves_nothing(minirun, n
     assert minirun("ps", "-a").stdout.splitlines()[1:] == []
 
 
-def test_names_of_exited_containers_stay_taken_and_start_says_why_not(minirun, nothing_left):
+def test_names_of_exited_containers_stay_taken(minirun, nothing_left):
     minirun("run", "-d", "--name", "once", "hello", "true")
     assert minirun("wait", "once").stdout == "0\n"
     again = minirun("run", "-d", "--name", "once", "hello", "true")
     assert again.returncode == 125 and "in use" in again.stderr
-    start = minirun("start", "once")
-    assert start.returncode == 125 and "writable layer" in start.stderr
     assert minirun("rm", "once").returncode == 0
+
+
+# -- `minirun start`: an exited container again, on the writable layer it kept ------------------
+
+# First life: writes /kept, exits 3. Second life: finds it, prints it, runs until TERM (5).
+TWO_LIVES = ["sh", "-c", "if [ -e /kept ]; then cat /kept; trap 'exit 5' TERM; "
+                         "while :; do sleep 0.1; done; fi; echo first > /kept; echo made; exit 3"]
+
+
+def everything_of(env: dict, container_id: str) -> dict:
+    """What a container may hold on the host: its bundle (and lock) in the store, its records,
+    its cgroups, host mounts that name the store, veths."""
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if env["MINIRUN_ROOT"] in line]
+    veths = sorted(name for name in os.listdir("/sys/class/net") if name.startswith("veth"))
+    return {**leftovers(env), "cgroups": bool(cgroups_of(container_id)), "mounts": mounts,
+            "veths": veths}
+
+
+def test_start_runs_an_exited_container_again_on_its_own_writable_layer(minirun, minirun_env):
+    before = everything_of(minirun_env, "-")
+    container_id = minirun("run", "-d", "--network", "none", "--name", "twice", "hello",
+                           *TWO_LIVES).stdout.strip()
+    assert minirun("wait", "twice").stdout == "3\n"
+    # Exited, its writable layer kept in the store (not its mounts or cgroup: those went).
+    layer = Path(minirun_env["MINIRUN_ROOT"]) / "containers" / container_id
+    assert (layer / "upper" / "kept").read_text() == "first\n"
+    assert cgroups_of(container_id) == [] and "Exited (3)" in minirun("ps", "-a").stdout
+    started = minirun("start", "twice")
+    assert (started.returncode, started.stdout, started.stderr) == (0, "twice\n", "")
+    # The second life reads what the first wrote; its output goes on after the first's.
+    wait_until(lambda: minirun("logs", "twice").stdout == "made\nfirst\n")
+    row = minirun("ps").stdout.splitlines()[1].split()
+    assert row[:2] == [container_id[:12], "twice"] and "Up" in row
+    assert cgroups_of(container_id)
+    assert minirun("stop", "twice").returncode == 0
+    assert minirun("wait", "twice").stdout == "5\n"                 # the new exit code
+    assert "Exited (5)" in minirun("ps", "-a").stdout
+    assert minirun("rm", "twice").returncode == 0
+    assert everything_of(minirun_env, container_id) == before
+
+
+def test_rm_flag_keeps_no_writable_layer(minirun, minirun_env, nothing_left):
+    container_id = minirun("run", "-d", "--rm", "--network", "none", "hello", "sh", "-c",
+                           "echo x > /kept; sleep 0.3").stdout.strip()
+    minirun("wait", container_id[:12])
+    wait_until(lambda: not (Path(minirun_env["MINIRUN_ROOT"]) / "containers" /
+                            f"{container_id}.lock").exists())
+    assert not (Path(minirun_env["MINIRUN_ROOT"]) / "containers" / container_id).exists()
+    assert minirun("start", container_id[:12]).returncode == 125
+
+
+def test_start_of_a_running_or_unknown_container(minirun, minirun_env, nothing_left):
+    container_id = minirun("run", "-d", "--network", "none", "--name", "busy", "hello",
+                           *SERVER).stdout.strip()
+    try:
+        supervisor_pid = supervised_record(minirun_env, container_id)["supervisor_pid"]
+        again = minirun("start", "busy")        # as `docker start`: nothing to do, and 0
+        assert (again.returncode, again.stdout, again.stderr) == (0, "busy\n", "")
+        assert supervised_record(minirun_env, container_id)["supervisor_pid"] == supervisor_pid
+        unknown = minirun("start", "nosuch")
+        assert (unknown.returncode, unknown.stdout) == (125, "")
+        assert unknown.stderr == "minirun: no container 'nosuch': give a name or id from " \
+                                 "`minirun ps -a`\n"
+    finally:
+        minirun("rm", "-f", "busy")
+
+
+def test_gc_keeps_a_kept_layer_and_removes_an_orphaned_one(minirun, minirun_env):
+    before = everything_of(minirun_env, "-")
+    container_id = minirun("run", "-d", "--network", "none", "--name", "kept", "hello",
+                           *TWO_LIVES).stdout.strip()
+    assert minirun("wait", "kept").stdout == "3\n"
+    layer = Path(minirun_env["MINIRUN_ROOT"]) / "containers" / container_id
+    assert minirun("gc").stdout == ""                   # its record keeps it: not garbage
+    minirun("run", "--rm", "--network", "none", "hello", "true")    # nor for a run's quick pass
+    assert (layer / "upper" / "kept").exists()
+    # Its second life, with its supervisor SIGKILLed: the runtime ends the container and lets
+    # go of the layer; gc removes the dead supervisor's directory, and with it the layer.
+    assert minirun("start", "kept").returncode == 0
+    wait_until(lambda: minirun("logs", "kept").stdout == "made\nfirst\n")
+    os.kill(supervised_record(minirun_env, container_id)["supervisor_pid"], signal.SIGKILL)
+    wait_until(lambda: "Dead" in minirun("ps", "-a").stdout and not cgroups_of(container_id))
+    wait_until(lambda: minirun("gc").returncode == 0 and everything_of(minirun_env, container_id) == before)
+    # A kept layer whose record went some other way (removed by hand): garbage too.
+    container_id = minirun("run", "-d", "--network", "none", "hello", "true").stdout.strip()
+    minirun("wait", container_id[:12])
+    layer = Path(minirun_env["MINIRUN_ROOT"]) / "containers" / container_id
+    assert layer.is_dir()
+    supervisor.remove_directory(Path(minirun_env["MINIRUN_STATE"]) / "supervised" / container_id)
+    assert minirun("gc").stdout == f"removed {container_id[:12]}\n"
+    assert everything_of(minirun_env, container_id) == before
 
 
 def test_an_interactive_shell_on_a_pty_waits_for_input_and_takes_exec(minirun, nothing_left):
@@ -229,3 +319,30 @@ def test_kill_never_signals_a_pid_that_is_not_the_containers(minirun, minirun_en
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.parametrize("link", ["/etc/hosts", "/etc"])
+def test_start_follows_no_link_the_first_life_left_in_etc(minirun, minirun_env, tmp_path, link):
+    """/etc/hosts, /etc/hostname and /etc/resolv.conf are written into the kept layer by the
+    host, before the second life starts: a link the first life made there to a host path
+    must not become a write to the host's file."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "hosts").write_text("the host's\n")
+    target = victim / "hosts" if link == "/etc/hosts" else victim
+    before = everything_of(minirun_env, "-")
+    container_id = minirun("run", "-d", "--network", "none", "--name", "linker", "hello", "sh",
+                           "-c", f"rm -rf {link} && ln -s {target} {link}").stdout.strip()
+    assert minirun("wait", "linker").stdout == "0\n"
+    started = minirun("start", "linker")
+    assert (victim / "hosts").read_text() == "the host's\n"
+    assert sorted(os.listdir(victim)) == ["hosts"]
+    if link == "/etc/hosts":        # replaced in the layer, not written through
+        assert started.returncode == 0, started.stderr
+        minirun("wait", "linker")
+    else:                           # /etc is no directory: refused, in one line, still exited
+        assert started.returncode == 125 and started.stderr.count("\n") == 1
+        assert "is not a directory" in started.stderr
+        assert "Exited" in minirun("ps", "-a").stdout
+    assert minirun("rm", "linker").returncode == 0
+    assert everything_of(minirun_env, container_id) == before
