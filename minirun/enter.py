@@ -3,9 +3,9 @@
 There is no "inside" apart from namespaces and a cgroup: a process that joins all of a
 container's is in that container, as much as its PID 1 is. setns(2) joins a namespace through
 the file the kernel keeps for it in /proc/PID/ns/ (namespaces(7)), as nsenter(1) does. The rest
-is `run`'s own: the same fork into a PID namespace and the same last steps before exec
-(container.py), so an exec'd process gets what PID 1 got: the capabilities, no_new_privs, the
-user, the seccomp filter.
+is `run`'s own: the same fork (here through an intermediate process, see exec_in) and the
+same last steps before exec (container.py), so an exec'd process gets what PID 1 got: the
+capabilities, no_new_privs, the user, the seccomp filter.
 """
 import os
 
@@ -26,7 +26,10 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
             user: str | None = None, tty: bool = False, explain: bool = False) -> int:
     """Run `command` inside the running container `target` (a name or id); return its status.
 
-    As in `run`, the PID namespace is joined by the parent for its next child only.
+    An intermediate process joins the container's cgroup and namespaces, then clones the
+    process that appears in the container's PID namespace (spawn.fork, by_intermediate): until
+    its exec that process is the runtime's Python, but never the host's root on the host's
+    files, as a process that joined the mount namespace after its birth would be for a moment.
     """
     say = narrator("minirun", explain)
     check_env_and_workdir(env, workdir)
@@ -42,12 +45,19 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
     cgroup = cgroups.of_container(record.id)
     privileges = security.Privileges.from_record(record.capabilities, record.privileged)
 
-    def join(link: spawn.Link) -> None:
+    def enter() -> None:
+        # In spawn.fork's intermediate process, in the host's PID namespace: the cgroup (born in
+        # it already, in the cgroup2 tree), the namespaces, then the PID namespace, for the
+        # child it clones next, which is thus born inside all of them.
         cgroup.join()
         say("cgroup", f"joined {cgroup}")
         for name in JOINED_NAMESPACES:
             namespaces.setns(joined[name])
-        say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}: now inside")
+        namespaces.setns(joined["pid"], namespaces.CLONE_NEWPID)
+        say("setns", f"{', '.join(JOINED_NAMESPACES)} namespaces of PID {pid1}, and its PID "
+            "namespace for the next child: the child is born inside")
+
+    def become(link: spawn.Link) -> None:
         spawn.last_steps(
             spawn.Process(args=command, env=environment, cwd=workdir or record.workdir,
                           user=record.user if user is None else user, terminal=tty,
@@ -56,15 +66,11 @@ def exec_in(target: str, command: list[str], env: list[str], workdir: str | None
             link, seccomp.default_filter() if record.seccomp else None,  # as `docker exec`: PID 1's filter
             say)
 
-    def enter_pid_namespace() -> None:
-        namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
-        say("setns", f"PID namespace of container {record.id[:12]} (for the next child)")
-
     with signals.held():                 # as in `run`: see signals.py and container._supervise
         try:
-            pid, master = spawn.fork(enter_pid_namespace, join, tty,
+            pid, master = spawn.fork(enter, become, tty,
                                      "joining the container failed", command, environment,
-                                     born_in=cgroup)
+                                     born_in=cgroup, by_intermediate=True)
         finally:
             for fd in joined.values():
                 os.close(fd)

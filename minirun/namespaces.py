@@ -36,6 +36,7 @@ BY_TYPE = {"mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "netw
 FLAG_NAMES = {CLONE_NEWNS: "CLONE_NEWNS", CLONE_NEWUTS: "CLONE_NEWUTS", CLONE_NEWIPC: "CLONE_NEWIPC",
               CLONE_NEWNET: "CLONE_NEWNET", CLONE_NEWCGROUP: "CLONE_NEWCGROUP",
               CLONE_NEWPID: "CLONE_NEWPID", CLONE_NEWUSER: "CLONE_NEWUSER"}
+CLONE_PARENT = 0x00008000
 CLONE_INTO_CGROUP = 0x200000000     # clone3(2) only: its flags are 64 bits wide
 SYS_CLONE3 = 435                    # one number on every architecture (asm-generic/unistd.h)
 
@@ -127,16 +128,29 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     global lock whose taking waits for an RCU grace period: 5 to 30 ms on this machine. A
     child born in the cgroup takes only that lock's cheap, shared side (kernel/cgroup/cgroup.c,
     cgroup_css_set_fork()); systemd and crun start processes this way.
+    """
+    return _clone3(_CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd))
 
-    With no stack given, clone3 duplicates the caller as fork(2) does, and the child returns
-    here. Around it, the calls CPython documents for "fork() or any similar function" (PyOS_
+
+def fork_as_sibling() -> int:
+    """fork(), but the child is the caller's sibling: its parent is the caller's parent
+    (clone(2), CLONE_PARENT), who waits for it and is told of its exit by the caller's own exit
+    signal (clone3 wants exit_signal 0 with CLONE_PARENT). 0 in the child, its PID in the
+    caller. `exec`'s intermediate process makes the runtime's child this way (spawn.fork)."""
+    return _clone3(_CloneArgs(flags=CLONE_PARENT, exit_signal=0))
+
+
+def _clone3(args: _CloneArgs) -> int:
+    """clone3(2) with no stack given: it duplicates the caller as fork(2) does, and the child
+    returns here.
+
+    Around it, the calls CPython documents for "fork() or any similar function" (PyOS_
     BeforeFork and AfterFork: the import lock, the GIL, os.register_at_fork hooks), as os.fork
     makes them. What glibc's fork() adds is not done: the locks of other threads (so call this
     only in a process that has no other thread), and the thread's own record of its TID, which
     keeps the parent's (so the child must not raise(3) itself a signal before it execs; kill(2)
     of its own PID, what os.kill does, is right).
     """
-    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
     ctypes.pythonapi.PyOS_BeforeFork()
     pid = _libc_holding_gil.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args),
                                     ctypes.c_size_t(ctypes.sizeof(args)))
@@ -148,4 +162,3 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     if pid < 0:
         raise OSError(errno, f"clone3: {os.strerror(errno)}")
     return pid
-

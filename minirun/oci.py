@@ -865,24 +865,25 @@ def exec_process(container_id: str, process_data: dict, detach: bool, pid_file: 
         console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         console.connect(console_socket)
 
-    def enter_pid_namespace() -> None:
-        if "pid" in joined:
-            namespaces.setns(joined.pop("pid"), namespaces.CLONE_NEWPID)
-
-    def join(link) -> None:
+    def enter() -> None:
+        # In spawn.fork's intermediate process, so that the child it clones next is born inside
+        # (see enter.exec_in). The user namespace after the others: until then we are the
+        # host's root, who may join any namespace; after it, the IDs are the container's
+        # (last_steps sets them), and we hold every capability in it, so may still join its
+        # PID namespace, which it owns (setns(2)).
         cgroup.join()
-        # The user namespace last: until then we are the host's root, who may join any
-        # namespace; after it, the process's IDs are the container's (spawn.last_steps sets them).
-        for name in ("cgroup", "ipc", "uts", "net", "mnt", "user"):
+        for name in ("cgroup", "ipc", "uts", "net", "mnt", "user", "pid"):
             if name in joined:
                 namespaces.setns(joined[name])
+
+    def become(link) -> None:
         link.console = console
         spawn.last_steps(process, link, plan.seccomp, QUIET, outlives_runtime=detach)
 
     with signals.held():
         try:
-            child, _ = spawn.fork(enter_pid_namespace, join, False,
-                                  "joining the container failed", process.args, process.env)
+            child, _ = spawn.fork(enter, become, False, "joining the container failed",
+                                  process.args, process.env, by_intermediate=True)
         finally:
             for fd in joined.values():
                 os.close(fd)

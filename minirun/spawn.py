@@ -53,7 +53,8 @@ class Link:
 
 def fork(enter_pid_namespace, become, tty: bool, failed: str,
                 command: list[str], env: dict[str, str], after_go=None,
-                born_in: cgroups.Cgroup | None = None) -> tuple[int, int | None]:
+                born_in: cgroups.Cgroup | None = None,
+                by_intermediate: bool = False) -> tuple[int, int | None]:
     """Fork a child into a PID namespace and let `become(link)` turn it into a container
     process that execs `command`; return its host PID and, with `tty`, its pty's master end.
     Used by `run` (a new PID namespace) and by `exec` (a running container's).
@@ -63,6 +64,12 @@ def fork(enter_pid_namespace, become, tty: bool, failed: str,
     (pid_namespaces(7)). Right after the fork the runtime goes back to its own. With `born_in`,
     the child is also born in that cgroup, where the kernel can (Cgroup.fork), so that its
     join() is quick.
+
+    With `by_intermediate` (exec), `enter_pid_namespace()` is not run by the runtime but by an
+    intermediate child, forked in the host's PID namespace, invisible to the container: there it
+    joins the container's cgroup and namespaces, the PID namespace (for its next child) among
+    them, and only then clones the child, which so appears in the container's PID namespace
+    already inside everything else (_fork_from_inside). runc's init is born the same way.
 
     Three channels tie runtime and child together until the exec:
     - `go`: the child waits on it until the runtime is ready for it; end-of-file instead means
@@ -81,32 +88,22 @@ def fork(enter_pid_namespace, become, tty: bool, failed: str,
     go_read, go_write = os.pipe()
     errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
     console, console_child = socket.socketpair() if tty else (None, None)
-    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    # Not dumpable from birth: the child is born in the container's PID namespace, where, until
-    # its exec, the container's root could read its /proc/PID files (the host caller's
-    # environment, the host's interpreter as exe, the runtime's descriptors) or ptrace it once
-    # its capabilities are cut to the container's. The flag is copied by fork, so there is no
-    # moment it is open; execve(2) makes the command an ordinary, dumpable process again.
-    # (runc's init makes itself not dumpable the same way, since CVE-2019-5736.)
-    dumpable, pid = security.set_dumpable(False), None
-    try:
-        enter_pid_namespace()
-        pid = born_in.fork() if born_in else os.fork()
-    finally:
-        if pid != 0:
-            security.set_dumpable(dumpable)    # the runtime's own process: as it was
-    if pid == 0:
+    def child() -> None:
+        """The child's first steps, in the process that will exec: tie it to the runtime."""
+        security.die_with_parent()
+        if os.read(go_read, 1) != b"g":           # the runtime died before saying go
+            os._exit(RUNTIME_FAILED)
+        become(Link(go_read, errors_write, console_child))     # ends in exec
+
+    def in_child(work) -> None:
+        """In a forked process: drop the runtime's ends, do `work`, and never come back."""
         try:
-            os.close(own_pid_namespace)         # the host's PID namespace: nothing to carry in
             os.close(go_write)
             os.close(errors_read)
             if console:
                 console.close()
-            security.die_with_parent()
-            if os.read(go_read, 1) != b"g":           # the runtime died before saying go
-                os._exit(RUNTIME_FAILED)
-            become(Link(go_read, errors_write, console_child))     # ends in exec
+            work()
         except OSError as error:
             _fail(errors_write, RUNTIME_FAILED, f"{failed}: {error}")
         except RuntimeFailure as error:
@@ -115,11 +112,35 @@ def fork(enter_pid_namespace, become, tty: bool, failed: str,
             _fail(errors_write, RUNTIME_FAILED, f"internal error: {failed}: {error!r}")
         finally:
             os._exit(RUNTIME_FAILED)    # never fall back into the runtime's code
-    namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
-    for fd in (own_pid_namespace, go_read, errors_write):
-        os.close(fd)
-    if console_child:
-        console_child.close()
+
+    # Not dumpable from birth: the child is born in the container's PID namespace, where, until
+    # its exec, the container's root could read its /proc/PID files (the host caller's
+    # environment, the host's interpreter as exe, the runtime's descriptors) or ptrace it once
+    # its capabilities are cut to the container's. The flag is copied by fork, so there is no
+    # moment it is open; execve(2) makes the command an ordinary, dumpable process again.
+    # (runc's init makes itself not dumpable the same way, since CVE-2019-5736.) With
+    # by_intermediate, the intermediate is born not dumpable too, and its clone copies the flag.
+    dumpable, pid = security.set_dumpable(False), None
+    try:
+        if by_intermediate:
+            pid = _fork_from_inside(enter_pid_namespace, born_in, in_child, child)
+        else:
+            pid = _fork_from_outside(enter_pid_namespace, born_in, in_child, child)
+    except BaseException:
+        os.close(go_write)
+        os.close(errors_read)
+        if console:
+            console.close()
+        raise
+    finally:
+        security.set_dumpable(dumpable)         # the runtime's own process: as it was
+        for fd in (go_read, errors_write):
+            os.close(fd)
+        if console_child:
+            console_child.close()
+    if pid is None:         # the intermediate failed before its clone: no child to say go to
+        os.close(go_write)
+        _wait_for_exec(None, errors_read, command, env)        # raises its one line
     try:
         os.write(go_write, b"g")
         if after_go:
@@ -129,6 +150,60 @@ def fork(enter_pid_namespace, become, tty: bool, failed: str,
     finally:
         os.close(go_write)
     return pid, master
+
+
+def _fork_from_outside(enter_pid_namespace, born_in: cgroups.Cgroup | None, in_child,
+                       child) -> int:
+    """The runtime enters the PID namespace for its next child, forks `child()`, and goes
+    back to its own; the child does the rest itself (run's PID 1, create's process)."""
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter_pid_namespace()
+        pid = born_in.fork() if born_in else os.fork()
+        if pid == 0:
+            def work() -> None:
+                os.close(own_pid_namespace)     # the host's PID namespace: nothing to carry in
+                child()
+            in_child(work)
+    finally:
+        namespaces.setns(own_pid_namespace, namespaces.CLONE_NEWPID)
+        os.close(own_pid_namespace)
+    return pid
+
+
+def _fork_from_inside(enter, born_in: cgroups.Cgroup | None, in_child, child) -> int | None:
+    """Fork an intermediate process, in the host's PID namespace, that runs `enter()` (join the
+    container's cgroup and namespaces, the PID namespace last, for its next child), then
+    clones `child()` and exits. Return the child's host PID; None if the intermediate failed
+    before (it has said why on `errors`).
+
+    The child is cloned with CLONE_PARENT (clone(2)): its parent is the runtime, not the
+    intermediate, so the runtime waits for it, passes it signals and is the parent whose death
+    its PR_SET_PDEATHSIG (prctl(2)) watches, exactly as for a child forked directly. (The
+    other way, the runtime as a child subreaper, PR_SET_CHILD_SUBREAPER, would let the child be
+    orphaned for a moment, when its parent-death signal would fire or be lost.)
+    """
+    pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
+    intermediate = born_in.fork() if born_in else os.fork()
+    if intermediate == 0:
+        def work() -> None:
+            os.close(pid_read)
+            security.die_with_parent()          # no intermediate outlives the runtime
+            enter()
+            pid = namespaces.fork_as_sibling()
+            if pid == 0:
+                os.close(pid_write)
+                child()
+            os.write(pid_write, pid.to_bytes(4, "little"))
+            os._exit(0)
+        in_child(work)
+    os.close(pid_write)
+    try:
+        reported = os.read(pid_read, 4)
+    finally:
+        os.close(pid_read)
+        os.waitpid(intermediate, 0)
+    return int.from_bytes(reported, "little") if reported else None
 
 
 def _second_go(go_write: int, work) -> None:
@@ -141,16 +216,21 @@ def _second_go(go_write: int, work) -> None:
     except BrokenPipeError:
         pass                            # the child has failed already: _wait_for_exec says why
 
-def _wait_for_exec(pid: int, errors_read: int, command: list[str], env: dict[str, str]) -> None:
+def _wait_for_exec(pid: int | None, errors_read: int, command: list[str], env: dict[str, str]) -> None:
     """Block until the child has exec'd its command (the close-on-exec pipe reaches end of
-    file) or has written why it could not; in that case reap it and raise its one line."""
+    file) or has written why it could not; in that case reap it and raise its one line.
+    (No `pid`: an intermediate failed before its clone, and has been reaped.)"""
     chunks = []
     while chunk := os.read(errors_read, 4096):
         chunks.append(chunk)
     os.close(errors_read)
-    if not chunks:
-        return
-    os.waitpid(pid, 0)
+    if pid is not None:
+        if not chunks:
+            return
+        os.waitpid(pid, 0)
+    elif not chunks:
+        raise RuntimeFailure("the process joining the container ended before it made the child",
+                             RUNTIME_FAILED)
     report = b"".join(chunks).decode(errors="replace")
     if report.startswith("exec "):
         raise exec_failure(command, env, int(report.split()[1]))

@@ -379,11 +379,11 @@ def test_an_exec_into_an_init_container_gets_the_containers_environment(minirun_
 
 
 # --- 8. A process on its way in: the runtime's, until its exec ---------------------------------
-# `minirun exec`'s child is born in the container's PID namespace, then joins the rest and drops
-# its privileges, all before its execve: meanwhile it is the runtime's Python, with the host
-# caller's environment, the host's interpreter as its exe and the runtime's descriptors. The
-# handshake is deterministic: a test-only wrapper (HELD, run as minirun's __main__) holds the
-# child at the worst point, after its capabilities are cut to the container's (so that the
+# `minirun exec`'s child is born in the container's namespaces and drops its privileges before
+# its execve: meanwhile it is the runtime's Python, with the host caller's environment, the
+# host's interpreter as its exe and the runtime's descriptors. The handshake is deterministic:
+# a test-only wrapper (HELD, run as minirun's __main__) holds the child at a given point, here
+# the worst one, after its capabilities are cut to the container's (so that the
 # container's root may ptrace it if it is dumpable) and before its descriptors are closed and
 # its filter installed, reports its PID in the container, and waits for the test's byte.
 # Mutation-checked: with spawn.fork's not_dumpable() removed, every route prints ESCAPED.
@@ -391,26 +391,29 @@ def test_an_exec_into_an_init_container_gets_the_containers_environment(minirun_
 HELD = """
 import os, sys
 from minirun import security
-ready, release = int(sys.argv.pop(1)), int(sys.argv.pop(1))
-close = security.close_inherited_descriptors
-def held():
-    os.write(ready, b"%d\\n" % os.getpid())
-    os.read(release, 1)
-    close()
-security.close_inherited_descriptors = held
+ready, release, at = int(sys.argv.pop(1)), int(sys.argv.pop(1)), sys.argv.pop(1)
+original, first = getattr(security, at), [True]
+def held(*args):
+    if os.getppid() == 0 and first:     # in the container's PID namespace (its parent, outside,
+        first.clear()                   # reads as 0), the first time
+        os.write(ready, b"%d\\n" % os.getpid())
+        os.read(release, 1)
+    return original(*args)
+setattr(security, at, held)
 from minirun.cli import main
 main()
 """
 
 
 @contextlib.contextmanager
-def held_exec(env: dict, *args):
-    """`minirun exec ARGS...` held before its descriptors are closed: yields (its PID inside the
-    container, the Popen); leaving the block lets it go on and waits for it."""
+def held_exec(env: dict, *args, at: str = "close_inherited_descriptors"):
+    """`minirun exec ARGS...` held where its child, in the container's PID namespace, first
+    calls security.`at`: yields (its PID inside the container, the Popen); leaving the block
+    lets it go on and waits for it."""
     ready_read, ready_write = os.pipe()
     release_read, release_write = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-c", HELD, str(ready_write), str(release_read), "exec", *args],
+        [sys.executable, "-c", HELD, str(ready_write), str(release_read), at, "exec", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         pass_fds=(ready_write, release_read))
     os.close(ready_write)
@@ -438,6 +441,26 @@ def test_a_process_on_its_way_in_gives_nothing_of_the_host_away(minirun_env, pro
     # Once exec'd, the command is an ordinary process again (execve(2) resets the flag).
     assert out.strip() == "dumpable=1", out + err
     assert entering.returncode == 0, err
+
+
+# Not dumpable is no protection from a container given CAP_SYS_PTRACE: what matters is where the
+# process is while it is visible. An intermediate process joins the container's cgroup and
+# namespaces first and clones it there (spawn.fork, by_intermediate), as runc's nsexec does,
+# so the exec is held at its very first step in the container's PID namespace (arming its
+# parent-death signal, before even reading `go`). Mutation-checked: with the PID namespace
+# joined by the runtime and the rest by the child (main before this), mnt, uts, ipc, net and
+# cgroup all read OTHER: the host's, open to the container's ptrace.
+
+def test_a_process_on_its_way_in_is_born_inside_the_container(minirun_env, probe):
+    with running(minirun_env, "traced", "--cap-add", "SYS_PTRACE", probe, "sleep", "60"):
+        with held_exec(minirun_env, "traced", "true", at="die_with_parent") as (pid, entering):
+            result = run(minirun_env, "exec", "traced", "escape_probe", "where", str(pid))
+            lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+            assert set(lines) == {"mnt", "uts", "ipc", "net", "cgroup", "pid", "cgroup-of"}, \
+                outcome(result)
+            assert all(line.startswith("same ") for line in lines.values()), result.stdout
+        entering.communicate(timeout=60)
+    assert entering.returncode == 0
 
 
 # --- 9. Symbolic links in the image steer no mount out of the root ------------------------------

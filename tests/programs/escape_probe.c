@@ -467,6 +467,43 @@ static int peek_ptrace(void) {
     return escaped("attached to PID %d with ptrace", peek_pid);
 }
 
+/* `where PID`: is PID where the container's PID 1 is? For each namespace, and for its cgroup
+ * (/proc/PID/cgroup, as this cgroup namespace shows it), "same" or "OTHER" with both values.
+ * Reading another process's ns links takes ptrace access (proc(5)): CAP_SYS_PTRACE for one
+ * that is not dumpable. */
+static int where(int pid) {
+    static const char *const KINDS[] = {"mnt", "uts", "ipc", "net", "cgroup", "pid"};
+    char theirs[4096], ours[4096], path[64];
+    for (size_t i = 0; i < sizeof KINDS / sizeof KINDS[0]; i++) {
+        ssize_t n, m;
+        snprintf(path, sizeof path, "/proc/%d/ns/%s", pid, KINDS[i]);
+        if ((n = readlink(path, theirs, sizeof theirs - 1)) < 0) {
+            printf("%s: ", KINDS[i]);
+            blocked(errno, "readlink %s", path);
+            continue;
+        }
+        snprintf(path, sizeof path, "/proc/1/ns/%s", KINDS[i]);
+        m = readlink(path, ours, sizeof ours - 1);
+        theirs[n] = 0;
+        ours[m < 0 ? 0 : m] = 0;
+        printf("%s: %s %s (PID 1: %s)\n", KINDS[i], strcmp(theirs, ours) ? "OTHER" : "same", theirs, ours);
+    }
+    for (int which = 0; which < 2; which++) {
+        snprintf(path, sizeof path, "/proc/%d/cgroup", which ? 1 : pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd < 0 ? -1 : read(fd, which ? ours : theirs, sizeof theirs - 1);
+        (which ? ours : theirs)[n < 0 ? 0 : n] = 0;
+        if (fd >= 0)
+            close(fd);
+    }
+    for (char *c = theirs; *c; c++)
+        if (*c == '\n') *c = ' ';
+    for (char *c = ours; *c; c++)
+        if (*c == '\n') *c = ' ';
+    printf("cgroup-of: %s %s (PID 1: %s)\n", strcmp(theirs, ours) ? "OTHER" : "same", theirs, ours);
+    return 0;
+}
+
 /* The process's own dumpable flag (prctl(2), PR_GET_DUMPABLE): 1 for an ordinary program. */
 static int probe_dumpable(void) {
     printf("dumpable=%d\n", prctl(PR_GET_DUMPABLE));
@@ -557,6 +594,8 @@ int main(int argc, char **argv) {
                             argc > 6 ? argv[6] : NULL);
     if (strcmp(command, "cgroupfs") == 0 && argc == 3)
         return probe_cgroupfs(argv[2]);
+    if (strcmp(command, "where") == 0 && argc == 3)
+        return where(atoi(argv[2]));
     if (strcmp(command, "dumpable") == 0)
         return probe_dumpable();
     if (strcmp(command, "peek") == 0 && argc == 3) {
@@ -576,7 +615,7 @@ int main(int argc, char **argv) {
         if (strcmp(command, ALL[i].name) == 0 && argc == 2)
             return run_in_child(ALL[i].probe);
     fprintf(stderr, "usage: escape_probe all | init | ids | device b|c MAJOR MINOR r|w|rw [TEXT] | "
-                    "cgroupfs freezer|cgroup2|memory | environ1 NAME | peek PID | dumpable | ROUTE\n  ROUTE:");
+                    "cgroupfs freezer|cgroup2|memory | environ1 NAME | peek PID | where PID | dumpable | ROUTE\n  ROUTE:");
     for (size_t i = 0; i < sizeof ALL / sizeof ALL[0]; i++)
         fprintf(stderr, " %s", ALL[i].name);
     fprintf(stderr, "\n");
