@@ -216,6 +216,7 @@ def _second_go(go_write: int, work) -> None:
     except BrokenPipeError:
         pass                            # the child has failed already: _wait_for_exec says why
 
+
 def _wait_for_exec(pid: int | None, errors_read: int, command: list[str], env: dict[str, str]) -> None:
     """Block until the child has exec'd its command (the close-on-exec pipe reaches end of
     file) or has written why it could not; in that case reap it and raise its one line.
