@@ -419,8 +419,9 @@ def _mount_overlay(plan: Plan, bundle: rootfs.Bundle, say) -> None:
                          volatile=not plan.spec.keep_for)
     say("mount", f"overlay on {bundle.merged} (upperdir {bundle.upper})"
         + ("" if privileged else ", nosuid and nodev"))
-    say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys read-only, "
-        "its own cgroups read-only on /sys/fs/cgroup"
+    say("mount", "/proc, /dev (null zero full random urandom tty pts shm), /sys "
+        + ("writable (--privileged), " if privileged else "read-only, ")
+        + "its own cgroups read-only on /sys/fs/cgroup"
         + (", masks" if plan.masked else "; no masks (--privileged)")
         + (", /dev/init" if plan.init_binary else ""))
     for volume in plan.spec.volumes:

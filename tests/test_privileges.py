@@ -90,10 +90,11 @@ def test_an_exec_as_another_user_works_without_setuid(minirun, minirun_env):
 
 
 def test_privileged_turns_the_protections_off_and_says_so(minirun):
-    result = minirun("run", "--privileged", "hello", "sh", "-c",
+    result = minirun("run", "--privileged", "--explain", "hello", "sh", "-c",
                      "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; mount")
     assert result.returncode == 0
     assert "minirun: warning: --privileged" in result.stderr
+    assert "/sys writable (--privileged)" in result.stderr          # as --explain tells it
     fields = dict(line.split(":\t") for line in result.stdout.splitlines() if ":\t" in line)
     assert int(fields["CapEff"], 16) & (1 << CAP_SYS_ADMIN)
     assert fields["NoNewPrivs"] == "0"
