@@ -50,7 +50,6 @@ from typing import NamedTuple
 
 from minirun import devices, namespaces
 from minirun.errors import RuntimeFailure
-from minirun.units import check_host_cpus
 
 PARENT = "minirun"          # every cgroup minirun creates lives in <hierarchy>/minirun/<id>
 CPU_PERIOD_US = 100_000     # the kernel's default CFS period: quotas are counted per 100 ms
@@ -74,7 +73,9 @@ class Limits:
             if self.cpus * CPU_PERIOD_US < MIN_CPU_QUOTA_US:
                 raise RuntimeFailure(f"--cpus {self.cpus:g} is too small: the kernel's smallest "
                                      f"CPU quota is {MIN_CPU_QUOTA_US / CPU_PERIOD_US:g} CPU")
-            check_host_cpus(self.cpus, f"{self.cpus:g}")   # a quota above them limits nothing
+            if self.cpus > os.cpu_count():
+                raise RuntimeFailure(f"--cpus {self.cpus:g} is more than the {os.cpu_count()} "
+                                     "CPUs of this machine, so it would limit nothing")
 
 
 class Usage(NamedTuple):     # (a NamedTuple: a third of a dataclass's cost to define)

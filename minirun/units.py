@@ -56,15 +56,10 @@ def parse_cpus(text: str) -> float:
     cpus = float(text) if _DECIMAL.fullmatch(text.strip()) else 0.0
     if not 0 < cpus < 1e6:
         raise RuntimeFailure(f"invalid CPU count {text!r}: give a positive number like 1, 0.5 or 2")
-    check_host_cpus(cpus, text)
-    return cpus
-
-
-def check_host_cpus(cpus: float, shown: str) -> None:
-    """No more CPUs than this machine has (see parse_cpus; cgroups.Limits checks a bundle's too)."""
     if cpus > os.cpu_count():
-        raise RuntimeFailure(f"--cpus {shown} is more than the {os.cpu_count()} CPUs of this "
+        raise RuntimeFailure(f"--cpus {text} is more than the {os.cpu_count()} CPUs of this "
                              f"machine: give at most {os.cpu_count()}")
+    return cpus
 
 
 # The kernel's most PIDs on a 64-bit machine (PID_MAX_LIMIT, include/linux/threads.h): a
